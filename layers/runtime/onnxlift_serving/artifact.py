@@ -1,0 +1,119 @@
+"""A model artifact on disk: manifest, ONNX file and assets, verified before use."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from onnxlift_serving import layout
+from onnxlift_serving.errors import ArtifactError
+from onnxlift_serving.protocol import TensorSpec
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Artifact:
+    folder: Path
+    manifest: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["name"])
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+    @property
+    def model_path(self) -> Path:
+        return self.folder / layout.MODEL_FILE
+
+    @property
+    def inputs(self) -> dict[str, TensorSpec]:
+        return {t["name"]: TensorSpec.from_json(t) for t in self.manifest["inputs"]}
+
+    @property
+    def outputs(self) -> dict[str, TensorSpec]:
+        return {t["name"]: TensorSpec.from_json(t) for t in self.manifest["outputs"]}
+
+    def asset(self, relative: str) -> Path:
+        path = (self.folder / layout.ASSETS_DIR / relative).resolve()
+        if self.folder.resolve() not in path.parents:
+            raise ArtifactError(f"asset path '{relative}' leaves the artifact folder")
+        return path
+
+
+def load_artifact(folder: Path) -> Artifact:
+    """Read the manifest and check every file's sha256 against it before anything loads them."""
+    manifest_path = folder / layout.MANIFEST_FILE
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"no manifest at {manifest_path}") from None
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"manifest {manifest_path} is not JSON: {exc}") from None
+
+    artifact = Artifact(folder=folder, manifest=manifest)
+    model_path = artifact.model_path
+    if not model_path.is_file():
+        raise ArtifactError(f"no model file at {model_path}")
+    actual = sha256_file(model_path)
+    if actual != manifest.get("sha256"):
+        raise ArtifactError(
+            f"{model_path}: sha256 {actual} does not match the manifest's {manifest.get('sha256')}"
+        )
+    for relative, expected in manifest.get("assets", {}).items():
+        asset_path = artifact.asset(relative)
+        if not asset_path.is_file() or sha256_file(asset_path) != expected:
+            raise ArtifactError(f"asset {relative} is missing or does not match its sha256")
+    return artifact
+
+
+def fetch_from_registry(
+    *, bucket: str, name: str, version: str, cache_dir: Path, s3_client: Any = None
+) -> Path:
+    """Download one published version into `cache_dir` (Lambda: under /tmp) and return the folder.
+
+    A folder that already holds a verified copy is reused, so a warm sandbox never downloads twice.
+    """
+    target = cache_dir / name / version
+    if (target / layout.MANIFEST_FILE).is_file():
+        try:
+            load_artifact(target)
+            return target
+        except ArtifactError:
+            pass  # a partial or corrupt copy: download again
+    if s3_client is None:
+        import boto3  # lazily: a baked-in model never needs it
+
+        s3_client = boto3.client("s3")
+    prefix = layout.version_prefix(name, version)
+    manifest_obj = s3_client.get_object(Bucket=bucket, Key=prefix + layout.MANIFEST_FILE)
+    manifest = json.loads(manifest_obj["Body"].read())
+    files = [layout.MODEL_FILE] + [f"{layout.ASSETS_DIR}/{a}" for a in manifest.get("assets", {})]
+    staging = target.with_name(f".{version}.partial-{os.getpid()}")
+    staging.mkdir(parents=True, exist_ok=True)
+    for relative in files:
+        destination = staging / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        s3_client.download_file(bucket, prefix + relative, str(destination))
+    (staging / layout.MANIFEST_FILE).write_text(json.dumps(manifest))
+    shutil.rmtree(target, ignore_errors=True)  # a corrupt earlier copy, if any
+    try:
+        staging.rename(target)
+    except OSError:  # a concurrent download won the race; its copy is as good as ours
+        shutil.rmtree(staging, ignore_errors=True)
+    load_artifact(target)
+    return target

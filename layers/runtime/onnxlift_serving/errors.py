@@ -1,0 +1,51 @@
+"""Errors a request can end in, each with the HTTP status the client sees."""
+
+from __future__ import annotations
+
+
+class InferenceError(Exception):
+    """An error that is answered as `{"error": message}` with `status`."""
+
+    status = 500
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class BadRequest(InferenceError):
+    """Malformed JSON or a body that is not a V2 request."""
+
+    status = 400
+
+
+class NotFound(InferenceError):
+    """Unknown model, version or route."""
+
+    status = 404
+
+
+class PayloadTooLarge(InferenceError):
+    """Body over the payload limit, or a batch over the model's maximum."""
+
+    status = 413
+
+
+class Unprocessable(InferenceError):
+    """Well-formed V2 request that does not fit the model: input name, shape, datatype."""
+
+    status = 422
+
+
+class ServiceUnavailable(InferenceError):
+    """The model could not be loaded (yet); the client should retry later."""
+
+    status = 503
+
+    def __init__(self, message: str, *, retry_after_s: int = 5) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class ArtifactError(Exception):
+    """A model artifact is missing, corrupt (sha256 mismatch) or unreadable."""

@@ -1,0 +1,34 @@
+"""Where the toolkit keeps its local state, relative to the project root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def project_root() -> Path:
+    """ONNXLIFT_ROOT, else the nearest folder upwards holding models/ and pyproject.toml."""
+    if root := os.environ.get("ONNXLIFT_ROOT"):
+        return Path(root).resolve()
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "models").is_dir() and (folder / "pyproject.toml").is_file():
+            return folder
+    return here
+
+
+def state_dir(root: Path | None = None) -> Path:
+    return (root or project_root()) / ".onnxlift"
+
+
+def models_dir(root: Path | None = None) -> Path:
+    return (root or project_root()) / "models"
+
+
+def build_dir(name: str, fingerprint: str, root: Path | None = None) -> Path:
+    return state_dir(root) / "build" / name / fingerprint
+
+
+def artifacts_dir(name: str, version: str, root: Path | None = None) -> Path:
+    """A published version's files, as the Lambda image bakes them in."""
+    return state_dir(root) / "artifacts" / name / version
