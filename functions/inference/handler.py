@@ -25,7 +25,9 @@ app = APIGatewayRestResolver()
 
 service = ModelService(ServiceConfig.from_env())
 if service.ready:
-    logger.info("model loaded", extra={"model": service.config.name, "seconds": service.load_seconds})
+    logger.info(
+        "model loaded", extra={"model": service.config.name, "seconds": service.load_seconds}
+    )
 else:
     logger.error("model failed to load", extra={"error": service.load_error})
 
@@ -49,12 +51,16 @@ def _inference_error(error: InferenceError) -> Response:
 def _unexpected(error: Exception) -> Response:
     # A bug on our side, never the client's: log it whole, answer JSON rather than a bare 502.
     logger.exception("unhandled error")
-    return _json(500, {"error": f"internal error ({type(error).__name__}); see the function's logs"})
+    return _json(
+        500, {"error": f"internal error ({type(error).__name__}); see the function's logs"}
+    )
 
 
 @app.not_found
 def _not_found(_: Exception) -> Response:
-    return _json(404, {"error": f"no route for {app.current_event.http_method} {app.current_event.path}"})
+    return _json(
+        404, {"error": f"no route for {app.current_event.http_method} {app.current_event.path}"}
+    )
 
 
 @app.get("/v2/health/live")
@@ -96,8 +102,11 @@ def version_ready(name: str, version: str) -> Response:
 def _infer(name: str, version: str | None) -> Response:
     started = time.perf_counter()
     result = service.infer(app.current_event.decoded_body, name, version)
-    metrics.add_metric(name="InferLatency", unit=MetricUnit.Milliseconds,
-                       value=(time.perf_counter() - started) * 1000)
+    metrics.add_metric(
+        name="InferLatency",
+        unit=MetricUnit.Milliseconds,
+        value=(time.perf_counter() - started) * 1000,
+    )
     metrics.add_metric(name="InferCount", unit=MetricUnit.Count, value=1)
     return _json(200, result)
 
@@ -118,4 +127,3 @@ def version_infer(name: str, version: str) -> Response:
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     metrics.add_dimension(name="model", value=service.config.name)
     return app.resolve(event, context)
-

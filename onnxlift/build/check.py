@@ -9,7 +9,9 @@ import onnx
 from onnxlift.errors import BuildError
 
 
-def check_model(path: Path, *, expected_inputs: list[str], expected_outputs: list[str]) -> onnx.ModelProto:
+def check_model(
+    path: Path, *, expected_inputs: list[str], expected_outputs: list[str]
+) -> onnx.ModelProto:
     """onnx.checker, the I/O signature, and no external data outside the model's own folder."""
     try:
         onnx.checker.check_model(str(path), full_check=True)
@@ -23,7 +25,9 @@ def check_model(path: Path, *, expected_inputs: list[str], expected_outputs: lis
             location = next((e.value for e in tensor.external_data if e.key == "location"), "")
             target = (folder / location).resolve()
             if folder not in target.parents:
-                raise BuildError(f"{path}: initializer {tensor.name} points outside its folder: {location}")
+                raise BuildError(
+                    f"{path}: initializer {tensor.name} points outside its folder: {location}"
+                )
 
     inputs = [i.name for i in model.graph.input]
     outputs = [o.name for o in model.graph.output]

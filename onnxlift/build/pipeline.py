@@ -20,6 +20,10 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+from onnxlift_serving import layout
+from onnxlift_serving.artifact import load_artifact, sha256_file
+from onnxlift_serving.pipelines import build_pipeline
+from onnxlift_serving.session import create_session
 
 from onnxlift import __version__, paths
 from onnxlift.build.check import check_model, opset_of
@@ -27,10 +31,6 @@ from onnxlift.build.parity import cosine_parity
 from onnxlift.build.quantize import quantize_dynamic_int8
 from onnxlift.errors import BuildError
 from onnxlift.spec import ModelSpec
-from onnxlift_serving import layout
-from onnxlift_serving.artifact import load_artifact, sha256_file
-from onnxlift_serving.pipelines import build_pipeline
-from onnxlift_serving.session import create_session
 
 Report = Callable[[str], None]
 GRAPH_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
@@ -48,7 +48,9 @@ def toolchain() -> dict[str, str]:
 
 
 def load_source(spec: ModelSpec) -> ModuleType:
-    module_spec = importlib.util.spec_from_file_location(f"onnxlift_models.{spec.name}", spec.source_path)
+    module_spec = importlib.util.spec_from_file_location(
+        f"onnxlift_models.{spec.name}", spec.source_path
+    )
     if module_spec is None or module_spec.loader is None:
         raise BuildError(f"cannot import {spec.source_path}")
     module = importlib.util.module_from_spec(module_spec)
@@ -82,7 +84,9 @@ def _write_artifact(folder: Path, model: Path, tokenizer: Path, manifest: dict[s
     shutil.copyfile(tokenizer, folder / layout.ASSETS_DIR / "tokenizer.json")
     manifest["sha256"] = sha256_file(folder / layout.MODEL_FILE)
     manifest["bytes"] = (folder / layout.MODEL_FILE).stat().st_size
-    manifest["assets"] = {"tokenizer.json": sha256_file(folder / layout.ASSETS_DIR / "tokenizer.json")}
+    manifest["assets"] = {
+        "tokenizer.json": sha256_file(folder / layout.ASSETS_DIR / "tokenizer.json")
+    }
     (folder / layout.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
 
 
@@ -97,8 +101,14 @@ def _serve(folder: Path, texts: list[str], threads: int) -> np.ndarray:
     return np.concatenate(rows)
 
 
-def build_model(spec: ModelSpec, *, root: Path | None = None, force: bool = False,
-                report: Report = print, threads: int = 2) -> BuildResult:
+def build_model(
+    spec: ModelSpec,
+    *,
+    root: Path | None = None,
+    force: bool = False,
+    report: Report = print,
+    threads: int = 2,
+) -> BuildResult:
     started = time.perf_counter()
     chain = toolchain()
     fingerprint = spec.fingerprint(chain)
@@ -125,7 +135,8 @@ def build_model(spec: ModelSpec, *, root: Path | None = None, force: bool = Fals
         module,
         example_inputs=example,
         output_names=["embedding"],
-        dynamic_axes={n: {0: "batch", 1: "sequence"} for n in GRAPH_INPUTS} | {"embedding": {0: "batch"}},
+        dynamic_axes={n: {0: "batch", 1: "sequence"} for n in GRAPH_INPUTS}
+        | {"embedding": {0: "batch"}},
         path=work / "model.fp32.onnx",
         opset=spec.opset,
     )
@@ -137,7 +148,9 @@ def build_model(spec: ModelSpec, *, root: Path | None = None, force: bool = Fals
 
     served_path = fp32_path
     if spec.quantization.mode == "dynamic":
-        report(f"{spec.name}: quantizing to INT8 (dynamic, per_channel={spec.quantization.per_channel})")
+        report(
+            f"{spec.name}: quantizing to INT8 (dynamic, per_channel={spec.quantization.per_channel})"
+        )
         served_path = quantize_dynamic_int8(fp32_path, work / "model.int8.onnx", spec.quantization)
         check_model(served_path, expected_inputs=GRAPH_INPUTS, expected_outputs=["embedding"])
 
@@ -185,8 +198,10 @@ def build_model(spec: ModelSpec, *, root: Path | None = None, force: bool = Fals
         _write_artifact(draft, path, tokenizer, dict(manifest, version="draft"))
         parity = cosine_parity(_serve(draft, texts, threads), reference)
         figures[label] = parity.to_json() | {"bytes": path.stat().st_size}
-        report(f"{spec.name}: {label} min cosine {parity.min:.4f}, mean {parity.mean:.4f}, "
-               f"{path.stat().st_size / 1e6:.1f} MB")
+        report(
+            f"{spec.name}: {label} min cosine {parity.min:.4f}, mean {parity.mean:.4f}, "
+            f"{path.stat().st_size / 1e6:.1f} MB"
+        )
 
     served = figures["int8" if "int8" in figures else "fp32"]
     manifest["parity"] = {
@@ -206,7 +221,9 @@ def build_model(spec: ModelSpec, *, root: Path | None = None, force: bool = Fals
         )
 
     _write_artifact(folder, served_path, tokenizer, manifest)
-    (folder / BUILD_MANIFEST).write_text(json.dumps({"fingerprint": fingerprint, "toolchain": chain}))
+    (folder / BUILD_MANIFEST).write_text(
+        json.dumps({"fingerprint": fingerprint, "toolchain": chain})
+    )
     shutil.rmtree(work / "draft-fp32", ignore_errors=True)
     shutil.rmtree(work / "draft-int8", ignore_errors=True)
     report(f"{spec.name}: built in {time.perf_counter() - started:.1f}s -> {folder}")

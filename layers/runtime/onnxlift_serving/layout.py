@@ -1,9 +1,9 @@
 """Where things live in the registry; the one place both the toolkit and the runtime read it.
 
-    models/<name>/<version>/model.onnx
-    models/<name>/<version>/manifest.json
-    models/<name>/<version>/assets/...
-    models/<name>/aliases/<alias>.json
+models/<name>/<version>/model.onnx
+models/<name>/<version>/manifest.json
+models/<name>/<version>/assets/...
+models/<name>/aliases/<alias>.json
 """
 
 from __future__ import annotations

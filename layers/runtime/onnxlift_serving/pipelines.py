@@ -60,7 +60,9 @@ class TextEmbeddingPipeline:
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         texts = [str(t) for t in inputs[self.text_input].ravel()]
         if len(texts) > self.max_batch:
-            raise PayloadTooLarge(f"batch of {len(texts)} texts is over this model's maximum of {self.max_batch}")
+            raise PayloadTooLarge(
+                f"batch of {len(texts)} texts is over this model's maximum of {self.max_batch}"
+            )
         if not texts:
             dim = self.outputs[self.embedding_output].shape[-1]
             return {self.embedding_output: np.zeros((0, dim), dtype=np.float32)}

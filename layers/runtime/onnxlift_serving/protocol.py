@@ -93,10 +93,14 @@ def _check_shape(name: str, shape: Any) -> tuple[int, ...]:
 
 
 def _fits(shape: tuple[int, ...], expected: tuple[int, ...]) -> bool:
-    return len(shape) == len(expected) and all(e in (-1, s) for s, e in zip(shape, expected, strict=True))
+    return len(shape) == len(expected) and all(
+        e in (-1, s) for s, e in zip(shape, expected, strict=True)
+    )
 
 
-def _decode_tensor(raw: Any, index: int, signature: dict[str, TensorSpec]) -> tuple[str, np.ndarray]:
+def _decode_tensor(
+    raw: Any, index: int, signature: dict[str, TensorSpec]
+) -> tuple[str, np.ndarray]:
     if not isinstance(raw, dict):
         raise BadRequest(f"inputs[{index}] must be an object with name, shape, datatype, data")
     for key in ("name", "shape", "datatype", "data"):

@@ -28,7 +28,9 @@ RELOAD_INTERVAL_S = 5.0
 class ServiceConfig:
     name: str
     version: str
-    source: str = "image"  # image: baked into the image at model_dir; registry: fetched to cache_dir
+    source: str = (
+        "image"  # image: baked into the image at model_dir; registry: fetched to cache_dir
+    )
     model_dir: Path | None = None
     bucket: str | None = None
     cache_dir: Path = Path("/tmp/onnxlift-models")
@@ -114,7 +116,10 @@ class ModelService:
     def _loaded(self) -> tuple[Artifact, Pipeline]:
         if self._pipeline is None:
             with self._lock:
-                if self._pipeline is None and time.monotonic() - self._last_attempt > RELOAD_INTERVAL_S:
+                if (
+                    self._pipeline is None
+                    and time.monotonic() - self._last_attempt > RELOAD_INTERVAL_S
+                ):
                     self._load()
         if self._pipeline is None or self._artifact is None:
             raise ServiceUnavailable(
@@ -161,7 +166,9 @@ class ModelService:
             },
         }
 
-    def infer(self, body: str | bytes | None, name: str, version: str | None = None) -> dict[str, Any]:
+    def infer(
+        self, body: str | bytes | None, name: str, version: str | None = None
+    ) -> dict[str, Any]:
         self.check_route(name, version)
         doc = protocol.decode_body(body, max_bytes=self.config.max_payload_bytes)
         artifact, pipeline = self._loaded()

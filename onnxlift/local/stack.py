@@ -1,0 +1,250 @@
+"""`onnxlift up`: the whole service on one machine.
+
+moto server (the embedded AWS) -> registry bucket -> build and publish every model that
+changed -> one local Lambda runtime per model, fetching its version from the registry as a
+deployed function configured with MODEL_SOURCE=registry does -> the API gateway on
+127.0.0.1. `.onnxlift/local.json` is written once everything answers and removed on the
+way down; the registry is kept (see snapshot.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from onnxlift import paths
+from onnxlift.build.pipeline import build_model
+from onnxlift.errors import OnnxliftError
+from onnxlift.local import snapshot
+from onnxlift.local.gateway import FunctionTarget, Gateway, GatewayConfig
+from onnxlift.local.lambda_runtime import HEALTH_PATH
+from onnxlift.local.moto_server import aws_env, start_moto
+from onnxlift.local.processes import Child, base_env, free_port, port_in_use, start_child, wait_http
+from onnxlift.registry import Registry
+from onnxlift.spec import ModelSpec, discover_specs
+
+LOCAL_BUCKET = "onnxlift-registry-local"
+HANDLER = Path("functions/inference/handler.py")
+Report = Callable[[str], None]
+
+
+@dataclass
+class StackOptions:
+    root: Path
+    port: int = 8080
+    aws_port: int = 4566
+    host: str = "127.0.0.1"
+    api_key: str | None = None
+    models: list[str] | None = None  # None: every model in models/
+    threads: int | None = None  # None: what each function's memory buys on Lambda
+
+
+@dataclass
+class LocalStack:
+    options: StackOptions
+    report: Report = print
+    children: list[Child] = field(default_factory=list)
+    gateway: Gateway | None = None
+    registry: Registry | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def state(self) -> Path:
+        return paths.state_dir(self.options.root)
+
+    @property
+    def info_path(self) -> Path:
+        return self.state / "local.json"
+
+    def _api_key(self) -> str:
+        if self.options.api_key:
+            return self.options.api_key
+        key_file = self.state / "api_key"
+        if not key_file.is_file():  # stable across restarts, so scripts keep working
+            key_file.parent.mkdir(parents=True, exist_ok=True)
+            key_file.write_text(secrets.token_urlsafe(24))
+            key_file.chmod(0o600)
+        return key_file.read_text().strip()
+
+    def _specs(self) -> list[ModelSpec]:
+        specs = [
+            s
+            for s in discover_specs(paths.models_dir(self.options.root))
+            if s.serving.target == "lambda"
+        ]
+        if self.options.models:
+            unknown = set(self.options.models) - {s.name for s in specs}
+            if unknown:
+                raise OnnxliftError(f"no Lambda-target model named {', '.join(sorted(unknown))}")
+            specs = [s for s in specs if s.name in self.options.models]
+        if not specs:
+            raise OnnxliftError("no models to serve")
+        return specs
+
+    def start(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        opts = self.options
+        for port in (opts.port, opts.aws_port):
+            if port_in_use(port, opts.host):
+                raise OnnxliftError(
+                    f"port {port} on {opts.host} is in use (choose another with --port/--aws-port)"
+                )
+        logs = self.state / "logs"
+        endpoint = f"http://{opts.host}:{opts.aws_port}"
+
+        self.report(f"starting moto server (embedded AWS) on {endpoint}")
+        self.children.append(start_moto(port=opts.aws_port, host=opts.host, log=logs / "moto.log"))
+        env = aws_env(endpoint)
+        import boto3
+
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name=env["AWS_DEFAULT_REGION"],
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        )
+        self.registry = Registry(LOCAL_BUCKET, s3)
+        self.registry.ensure_bucket()
+        restored = snapshot.restore(s3, LOCAL_BUCKET, self.state / "registry" / LOCAL_BUCKET)
+        if restored:
+            self.report(f"restored {restored} registry objects from {self.state / 'registry'}")
+
+        functions: dict[str, FunctionTarget] = {}
+        served: dict[str, str] = {}
+        for spec in self._specs():
+            version = self._build_and_publish(spec)
+            served[spec.name] = version
+            port = free_port(opts.host)
+            child_env = (
+                base_env()
+                | env
+                | {
+                    "MODEL_NAME": spec.name,
+                    "MODEL_VERSION": version,
+                    "MODEL_SOURCE": "registry",
+                    "MODEL_BUCKET": LOCAL_BUCKET,
+                    "MODEL_CACHE_DIR": str(self.state / "lambda-tmp" / spec.name),
+                    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.serving.memory_mb),
+                    "AWS_LAMBDA_FUNCTION_NAME": f"onnxlift-{spec.name}",
+                    "POWERTOOLS_SERVICE_NAME": f"onnxlift-{spec.name}",
+                    "POWERTOOLS_METRICS_NAMESPACE": "onnxlift",
+                    "POWERTOOLS_TRACE_DISABLED": "true",
+                    "LOG_LEVEL": "INFO",
+                }
+            )
+            if opts.threads:
+                child_env["ORT_INTRA_OP_THREADS"] = str(opts.threads)
+            self.report(f"starting function {spec.name} (version {version}) on {opts.host}:{port}")
+            child = start_child(
+                f"function {spec.name}",
+                [
+                    "-m",
+                    "onnxlift.local.lambda_runtime",
+                    "--handler",
+                    str(opts.root / HANDLER),
+                    "--function-name",
+                    spec.name,
+                    "--host",
+                    opts.host,
+                    "--port",
+                    str(port),
+                    "--memory-mb",
+                    str(spec.serving.memory_mb),
+                    "--timeout-s",
+                    str(spec.serving.timeout_s),
+                ],
+                log=logs / f"{spec.name}.log",
+                env=child_env,
+            )
+            self.children.append(child)
+            wait_http(child, f"http://{opts.host}:{port}{HEALTH_PATH}", timeout=60)
+            functions[spec.name] = FunctionTarget(spec.name, opts.host, port)
+
+        api_key = self._api_key()
+        self.gateway = Gateway(
+            GatewayConfig(
+                api_key=api_key, functions=functions, default_function=next(iter(functions))
+            ),
+            host=opts.host,
+            port=opts.port,
+        )
+        self.gateway.start()
+        first = next(iter(functions))
+        self.info = {
+            "url": self.gateway.url,
+            "api_key": api_key,
+            "aws_endpoint_url": endpoint,
+            "registry_bucket": LOCAL_BUCKET,
+            "models": {
+                name: {"version": v, "infer_url": f"{self.gateway.url}/v2/models/{name}/infer"}
+                for name, v in served.items()
+            },
+            "logs": str(logs),
+            "pid": os.getpid(),
+            "started_in_seconds": round(time.perf_counter() - started, 2),
+        }
+        self.info_path.write_text(json.dumps(self.info, indent=2))
+        self.info_path.chmod(0o600)
+        self.info["curl"] = (
+            f"curl -s {self.gateway.url}/v2/models/{first}/infer -H 'x-api-key: {api_key}' "
+            "-H 'content-type: application/json' "
+            '-d \'{"inputs":[{"name":"text","shape":[2],"datatype":"BYTES",'
+            '"data":["first sentence","second one"]}]}\''
+        )
+        return self.info
+
+    def _build_and_publish(self, spec: ModelSpec) -> str:
+        assert self.registry is not None
+        result = build_model(spec, root=self.options.root, report=self.report)
+        fingerprint = result.manifest["build_fingerprint"]
+        existing = self.registry.find_by_fingerprint(spec.name, fingerprint)
+        if existing:
+            self.report(
+                f"{spec.name}: version {existing} in the registry matches this build; not publishing"
+            )
+            return existing
+        version = self.registry.publish(result.folder, name=spec.name)
+        self.report(f"{spec.name}: published version {version} to s3://{self.registry.bucket}")
+        return version
+
+    def stop(self) -> None:
+        if self.gateway is not None:
+            self.gateway.stop()
+            self.gateway = None
+        if self.registry is not None:
+            try:
+                saved = snapshot.save(
+                    self.registry.s3, LOCAL_BUCKET, self.state / "registry" / LOCAL_BUCKET
+                )
+                if saved:
+                    self.report(f"kept {saved} new registry objects in {self.state / 'registry'}")
+            except Exception as exc:  # moto already gone: say so, keep stopping
+                self.report(f"could not save the registry: {exc}")
+            self.registry = None
+        for child in reversed(self.children):
+            child.stop()
+        self.children.clear()
+        self.info_path.unlink(missing_ok=True)
+
+
+def run_until_signalled(stack: LocalStack, on_ready: Callable[[dict[str, Any]], None]) -> None:
+    """Start, then block until SIGINT or SIGTERM; stop everything on the way out."""
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        on_ready(stack.start())
+        stop.wait()
+    finally:
+        stack.report("stopping")
+        stack.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

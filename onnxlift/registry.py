@@ -1,0 +1,184 @@
+"""The S3 model registry: immutable versions, manifests, aliases.
+
+Works against real S3 and moto server alike: the endpoint comes from the standard AWS
+environment (AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_S3, profiles), never from code.
+Every object is written with `IfNoneMatch="*"` (S3 conditional write), so a published
+version can never be overwritten, and two publishers racing for one version get exactly
+one winner. The manifest is written last: a version without one is incomplete, but its
+number stays taken.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import ClientError
+from onnxlift_serving import layout
+from onnxlift_serving.artifact import fetch_from_registry
+
+from onnxlift.errors import RegistryError, VersionExistsError
+
+AUTO_VERSION_ATTEMPTS = 5
+
+
+def s3_client() -> Any:
+    import boto3
+
+    return boto3.client("s3")
+
+
+def _sha256_b64(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return base64.b64encode(digest.digest()).decode()
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    name: str
+    version: str
+    complete: bool
+    manifest: dict[str, Any] | None
+
+
+class Registry:
+    def __init__(self, bucket: str, client: Any = None) -> None:
+        self.bucket = bucket
+        self.s3 = client or s3_client()
+
+    # -- bucket -----------------------------------------------------------------------
+    def ensure_bucket(self) -> None:
+        """Create the bucket with versioning on (local stacks; CDK owns it on AWS)."""
+        try:
+            self.s3.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            region = self.s3.meta.region_name
+            kwargs: dict[str, Any] = {"Bucket": self.bucket}
+            if region and region != "us-east-1":
+                kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+            self.s3.create_bucket(**kwargs)
+        self.s3.put_bucket_versioning(
+            Bucket=self.bucket, VersioningConfiguration={"Status": "Enabled"}
+        )
+
+    # -- reading ----------------------------------------------------------------------
+    def models(self) -> list[str]:
+        return sorted(p.split("/")[1] for p in self._prefixes("models/"))
+
+    def _prefixes(self, prefix: str) -> list[str]:
+        found: list[str] = []
+        paginator = self.s3.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
+            found.extend(p["Prefix"] for p in page.get("CommonPrefixes", []))
+        return found
+
+    def versions(self, name: str) -> list[str]:
+        """Every version number taken, complete or not, in numeric order."""
+        names = [
+            p.rstrip("/").rsplit("/", 1)[-1] for p in self._prefixes(layout.model_prefix(name))
+        ]
+        return sorted((v for v in names if v.isdigit()), key=int)
+
+    def manifest(self, name: str, version: str) -> dict[str, Any]:
+        key = layout.object_key(name, version, layout.MANIFEST_FILE)
+        try:
+            body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            if _error_code(exc) in ("NoSuchKey", "404"):
+                raise RegistryError(
+                    f"{name} version {version} is not in s3://{self.bucket}"
+                ) from None
+            raise
+        return json.loads(body)
+
+    def describe(self, name: str) -> list[VersionInfo]:
+        infos = []
+        for version in self.versions(name):
+            try:
+                infos.append(VersionInfo(name, version, True, self.manifest(name, version)))
+            except RegistryError:
+                infos.append(VersionInfo(name, version, False, None))
+        return infos
+
+    def find_by_fingerprint(self, name: str, fingerprint: str) -> str | None:
+        for info in reversed(self.describe(name)):
+            if info.manifest and info.manifest.get("build_fingerprint") == fingerprint:
+                return info.version
+        return None
+
+    def download(self, name: str, version: str, cache_dir: Path) -> Path:
+        return fetch_from_registry(
+            bucket=self.bucket, name=name, version=version, cache_dir=cache_dir, s3_client=self.s3
+        )
+
+    # -- writing ----------------------------------------------------------------------
+    def _put_new(self, key: str, path: Path | None = None, body: bytes | None = None) -> None:
+        kwargs: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "IfNoneMatch": "*",
+            "ChecksumAlgorithm": "SHA256",
+        }
+        try:
+            if path is not None:
+                with path.open("rb") as handle:
+                    self.s3.put_object(Body=handle, ChecksumSHA256=_sha256_b64(path), **kwargs)
+            else:
+                self.s3.put_object(Body=body, **kwargs)
+        except ClientError as exc:
+            if _error_code(exc) in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise VersionExistsError(f"s3://{self.bucket}/{key} exists") from None
+            raise
+
+    def publish(self, folder: Path, *, name: str, version: str | None = None) -> str:
+        """Upload a built artifact as a new immutable version and return its number."""
+        manifest = json.loads((folder / layout.MANIFEST_FILE).read_text())
+        if manifest.get("name") != name:
+            raise RegistryError(f"{folder} holds model '{manifest.get('name')}', not '{name}'")
+        if version is not None:
+            if not version.isdigit():
+                raise RegistryError(f"version must be a positive integer, got '{version}'")
+            self._publish_as(folder, manifest, name, version)
+            return version
+        for _ in range(AUTO_VERSION_ATTEMPTS):
+            taken = self.versions(name)
+            candidate = str(int(taken[-1]) + 1 if taken else 1)
+            try:
+                self._publish_as(folder, manifest, name, candidate)
+                return candidate
+            except VersionExistsError:
+                continue  # another publisher took this number first: take the next one
+        raise RegistryError(
+            f"could not claim a new version of {name} after {AUTO_VERSION_ATTEMPTS} tries"
+        )
+
+    def _publish_as(self, folder: Path, manifest: dict[str, Any], name: str, version: str) -> None:
+        try:
+            # The model object is the claim: whoever writes it first owns the version.
+            self._put_new(
+                layout.object_key(name, version, layout.MODEL_FILE), folder / layout.MODEL_FILE
+            )
+        except VersionExistsError:
+            raise VersionExistsError(
+                f"{name} version {version} is already published in s3://{self.bucket}; "
+                "published versions are immutable: publish a new version instead"
+            ) from None
+        for relative in manifest.get("assets", {}):
+            path = folder / layout.ASSETS_DIR / relative
+            self._put_new(layout.object_key(name, version, f"{layout.ASSETS_DIR}/{relative}"), path)
+        final = dict(manifest, version=version)
+        self._put_new(
+            layout.object_key(name, version, layout.MANIFEST_FILE),
+            body=json.dumps(final, indent=2).encode(),
+        )
