@@ -149,7 +149,7 @@ def build_model(
     served_path = fp32_path
     if spec.quantization.mode == "dynamic":
         report(
-            f"{spec.name}: quantizing to INT8 (dynamic, per_channel={spec.quantization.per_channel})"
+            f"{spec.name}: INT8 dynamic quantization (per_channel={spec.quantization.per_channel})"
         )
         served_path = quantize_dynamic_int8(fp32_path, work / "model.int8.onnx", spec.quantization)
         check_model(served_path, expected_inputs=GRAPH_INPUTS, expected_outputs=["embedding"])

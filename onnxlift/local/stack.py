@@ -209,7 +209,7 @@ class LocalStack:
         existing = self.registry.find_by_fingerprint(spec.name, fingerprint)
         if existing:
             self.report(
-                f"{spec.name}: version {existing} in the registry matches this build; not publishing"
+                f"{spec.name}: version {existing} matches this build; not publishing again"
             )
             return existing
         version = self.registry.publish(result.folder, name=spec.name)
