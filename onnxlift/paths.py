@@ -18,6 +18,15 @@ def project_root() -> Path:
 
 
 def state_dir(root: Path | None = None) -> Path:
+    """Local stack state (local.json, logs, registry snapshot, API key): ONNXLIFT_STATE_DIR or
+    `.onnxlift/`. Tests point it elsewhere to run a stack beside the user's."""
+    if state := os.environ.get("ONNXLIFT_STATE_DIR"):
+        return Path(state).resolve()
+    return (root or project_root()) / ".onnxlift"
+
+
+def cache_dir(root: Path | None = None) -> Path:
+    """Build outputs, keyed by fingerprint, so they are shared by every state dir."""
     return (root or project_root()) / ".onnxlift"
 
 
@@ -26,9 +35,9 @@ def models_dir(root: Path | None = None) -> Path:
 
 
 def build_dir(name: str, fingerprint: str, root: Path | None = None) -> Path:
-    return state_dir(root) / "build" / name / fingerprint
+    return cache_dir(root) / "build" / name / fingerprint
 
 
 def artifacts_dir(name: str, version: str, root: Path | None = None) -> Path:
     """A published version's files, as the Lambda image bakes them in."""
-    return state_dir(root) / "artifacts" / name / version
+    return cache_dir(root) / "artifacts" / name / version

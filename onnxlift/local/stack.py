@@ -208,9 +208,7 @@ class LocalStack:
         fingerprint = result.manifest["build_fingerprint"]
         existing = self.registry.find_by_fingerprint(spec.name, fingerprint)
         if existing:
-            self.report(
-                f"{spec.name}: version {existing} matches this build; not publishing again"
-            )
+            self.report(f"{spec.name}: version {existing} matches this build; not publishing again")
             return existing
         version = self.registry.publish(result.folder, name=spec.name)
         self.report(f"{spec.name}: published version {version} to s3://{self.registry.bucket}")

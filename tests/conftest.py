@@ -1,0 +1,90 @@
+"""Shared fixtures: fake AWS credentials, the real MiniLM build, events and a Lambda context."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EVENTS = Path(__file__).parent / "events"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake credentials first, so nothing can reach a real account (moto's own advice)."""
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SECURITY_TOKEN": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+
+
+@pytest.fixture(scope="session")
+def minilm_spec() -> Any:
+    from onnxlift.spec import load_spec
+
+    return load_spec(ROOT / "models" / "minilm")
+
+
+@pytest.fixture(scope="session")
+def minilm_build(minilm_spec: Any) -> Any:
+    """The real model, built once (and cached by fingerprint across runs) from the real weights."""
+    from onnxlift.build.pipeline import build_model
+
+    return build_model(minilm_spec, root=ROOT, report=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def reference_embeddings(minilm_spec: Any) -> Any:
+    """sentence-transformers on PyTorch for a few sentences: what the service must match."""
+    from onnxlift.build.pipeline import load_source
+
+    source = load_source(minilm_spec)
+
+    def embed(texts: list[str]) -> Any:
+        return source.reference(texts)
+
+    return embed
+
+
+def load_event(name: str, **overrides: Any) -> dict[str, Any]:
+    event = json.loads((EVENTS / f"{name}.json").read_text())
+    event.update(overrides)
+    return event
+
+
+class FakeLambdaContext:
+    function_name = "onnxlift-minilm"
+    memory_limit_in_mb = 2048
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:onnxlift-minilm"
+    aws_request_id = "c6af9ac6-7b61-11e6-9a41-93e812345678"
+    function_version = "$LATEST"
+    log_group_name = "/aws/lambda/onnxlift-minilm"
+    log_stream_name = "local"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 30_000
+
+
+@pytest.fixture
+def lambda_context() -> FakeLambdaContext:
+    return FakeLambdaContext()
+
+
+@pytest.fixture
+def clean_env() -> Iterator[None]:
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)

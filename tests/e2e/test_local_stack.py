@@ -1,0 +1,170 @@
+"""`onnxlift up` as a user runs it: real processes, real HTTP on 127.0.0.1, then Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+
+from onnxlift.local.processes import free_port, port_in_use
+from tests.conftest import ROOT
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+TEXTS = ["first sentence", "second one"]
+
+
+def start_stack(state: Path) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    port, aws_port = free_port(), free_port()
+    env = dict(os.environ, ONNXLIFT_STATE_DIR=str(state), ONNXLIFT_ROOT=str(ROOT))
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "onnxlift.cli",
+            "up",
+            "--port",
+            str(port),
+            "--aws-port",
+            str(aws_port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    info_path = state / "local.json"
+    deadline = time.monotonic() + 300
+    while not info_path.is_file():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"onnxlift up did not come up:\n{process.stdout.read()}")
+        time.sleep(0.2)
+    return process, json.loads(info_path.read_text())
+
+
+def stop_stack(process: subprocess.Popen[str]) -> str:
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    return output
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, minilm_build: Any) -> Iterator[dict[str, Any]]:
+    state = tmp_path_factory.mktemp("state")
+    process, info = start_stack(state)
+    info["_process"], info["_state"] = process, state
+    try:
+        yield info
+    finally:
+        if process.poll() is None:
+            stop_stack(process)
+
+
+def infer(
+    stack: dict[str, Any],
+    body: Any,
+    *,
+    key: str | None = "use",
+    model: str = "minilm",
+    raw: str | None = None,
+) -> requests.Response:
+    headers = {"content-type": "application/json"}
+    if key is not None:
+        headers["x-api-key"] = stack["api_key"] if key == "use" else key
+    data = raw if raw is not None else json.dumps(body)
+    return requests.post(
+        f"{stack['url']}/v2/models/{model}/infer", data=data, headers=headers, timeout=30
+    )
+
+
+def good_body() -> dict[str, Any]:
+    return {"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": TEXTS}]}
+
+
+def test_local_json_tells_scripts_where_everything_is(stack: dict[str, Any]) -> None:
+    assert stack["url"].startswith("http://127.0.0.1:")
+    assert stack["aws_endpoint_url"].startswith("http://127.0.0.1:")
+    assert len(stack["api_key"]) >= 20
+    assert stack["models"]["minilm"]["version"]
+
+
+def test_good_request_returns_embeddings_matching_pytorch(
+    stack: dict[str, Any], reference_embeddings: Any
+) -> None:
+    response = infer(stack, good_body())
+    assert response.status_code == 200, response.text
+    (output,) = response.json()["outputs"]
+    assert (output["name"], output["datatype"], output["shape"]) == ("embedding", "FP32", [2, 384])
+    served = np.asarray(output["data"], dtype=np.float32).reshape(2, 384)
+    assert float((served * reference_embeddings(TEXTS)).sum(axis=1).min()) >= 0.99
+
+
+def test_client_errors_over_http(stack: dict[str, Any]) -> None:
+    cases = [
+        (infer(stack, good_body(), key=None), 403, "missing API key"),
+        (infer(stack, good_body(), key="wrong"), 403, "invalid API key"),
+        (infer(stack, None, raw="{oops"), 400, "not valid JSON"),
+        (infer(stack, good_body(), model="nope"), 404, "'nope' not found"),
+        (
+            infer(
+                stack,
+                {"inputs": [{"name": "text", "shape": [5], "datatype": "BYTES", "data": TEXTS}]},
+            ),
+            422,
+            "holds 5 elements",
+        ),
+    ]
+    for response, status, fragment in cases:
+        assert response.status_code == status, response.text
+        assert response.headers["content-type"].startswith("application/json")
+        assert fragment in response.json()["error"]
+
+
+def test_metadata_and_health_through_the_gateway(stack: dict[str, Any]) -> None:
+    headers = {"x-api-key": stack["api_key"]}
+    meta = requests.get(f"{stack['url']}/v2/models/minilm", headers=headers, timeout=10)
+    assert meta.status_code == 200
+    assert meta.json()["versions"] == [stack["models"]["minilm"]["version"]]
+    for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/minilm/ready"):
+        assert requests.get(stack["url"] + path, headers=headers, timeout=10).status_code == 200
+
+
+def test_concurrent_requests_are_all_answered(stack: dict[str, Any]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(lambda _: infer(stack, good_body()).status_code, range(32)))
+    assert statuses == [200] * 32
+
+
+def test_ctrl_c_stops_everything_and_keeps_what_was_published(stack: dict[str, Any]) -> None:
+    process, state = stack["_process"], stack["_state"]
+    gateway_port = int(stack["url"].rsplit(":", 1)[1])
+    aws_port = int(stack["aws_endpoint_url"].rsplit(":", 1)[1])
+    output = stop_stack(process)
+    assert process.returncode == 0, output
+    assert not (state / "local.json").exists()
+    assert not port_in_use(gateway_port) and not port_in_use(aws_port)
+    version = stack["models"]["minilm"]["version"]
+    kept = state / "registry" / "onnxlift-registry-local" / "models" / "minilm" / version
+    assert (kept / "model.onnx").is_file() and (kept / "manifest.json").is_file()
+
+    # Up again: the same version is served from the kept registry, nothing republished.
+    process, info = start_stack(state)
+    try:
+        assert info["models"]["minilm"]["version"] == version
+        assert infer(info, good_body()).status_code == 200
+    finally:
+        output = stop_stack(process)
+    assert "matches this build" in output and "published version" not in output

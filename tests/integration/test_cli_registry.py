@@ -1,0 +1,32 @@
+"""publish and list through the CLI against a moto registry, with the real build."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from onnxlift.cli import cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_publish_then_list_then_refuse_overwrite(registry: Any, minilm_build: Any) -> None:
+    runner = CliRunner()
+    env = {"ONNXLIFT_BUCKET": registry.bucket}
+    first = runner.invoke(cli, ["publish", "minilm"], env=env)
+    assert first.exit_code == 0, first.output
+    assert "published minilm version 1" in first.output
+
+    listed = runner.invoke(cli, ["list", "--json"], env=env)
+    rows = json.loads(listed.output)
+    assert [(r["name"], r["version"], r["complete"]) for r in rows] == [("minilm", "1", True)]
+    assert rows[0]["parity"] >= rows[0]["threshold"] == 0.99
+    assert rows[0]["bytes"] == minilm_build.manifest["bytes"]
+
+    again = runner.invoke(cli, ["publish", "minilm", "--version", "1"], env=env)
+    assert again.exit_code == 2
+    assert "already published" in again.output and "immutable" in again.output
+    assert registry.manifest("minilm", "1")["sha256"] == minilm_build.manifest["sha256"]

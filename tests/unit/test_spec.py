@@ -1,0 +1,62 @@
+"""Model specs are validated before anything is built or deployed."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from onnxlift.errors import SpecError
+from onnxlift.spec import discover_specs, load_spec
+from tests.conftest import ROOT
+
+
+def copy_minilm(tmp_path: Path, name: str = "minilm") -> Path:
+    folder = tmp_path / name
+    shutil.copytree(ROOT / "models" / "minilm", folder)
+    return folder
+
+
+def test_the_shipped_spec_loads() -> None:
+    spec = load_spec(ROOT / "models" / "minilm")
+    assert spec.task == "text-embedding"
+    assert spec.parity.threshold == 0.99
+    assert spec.serving.target == "lambda" and 128 <= spec.serving.memory_mb <= 10_240
+    assert [s.name for s in discover_specs(ROOT / "models")] == ["minilm"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('name = "minilm"', 'name = "other"', "must match its folder"),
+        ('task = "text-embedding"', 'task = "telepathy"', "task 'telepathy'"),
+        ("memory_mb = 2048", "memory_mb = 20480", "memory_mb must be within"),
+        ("timeout_s = 30", "timeout_s = 901", "timeout_s must be within"),
+        ('target = "lambda"', 'target = "ec2"', "serving.target"),
+        ("threshold = 0.99", "threshold = 1.5", "threshold"),
+        ('mode = "dynamic"', 'mode = "int3"', "quantization.mode"),
+        ('module = "source.py"', 'module = "missing.py"', "not found"),
+        ("[serving]", "[serving", "model.toml"),
+    ],
+)
+def test_bad_specs_are_refused_with_the_reason(
+    tmp_path: Path, old: str, new: str, message: str
+) -> None:
+    folder = copy_minilm(tmp_path)
+    toml = folder / "model.toml"
+    text = toml.read_text()
+    assert old in text
+    toml.write_text(text.replace(old, new))
+    with pytest.raises(SpecError, match=message):
+        load_spec(folder)
+
+
+def test_fingerprint_follows_the_model_folder(tmp_path: Path) -> None:
+    folder = copy_minilm(tmp_path)
+    chain = {"torch": "2.13.0"}
+    before = load_spec(folder).fingerprint(chain)
+    assert load_spec(folder).fingerprint(chain) == before
+    assert load_spec(folder).fingerprint({"torch": "2.14.0"}) != before
+    (folder / "parity_sentences.txt").write_text("changed\n")
+    assert load_spec(folder).fingerprint(chain) != before
