@@ -198,6 +198,6 @@ def test_corrupt_artifact_is_refused_and_answers_503(
     assert not module.service.ready
     assert "sha256" in module.service.load_error
     status, body, headers = call(module, lambda_context, texts_body(["a"]))
-    assert status == 503 and headers["Retry-After"]
+    assert status == 503 and headers["Retry-After"] and "not loaded" in body["error"]
     status, _, _ = call(module, lambda_context, path="/v2/health/ready", method="GET")
     assert status == 503
