@@ -24,6 +24,20 @@ class QuantizationSpec:
     per_channel: bool = True
     reduce_range: bool = False
     exclude_nodes: tuple[str, ...] = ()
+    exclude_op_types: tuple[str, ...] = ()  # e.g. ("Attention",): fused nodes kept in FP32
+    # Outlier-channel split of feed-forward MatMuls (see onnxlift/build/outliers.py); 0 = off.
+    outlier_ratio: float = 0.0
+    outlier_max_channels: int = 4
+    calibration: str | None = None  # texts for the split's statistics, disjoint from parity
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimizerSpec:
+    """onnxruntime transformer optimizer settings; model_type None = no fusion pass."""
+
+    model_type: str | None = None
+    num_heads: int = 0
+    hidden_size: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +65,7 @@ class ModelSpec:
     framework: str
     source_module: str
     opset: int
+    optimizer: OptimizerSpec
     quantization: QuantizationSpec
     parity: ParitySpec
     tokenizer: str
@@ -115,7 +130,13 @@ def load_spec(folder: Path) -> ModelSpec:
         per_channel=bool(quant.get("per_channel", True)),
         reduce_range=bool(quant.get("reduce_range", False)),
         exclude_nodes=tuple(quant.get("exclude_nodes", ())),
+        exclude_op_types=tuple(quant.get("exclude_op_types", ())),
+        outlier_ratio=float(quant.get("outlier_ratio", 0.0)),
+        outlier_max_channels=int(quant.get("outlier_max_channels", 4)),
+        calibration=quant.get("calibration"),
     )
+    export = raw.get("export", {})
+    optimizer = OptimizerSpec(**export.get("optimizer", {}))
     if quantization.mode not in QUANT_MODES:
         raise SpecError(f"{path}: quantization.mode '{quantization.mode}' not in {QUANT_MODES}")
     serving_spec = ServingSpec(**{k: serving[k] for k in serving})
@@ -139,7 +160,8 @@ def load_spec(folder: Path) -> ModelSpec:
         folder=folder.resolve(),
         framework=str(source.get("framework", "pytorch")),
         source_module=str(source.get("module", "source.py")),
-        opset=int(raw.get("export", {}).get("opset", 18)),
+        opset=int(export.get("opset", 17)),
+        optimizer=optimizer,
         quantization=quantization,
         parity=parity_spec,
         tokenizer=str(preprocess.get("tokenizer", "tokenizer.json")),
@@ -149,6 +171,10 @@ def load_spec(folder: Path) -> ModelSpec:
     )
     if not spec.source_path.is_file():
         raise SpecError(f"{path}: source module {spec.source_path} not found")
+    if quantization.outlier_ratio and not (
+        quantization.calibration and (spec.folder / quantization.calibration).is_file()
+    ):
+        raise SpecError(f"{path}: quantization.outlier_ratio needs a calibration file")
     if not (spec.folder / spec.parity.inputs).is_file():
         raise SpecError(f"{path}: parity inputs {spec.parity.inputs} not found")
     return spec

@@ -22,11 +22,13 @@ from typing import Any
 import numpy as np
 from onnxlift_serving import layout
 from onnxlift_serving.artifact import load_artifact, sha256_file
-from onnxlift_serving.pipelines import build_pipeline
+from onnxlift_serving.pipelines import build_pipeline, load_tokenizer
 from onnxlift_serving.session import create_session
 
 from onnxlift import __version__, paths
 from onnxlift.build.check import check_model, opset_of
+from onnxlift.build.optimize import optimize_transformer
+from onnxlift.build.outliers import SplitReport, split_outlier_channels
 from onnxlift.build.parity import cosine_parity
 from onnxlift.build.quantize import quantize_dynamic_int8
 from onnxlift.errors import BuildError
@@ -101,6 +103,56 @@ def _serve(folder: Path, texts: list[str], threads: int) -> np.ndarray:
     return np.concatenate(rows)
 
 
+def _quantize(
+    spec: ModelSpec, fp32_path: Path, work: Path, tokenizer: Path, report: Report
+) -> tuple[Path, dict[str, int], SplitReport | None]:
+    """Optional fusion pass, optional outlier split, then dynamic INT8 (see the spec)."""
+    source, fused = fp32_path, {}
+    if spec.optimizer.model_type:
+        report(f"{spec.name}: fusing with the {spec.optimizer.model_type} transformer optimizer")
+        fused = optimize_transformer(
+            fp32_path,
+            work / "model.fp32.fused.onnx",
+            model_type=spec.optimizer.model_type,
+            num_heads=spec.optimizer.num_heads,
+            hidden_size=spec.optimizer.hidden_size,
+        )
+        source = work / "model.fp32.fused.onnx"
+    split = None
+    quant = spec.quantization
+    if quant.outlier_ratio and quant.calibration:
+        texts = [t for t in (spec.folder / quant.calibration).read_text().splitlines() if t.strip()]
+        tok = load_tokenizer(str(tokenizer), spec.max_length)
+        feeds = [_feeds(tok, text) for text in texts]
+        split = split_outlier_channels(
+            source,
+            work / "model.fp32.split.onnx",
+            feeds,
+            ratio=quant.outlier_ratio,
+            max_channels=quant.outlier_max_channels,
+        )
+        report(
+            f"{spec.name}: split outlier channels of {len(split.channels)} MatMuls "
+            f"({len(texts)} calibration texts)"
+        )
+        source = work / "model.fp32.split.onnx"
+    report(f"{spec.name}: INT8 dynamic quantization (per_channel={quant.per_channel})")
+    target = quantize_dynamic_int8(
+        source, work / "model.int8.onnx", quant, extra_fp32_nodes=split.fp32_nodes if split else []
+    )
+    return target, fused, split
+
+
+def _feeds(tokenizer: Any, text: str) -> dict[str, np.ndarray]:
+    encoding = tokenizer.encode(text)
+    columns = {
+        "input_ids": encoding.ids,
+        "attention_mask": encoding.attention_mask,
+        "token_type_ids": encoding.type_ids,
+    }
+    return {name: np.asarray([columns[name]], dtype=np.int64) for name in GRAPH_INPUTS}
+
+
 def build_model(
     spec: ModelSpec,
     *,
@@ -130,7 +182,11 @@ def build_model(
     from onnxlift.build.torch_export import export_module
 
     module = source.load_module()
-    example = {n: torch.ones((2, 8), dtype=torch.int64) for n in GRAPH_INPUTS}
+    # One right-padded row, so the padding-mask path is traced rather than a no-padding shortcut.
+    ids = torch.tensor(
+        [[101, 1037, 2158, 2003, 5559, 1037, 3586, 102], [101, 7592, 102, 0, 0, 0, 0, 0]]
+    )
+    example = {"input_ids": ids, "attention_mask": (ids != 0).long(), "token_type_ids": ids * 0}
     fp32_path = export_module(
         module,
         example_inputs=example,
@@ -146,12 +202,9 @@ def build_model(
     report(f"{spec.name}: checking graph")
     check_model(fp32_path, expected_inputs=GRAPH_INPUTS, expected_outputs=["embedding"])
 
-    served_path = fp32_path
+    served_path, fused, split = fp32_path, {}, None
     if spec.quantization.mode == "dynamic":
-        report(
-            f"{spec.name}: INT8 dynamic quantization (per_channel={spec.quantization.per_channel})"
-        )
-        served_path = quantize_dynamic_int8(fp32_path, work / "model.int8.onnx", spec.quantization)
+        served_path, fused, split = _quantize(spec, fp32_path, work, tokenizer, report)
         check_model(served_path, expected_inputs=GRAPH_INPUTS, expected_outputs=["embedding"])
 
     texts = (spec.folder / spec.parity.inputs).read_text().splitlines()
@@ -181,6 +234,9 @@ def build_model(
             "per_channel": spec.quantization.per_channel,
             "reduce_range": spec.quantization.reduce_range,
             "exclude_nodes": list(spec.quantization.exclude_nodes),
+            "exclude_op_types": list(spec.quantization.exclude_op_types),
+            "fused_operators": fused,
+            "outlier_channels": split.channels if split else {},
         },
         "target": spec.serving.target,
         "memory_mb": spec.serving.memory_mb,

@@ -30,7 +30,9 @@ def call(
         event["body"] = None
     event.update(overrides)
     result = module.lambda_handler(event, context)
-    headers = result.get("headers") or {}
+    headers = dict(result.get("headers") or {})
+    for key, values in (result.get("multiValueHeaders") or {}).items():
+        headers[key] = ", ".join(values)
     return result["statusCode"], json.loads(result["body"]), headers
 
 
