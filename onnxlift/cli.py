@@ -128,6 +128,19 @@ def publish(name: str, version: str | None, bucket: str | None) -> None:
     click.echo(f"published {name} version {published} to s3://{registry.bucket}")
 
 
+@cli.command()
+@click.argument("name")
+@click.argument("version")
+@click.option(
+    "--bucket", envvar="ONNXLIFT_BUCKET", help="Registry bucket (default: the local stack's)."
+)
+def pull(name: str, version: str, bucket: str | None) -> None:
+    """Fetch a published version (sha256-checked) to where the image build bakes it in."""
+    registry = _registry(bucket)
+    folder = registry.download(name, version, paths.cache_dir(_root()) / "artifacts")
+    click.echo(f"{name} version {version} -> {folder}")
+
+
 @cli.command("list")
 @click.option(
     "--bucket", envvar="ONNXLIFT_BUCKET", help="Registry bucket (default: the local stack's)."

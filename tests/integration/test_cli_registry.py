@@ -30,3 +30,20 @@ def test_publish_then_list_then_refuse_overwrite(registry: Any, minilm_build: An
     assert again.exit_code == 2
     assert "already published" in again.output and "immutable" in again.output
     assert registry.manifest("minilm", "1")["sha256"] == minilm_build.manifest["sha256"]
+
+
+def test_pull_puts_the_version_where_the_image_bakes_it(
+    registry: Any, minilm_build: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onnxlift_serving.artifact import load_artifact
+
+    monkeypatch.setenv("ONNXLIFT_ROOT", str(tmp_path))
+    (tmp_path / "models").symlink_to(minilm_build.spec.folder.parent)
+    (tmp_path / "pyproject.toml").write_text("")
+    registry.publish(minilm_build.folder, name="minilm")
+    result = CliRunner().invoke(
+        cli, ["pull", "minilm", "1"], env={"ONNXLIFT_BUCKET": registry.bucket}
+    )
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / ".onnxlift" / "artifacts" / "minilm" / "1"
+    assert load_artifact(folder).manifest["sha256"] == minilm_build.manifest["sha256"]
