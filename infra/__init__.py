@@ -1,0 +1,1 @@
+"""AWS CDK infrastructure for onnxlift: registry bucket, one Lambda per model, REST API."""

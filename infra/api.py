@@ -1,0 +1,464 @@
+"""The public face: a REST API speaking the Open Inference Protocol V2, keyed and throttled."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from aws_cdk import ArnFormat, RemovalPolicy, Size, Stack
+from aws_cdk import aws_apigateway as apigw
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_wafv2 as wafv2
+from constructs import Construct
+
+from infra.config import LOG_RETENTION_DAYS, DeploymentConfig
+from infra.inference_function import InferenceFunction
+
+JSON = "application/json"
+
+# One line of JSON per request in the access log group.
+ACCESS_LOG_FIELDS = {
+    "requestId": "$context.requestId",
+    "extendedRequestId": "$context.extendedRequestId",
+    "requestTime": "$context.requestTime",
+    "ip": "$context.identity.sourceIp",
+    "userAgent": "$context.identity.userAgent",
+    "apiKeyId": "$context.identity.apiKeyId",
+    "httpMethod": "$context.httpMethod",
+    "resourcePath": "$context.resourcePath",
+    "path": "$context.path",
+    "protocol": "$context.protocol",
+    "status": "$context.status",
+    "responseLength": "$context.responseLength",
+    "responseLatency": "$context.responseLatency",
+    "integrationStatus": "$context.integration.status",
+    "integrationLatency": "$context.integration.latency",
+    "errorType": "$context.error.responseType",
+    "errorMessage": "$context.error.message",
+    "wafStatus": "$context.waf.status",
+    "xrayTraceId": "$context.xrayTraceId",
+}
+
+
+def _error(message: str) -> dict[str, str]:
+    return {JSON: json.dumps({"error": message})}
+
+
+# Gateway responses: errors API Gateway answers itself, as {"error": "..."} like the handler.
+# Templates here are not VTL; only $context variables are substituted. messageString is
+# already a quoted JSON string.
+GATEWAY_RESPONSES: dict[str, tuple[apigw.ResponseType, str | None, dict[str, str]]] = {
+    "InvalidApiKey": (
+        apigw.ResponseType.INVALID_API_KEY,
+        "403",
+        _error("missing or invalid API key: send it in the x-api-key header"),
+    ),
+    "AccessDenied": (
+        apigw.ResponseType.ACCESS_DENIED,
+        "403",
+        _error("missing or invalid API key: send it in the x-api-key header"),
+    ),
+    "NotFound": (
+        apigw.ResponseType.MISSING_AUTHENTICATION_TOKEN,
+        "404",
+        _error("not found: see /v2/models/<name> and /v2/health/ready"),
+    ),
+    "Throttled": (
+        apigw.ResponseType.THROTTLED,
+        "429",
+        _error("too many requests: the API key's rate limit was exceeded, retry later"),
+    ),
+    "QuotaExceeded": (
+        apigw.ResponseType.QUOTA_EXCEEDED,
+        "429",
+        _error("the API key's daily quota is used up"),
+    ),
+    "RequestTooLarge": (
+        apigw.ResponseType.REQUEST_TOO_LARGE,
+        "413",
+        _error("request body too large (API Gateway accepts at most 10 MB)"),
+    ),
+    "BadRequestBody": (
+        apigw.ResponseType.BAD_REQUEST_BODY,
+        "400",
+        _error(
+            "request body is not a V2 inference request: expected "
+            '{"inputs": [{"name", "shape", "datatype", "data"}, ...]}'
+        ),
+    ),
+    "BadRequestParameters": (
+        apigw.ResponseType.BAD_REQUEST_PARAMETERS,
+        "400",
+        _error("missing or invalid request parameters"),
+    ),
+    "UnsupportedMediaType": (
+        apigw.ResponseType.UNSUPPORTED_MEDIA_TYPE,
+        "415",
+        _error("unsupported media type: send application/json"),
+    ),
+    "IntegrationTimeout": (
+        apigw.ResponseType.INTEGRATION_TIMEOUT,
+        "504",
+        _error("the model did not answer within the API Gateway timeout (29 s)"),
+    ),
+    "WafFiltered": (
+        apigw.ResponseType.WAF_FILTERED,
+        "403",
+        _error("request blocked by the web application firewall"),
+    ),
+    "Default4xx": (
+        apigw.ResponseType.DEFAULT_4_XX,
+        None,
+        {JSON: '{"error": $context.error.messageString}'},
+    ),
+    "Default5xx": (
+        apigw.ResponseType.DEFAULT_5_XX,
+        None,
+        {JSON: '{"error": $context.error.messageString}'},
+    ),
+}
+
+# WAF: AWS common rule set, but the rules that inspect the *body* only count. Inference
+# bodies are data, not web forms: MBs of tensors (SizeRestrictions_BODY blocks > 8 KB) and
+# free text to embed, which may legitimately contain markup, paths or URLs (XSS/LFI/RFI/SSRF
+# body rules). The body is never rendered or dereferenced; the handler validates it.
+WAF_COUNT_ONLY_RULES = (
+    "SizeRestrictions_BODY",
+    "CrossSiteScripting_BODY",
+    "GenericLFI_BODY",
+    "GenericRFI_BODY",
+    "EC2MetaDataSSRF_BODY",
+)
+WAF_RATE_WINDOW_S = 300
+
+
+def _json_schema_infer_request() -> apigw.JsonSchema:
+    """Structure of a V2 infer request; the handler checks it against the model (422)."""
+    S, T = apigw.JsonSchema, apigw.JsonSchemaType
+    tensor = S(
+        type=T.OBJECT,
+        required=["name", "shape", "datatype", "data"],
+        properties={
+            "name": S(type=T.STRING, min_length=1),
+            "shape": S(type=T.ARRAY, items=S(type=T.INTEGER, minimum=0)),
+            "datatype": S(type=T.STRING, min_length=1),
+            "parameters": S(type=T.OBJECT),
+            "data": S(),  # any JSON: nested or flat list, or a scalar
+        },
+    )
+    requested_output = S(
+        type=T.OBJECT,
+        required=["name"],
+        properties={"name": S(type=T.STRING, min_length=1), "parameters": S(type=T.OBJECT)},
+    )
+    return S(
+        schema=apigw.JsonSchemaVersion.DRAFT4,
+        title="V2InferRequest",
+        type=T.OBJECT,
+        required=["inputs"],
+        properties={
+            "id": S(type=T.STRING),
+            "parameters": S(type=T.OBJECT),
+            "inputs": S(type=T.ARRAY, min_items=1, items=tensor),
+            "outputs": S(type=T.ARRAY, items=requested_output),
+        },
+    )
+
+
+class InferenceApi(Construct):
+    """REST API: /v2/health/*, /v2/models/<name>/... per model, JSON 404 for other names."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        config: DeploymentConfig,
+        functions: Sequence[InferenceFunction],
+    ) -> None:
+        super().__init__(scope, id)
+        if not functions:
+            raise ValueError("the API needs at least one model function")
+
+        self.access_log_group = logs.LogGroup(
+            self,
+            "AccessLogs",
+            retention=logs.RetentionDays[LOG_RETENTION_DAYS[config.log_retention_days]],
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+
+        self.api = apigw.RestApi(
+            self,
+            "RestApi",
+            description="onnxlift: ONNX model inference (Open Inference Protocol V2)",
+            endpoint_types=[apigw.EndpointType.REGIONAL],
+            # Set below, region-wide, with our own least-privilege role (or not at all).
+            cloud_watch_role=False,
+            api_key_source_type=apigw.ApiKeySourceType.HEADER,
+            min_compression_size=Size.kibibytes(1),
+            default_method_options=apigw.MethodOptions(api_key_required=True),
+            deploy_options=apigw.StageOptions(
+                stage_name=config.stage_name,
+                access_log_destination=apigw.LogGroupLogDestination(self.access_log_group),
+                access_log_format=apigw.AccessLogFormat.custom(json.dumps(ACCESS_LOG_FIELDS)),
+                tracing_enabled=True,
+                metrics_enabled=True,
+                logging_level=apigw.MethodLoggingLevel.ERROR,
+                # Never log request/response bodies: they carry callers' data.
+                data_trace_enabled=False,
+            ),
+        )
+        self.stage = self.api.deployment_stage
+        # The RestApi's own "Endpoint" output duplicates the stack's ApiUrl output.
+        self.api.node.try_remove_child("Endpoint")
+
+        self.validator = self.api.add_request_validator(
+            "Validator",
+            request_validator_name="body-and-parameters",
+            validate_request_body=True,
+            validate_request_parameters=True,
+        )
+        self.infer_model = self.api.add_model(
+            "InferRequestModel",
+            content_type=JSON,
+            model_name="V2InferRequest",
+            description="Open Inference Protocol V2 inference request",
+            schema=_json_schema_infer_request(),
+        )
+
+        self.methods: list[apigw.Method] = []
+        self._routes(functions)
+        for gateway_id, (response_type, status, templates) in GATEWAY_RESPONSES.items():
+            self.api.add_gateway_response(
+                gateway_id, type=response_type, status_code=status, templates=templates
+            )
+
+        self.api_key = self.api.add_api_key(
+            "ApiKey", description="onnxlift inference API key (value: aws apigateway get-api-key)"
+        )
+        self.usage_plan = self.api.add_usage_plan(
+            "UsagePlan",
+            description="onnxlift: per-key throttle and quota",
+            throttle=apigw.ThrottleSettings(
+                rate_limit=config.throttle_rate_limit, burst_limit=config.throttle_burst_limit
+            ),
+            quota=(
+                apigw.QuotaSettings(limit=config.quota_per_day, period=apigw.Period.DAY)
+                if config.quota_per_day is not None
+                else None
+            ),
+            api_stages=[apigw.UsagePlanPerApiStage(api=self.api, stage=self.stage)],
+        )
+        self.usage_plan.add_api_key(self.api_key)
+
+        self.cloudwatch_role: iam.Role | None = None
+        self.web_acl: wafv2.CfnWebACL | None = None
+        if config.manage_apigateway_account:
+            self._account_logging_role()
+        if config.waf_enabled:
+            self._web_acl(config)
+
+    # -- routes ------------------------------------------------------------------------
+
+    def _method(
+        self,
+        resource: apigw.IResource,
+        http_method: str,
+        integration: apigw.Integration,
+        *,
+        path_params: Sequence[str] = (),
+        body_model: apigw.IModel | None = None,
+        method_responses: Sequence[apigw.MethodResponse] | None = None,
+    ) -> apigw.Method:
+        method = resource.add_method(
+            http_method,
+            integration,
+            api_key_required=True,
+            request_validator=self.validator,
+            request_parameters={f"method.request.path.{p}": True for p in path_params} or None,
+            request_models={JSON: body_model} if body_model else None,
+            method_responses=method_responses,
+        )
+        self.methods.append(method)
+        return method
+
+    def _routes(self, functions: Sequence[InferenceFunction]) -> None:
+        v2 = self.api.root.add_resource("v2")
+
+        health_backend = apigw.LambdaIntegration(functions[0].function, allow_test_invoke=False)
+        health = v2.add_resource("health")
+        for probe in ("live", "ready"):
+            self._method(health.add_resource(probe), "GET", health_backend)
+
+        models = v2.add_resource("models")
+        for fn in functions:
+            backend = apigw.LambdaIntegration(fn.function, allow_test_invoke=False)
+            model = models.add_resource(fn.model.name)
+            self._method(model, "GET", backend)
+            self._method(model.add_resource("ready"), "GET", backend)
+            self._method(model.add_resource("infer"), "POST", backend, body_model=self.infer_model)
+            version = model.add_resource("versions").add_resource("{version}")
+            self._method(version, "GET", backend, path_params=["version"])
+            self._method(version.add_resource("ready"), "GET", backend, path_params=["version"])
+            self._method(
+                version.add_resource("infer"),
+                "POST",
+                backend,
+                path_params=["version"],
+                body_model=self.infer_model,
+            )
+
+        # Any other model name: literal resources win over {name}, so this only answers
+        # for models that are not deployed.
+        unknown = models.add_resource("{name}")
+        not_found = apigw.MockIntegration(
+            passthrough_behavior=apigw.PassthroughBehavior.NEVER,
+            request_templates={JSON: '{"statusCode": 404}'},
+            integration_responses=[
+                apigw.IntegrationResponse(
+                    status_code="404",
+                    response_templates={
+                        JSON: (
+                            "#set($name = $util.escapeJavaScript($input.params('name'))"
+                            '.replaceAll("\\\\\'", "\'"))\n'
+                            '{"error": "model \'$name\' not found"}'
+                        )
+                    },
+                )
+            ],
+        )
+        not_found_responses = [
+            apigw.MethodResponse(status_code="404", response_models={JSON: apigw.Model.ERROR_MODEL})
+        ]
+        self._method(
+            unknown,
+            "ANY",
+            not_found,
+            path_params=["name"],
+            method_responses=not_found_responses,
+        )
+        self._method(
+            unknown.add_resource("{proxy+}"),
+            "ANY",
+            not_found,
+            path_params=["name", "proxy"],
+            method_responses=not_found_responses,
+        )
+
+    # -- account-level logging role ------------------------------------------------------
+
+    def _account_logging_role(self) -> None:
+        """API Gateway writes stage logs with one role per account and region.
+
+        Same actions as the AWS managed AmazonAPIGatewayPushToCloudWatchLogs policy minus
+        the read actions, limited to this account and region's log groups. Retained on
+        delete, like the CDK's own `cloudWatchRole`: other APIs in the region rely on it.
+        """
+        # Every log group (and its streams) of this account and region.
+        self.log_groups_arn = Stack.of(self).format_arn(
+            service="logs",
+            resource="log-group",
+            resource_name="*",
+            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+        )
+        self.cloudwatch_role = iam.Role(
+            self,
+            "CloudWatchRole",
+            assumed_by=iam.ServicePrincipal("apigateway.amazonaws.com"),
+            description="API Gateway account role: push execution and access logs to CloudWatch",
+            inline_policies={
+                "PushLogs": iam.PolicyDocument(
+                    statements=[
+                        iam.PolicyStatement(
+                            actions=[
+                                "logs:CreateLogGroup",
+                                "logs:CreateLogStream",
+                                "logs:DescribeLogGroups",
+                                "logs:DescribeLogStreams",
+                                "logs:PutLogEvents",
+                            ],
+                            resources=[self.log_groups_arn],
+                        )
+                    ]
+                )
+            },
+        )
+        self.cloudwatch_role.apply_removal_policy(RemovalPolicy.RETAIN)
+        self.account = apigw.CfnAccount(
+            self, "Account", cloud_watch_role_arn=self.cloudwatch_role.role_arn
+        )
+        # The stage enables logging, which fails unless the account role is set first.
+        self.stage.node.add_dependency(self.account)
+
+    # -- WAF -------------------------------------------------------------------------------
+
+    def _web_acl(self, config: DeploymentConfig) -> None:
+        def visibility(metric: str) -> wafv2.CfnWebACL.VisibilityConfigProperty:
+            return wafv2.CfnWebACL.VisibilityConfigProperty(
+                cloud_watch_metrics_enabled=True,
+                metric_name=metric,
+                sampled_requests_enabled=True,
+            )
+
+        # A single client may send at most the whole usage plan's sustained rate.
+        rate_limit = max(100, int(config.throttle_rate_limit * WAF_RATE_WINDOW_S))
+        self.web_acl = wafv2.CfnWebACL(
+            self,
+            "WebAcl",
+            scope="REGIONAL",
+            default_action=wafv2.CfnWebACL.DefaultActionProperty(allow={}),
+            visibility_config=visibility("onnxlift-api"),
+            custom_response_bodies={
+                "rate-limited": wafv2.CfnWebACL.CustomResponseBodyProperty(
+                    content_type="APPLICATION_JSON",
+                    content=json.dumps({"error": "too many requests from this address"}),
+                )
+            },
+            rules=[
+                wafv2.CfnWebACL.RuleProperty(
+                    name="RateLimitPerIp",
+                    priority=0,
+                    action=wafv2.CfnWebACL.RuleActionProperty(
+                        block=wafv2.CfnWebACL.BlockActionProperty(
+                            custom_response=wafv2.CfnWebACL.CustomResponseProperty(
+                                response_code=429, custom_response_body_key="rate-limited"
+                            )
+                        )
+                    ),
+                    statement=wafv2.CfnWebACL.StatementProperty(
+                        rate_based_statement=wafv2.CfnWebACL.RateBasedStatementProperty(
+                            aggregate_key_type="IP",
+                            limit=rate_limit,
+                            evaluation_window_sec=WAF_RATE_WINDOW_S,
+                        )
+                    ),
+                    visibility_config=visibility("onnxlift-rate-limit"),
+                ),
+                wafv2.CfnWebACL.RuleProperty(
+                    name="AWSManagedRulesCommonRuleSet",
+                    priority=1,
+                    override_action=wafv2.CfnWebACL.OverrideActionProperty(none={}),
+                    statement=wafv2.CfnWebACL.StatementProperty(
+                        managed_rule_group_statement=wafv2.CfnWebACL.ManagedRuleGroupStatementProperty(
+                            vendor_name="AWS",
+                            name="AWSManagedRulesCommonRuleSet",
+                            rule_action_overrides=[
+                                wafv2.CfnWebACL.RuleActionOverrideProperty(
+                                    name=rule,
+                                    action_to_use=wafv2.CfnWebACL.RuleActionProperty(count={}),
+                                )
+                                for rule in WAF_COUNT_ONLY_RULES
+                            ],
+                        )
+                    ),
+                    visibility_config=visibility("onnxlift-common-rules"),
+                ),
+            ],
+        )
+        self.web_acl_association = wafv2.CfnWebACLAssociation(
+            self,
+            "WebAclAssociation",
+            resource_arn=self.stage.stage_arn,
+            web_acl_arn=self.web_acl.attr_arn,
+        )

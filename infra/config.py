@@ -1,0 +1,214 @@
+"""The deployment model: which models to serve and how, read from CDK context.
+
+`cdk.json` holds the defaults under `context.onnxlift`; any field can be overridden on the
+command line with a dotted key, e.g. `npx cdk deploy -c onnxlift.image_source=ecr`.
+Per-model sizing (memory, timeout, concurrency) comes from the model specs, not from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+CONTEXT_KEY = "onnxlift"
+
+# Lambda gives a function one vCPU per 1,769 MB of memory, up to 6 vCPUs at 10,240 MB.
+MB_PER_VCPU = 1769
+MAX_VCPUS = 6
+LAMBDA_MEMORY_MB = (128, 10_240)
+LAMBDA_MAX_TIMEOUT_S = 900
+# API Gateway REST integrations time out after 29 s (raisable by quota for regional APIs only).
+APIGW_INTEGRATION_TIMEOUT_S = 29
+# The retention periods CloudWatch Logs accepts, with their aws_logs.RetentionDays member.
+LOG_RETENTION_DAYS = {
+    1: "ONE_DAY", 3: "THREE_DAYS", 5: "FIVE_DAYS", 7: "ONE_WEEK", 14: "TWO_WEEKS",
+    30: "ONE_MONTH", 60: "TWO_MONTHS", 90: "THREE_MONTHS", 120: "FOUR_MONTHS",
+    150: "FIVE_MONTHS", 180: "SIX_MONTHS", 365: "ONE_YEAR", 400: "THIRTEEN_MONTHS",
+    545: "EIGHTEEN_MONTHS", 731: "TWO_YEARS", 1096: "THREE_YEARS", 1827: "FIVE_YEARS",
+    2192: "SIX_YEARS", 2557: "SEVEN_YEARS", 2922: "EIGHT_YEARS", 3288: "NINE_YEARS",
+    3653: "TEN_YEARS",
+}  # fmt: skip
+IMAGE_SOURCES = ("asset", "ecr")
+MODEL_SOURCES = ("image", "registry")
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,39}$")
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_STAGE = re.compile(r"^[A-Za-z0-9_]{1,128}$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_ECR_REPO = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
+
+
+class ConfigError(ValueError):
+    """The deployment configuration (cdk.json context or a model spec) is not deployable."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelDeployment:
+    """One model served by its own Lambda function."""
+
+    name: str
+    version: str
+    memory_mb: int
+    timeout_s: int
+    reserved_concurrency: int
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ConfigError(
+                f"model name {self.name!r} must be 1-40 letters, digits, '-' or '_', "
+                "starting with a letter (it becomes an API path segment and an image tag)"
+            )
+        if not _VERSION.match(self.version):
+            raise ConfigError(f"model {self.name}: version {self.version!r} is not a valid tag")
+        lo, hi = LAMBDA_MEMORY_MB
+        if not lo <= self.memory_mb <= hi:
+            raise ConfigError(f"model {self.name}: memory_mb must be within {lo}..{hi}")
+        if not 1 <= self.timeout_s <= LAMBDA_MAX_TIMEOUT_S:
+            raise ConfigError(
+                f"model {self.name}: timeout_s must be within 1..{LAMBDA_MAX_TIMEOUT_S}"
+            )
+        if self.reserved_concurrency < 1:
+            raise ConfigError(f"model {self.name}: reserved_concurrency must be at least 1")
+
+    @property
+    def ort_threads(self) -> int:
+        """onnxruntime intra-op threads: the vCPUs Lambda gives this much memory."""
+        return max(1, min(MAX_VCPUS, self.memory_mb // MB_PER_VCPU))
+
+    @property
+    def image_tag(self) -> str:
+        """The tag of this model's prebuilt image when `image_source == "ecr"`."""
+        return f"{self.name}-{self.version}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeploymentConfig:
+    models: tuple[ModelDeployment, ...]
+    registry_bucket_name: str | None = None
+    stage_name: str = "v1"
+    throttle_rate_limit: float = 50
+    throttle_burst_limit: int = 100
+    quota_per_day: int | None = None
+    image_source: str = "asset"
+    ecr_repository_name: str | None = None
+    model_source: str = "image"
+    log_retention_days: int = 30
+    # Additions beyond the original contract (both default to the safe choice):
+    waf_enabled: bool = True
+    """Associate a WAFv2 web ACL with the stage (AWS common rules + per-IP rate limit)."""
+    manage_apigateway_account: bool = True
+    """Set the region-wide API Gateway CloudWatch role that stage logging needs. Turn off
+    when the account already has one configured by another stack."""
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ConfigError("no models to deploy: at least one spec must target lambda")
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"model names must be unique, got {names}")
+        if self.registry_bucket_name is not None and not _BUCKET.match(self.registry_bucket_name):
+            raise ConfigError(f"registry_bucket_name {self.registry_bucket_name!r} is invalid")
+        if not _STAGE.match(self.stage_name):
+            raise ConfigError(f"stage_name {self.stage_name!r}: letters, digits and '_' only")
+        if self.throttle_rate_limit <= 0 or self.throttle_burst_limit <= 0:
+            raise ConfigError("throttle_rate_limit and throttle_burst_limit must be positive")
+        if self.quota_per_day is not None and self.quota_per_day <= 0:
+            raise ConfigError("quota_per_day must be positive (or null for no quota)")
+        if self.image_source not in IMAGE_SOURCES:
+            raise ConfigError(f"image_source {self.image_source!r} not in {IMAGE_SOURCES}")
+        if self.image_source == "ecr" and not self.ecr_repository_name:
+            raise ConfigError('image_source "ecr" needs ecr_repository_name')
+        if self.ecr_repository_name is not None and not _ECR_REPO.match(self.ecr_repository_name):
+            raise ConfigError(f"ecr_repository_name {self.ecr_repository_name!r} is invalid")
+        if self.model_source not in MODEL_SOURCES:
+            raise ConfigError(f"model_source {self.model_source!r} not in {MODEL_SOURCES}")
+        if self.log_retention_days not in LOG_RETENTION_DAYS:
+            raise ConfigError(
+                f"log_retention_days {self.log_retention_days} is not a CloudWatch Logs "
+                f"retention period: {sorted(LOG_RETENTION_DAYS)}"
+            )
+
+
+# Fields of DeploymentConfig that the context may set (everything but `models`).
+_FIELDS = {f.name: f for f in dataclasses.fields(DeploymentConfig) if f.name != "models"}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Context values given with `-c key=value` arrive as strings; give them their type."""
+    if not isinstance(value, str):
+        return value
+    kind = str(_FIELDS[name].type)  # "float", "int | None", "bool", "str | None", ...
+    if value.lower() in ("null", "none", "") and "None" in kind:
+        return None
+    if kind.startswith("bool"):
+        if value.lower() not in ("true", "false"):
+            raise ConfigError(f"{CONTEXT_KEY}.{name}: expected true or false, got {value!r}")
+        return value.lower() == "true"
+    try:
+        if kind.startswith("float"):
+            return float(value)
+        if kind.startswith("int"):
+            return int(value)
+    except ValueError:
+        raise ConfigError(f"{CONTEXT_KEY}.{name}: expected a number, got {value!r}") from None
+    return value
+
+
+def read_context(node: Any) -> dict[str, Any]:
+    """The `onnxlift` context of a construct node, with `-c onnxlift.<field>=...` applied."""
+    context = dict(node.try_get_context(CONTEXT_KEY) or {})
+    for name in _FIELDS:
+        override = node.try_get_context(f"{CONTEXT_KEY}.{name}")
+        if override is not None:
+            context[name] = override
+    return context
+
+
+def config_from_context(
+    context: Mapping[str, Any], models: list[ModelDeployment]
+) -> DeploymentConfig:
+    """Build the config from the `onnxlift` context dict; unknown keys are an error."""
+    unknown = set(context) - set(_FIELDS) - {"models"}
+    if unknown:
+        raise ConfigError(
+            f"unknown {CONTEXT_KEY} context keys {sorted(unknown)}; known: {sorted(_FIELDS)}"
+        )
+    values = {name: _coerce(name, context[name]) for name in _FIELDS if name in context}
+    return DeploymentConfig(models=tuple(models), **values)
+
+
+class _Serving(Protocol):
+    target: str
+    memory_mb: int
+    timeout_s: int
+    reserved_concurrency: int
+
+
+class _Spec(Protocol):
+    name: str
+    serving: _Serving
+
+
+def models_from_specs(specs: Iterable[_Spec], context: Mapping[str, Any]) -> list[ModelDeployment]:
+    """Lambda-served models from the specs, versions from `onnxlift.models.<name>.version`."""
+    versions = context.get("models") or {}
+    if not isinstance(versions, Mapping):
+        raise ConfigError(f"{CONTEXT_KEY}.models must be an object keyed by model name")
+    models = []
+    for spec in specs:
+        if spec.serving.target != "lambda":
+            continue
+        entry = versions.get(spec.name) or {}
+        models.append(
+            ModelDeployment(
+                name=spec.name,
+                version=str(entry.get("version", "1")),
+                memory_mb=int(spec.serving.memory_mb),
+                timeout_s=int(spec.serving.timeout_s),
+                reserved_concurrency=int(spec.serving.reserved_concurrency),
+            )
+        )
+    return models

@@ -1,0 +1,138 @@
+"""One container-image Lambda function per model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aws_cdk import Annotations, Duration, IgnoreMode, RemovalPolicy
+from aws_cdk import aws_ecr as ecr
+from aws_cdk import aws_ecr_assets as ecr_assets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from infra.config import (
+    APIGW_INTEGRATION_TIMEOUT_S,
+    LOG_RETENTION_DAYS,
+    DeploymentConfig,
+    ModelDeployment,
+)
+from infra.registry import ModelRegistry
+
+DOCKERFILE = "functions/inference/Dockerfile"
+ARTIFACTS_DIR = ".onnxlift/artifacts"
+
+
+def image_build_excludes(model: ModelDeployment) -> list[str]:
+    """Docker-ignore patterns that cut the repo root down to what one model's image needs.
+
+    Everything is excluded, then the three inputs are re-included. With IgnoreMode.DOCKER
+    the CDK prunes whole excluded directories (.venv, node_modules, .git, cdk.out, other
+    models' artifacts) instead of walking them, so fingerprinting stays fast however big
+    the tree is; IgnoreMode.GLOB would prune `functions/` before seeing the negation.
+    """
+    return [
+        "*",
+        "!functions/inference",
+        "!layers/runtime",
+        f"!{ARTIFACTS_DIR}/{model.name}/{model.version}",
+        "**/__pycache__",
+        "**/*.pyc",
+        "**/.pytest_cache",
+    ]
+
+
+class InferenceFunction(Construct):
+    """The Lambda that serves `model` over the V2 protocol (proxy integration)."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        model: ModelDeployment,
+        config: DeploymentConfig,
+        registry: ModelRegistry,
+        project_root: Path,
+    ) -> None:
+        super().__init__(scope, id)
+        self.model = model
+
+        self.log_group = logs.LogGroup(
+            self,
+            "Logs",
+            retention=logs.RetentionDays[LOG_RETENTION_DAYS[config.log_retention_days]],
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+
+        # Our own role: no AWS managed policies (AWSLambdaBasicExecutionRole would allow
+        # logs:* on every log group); only what this function uses.
+        self.role = iam.Role(
+            self,
+            "Role",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description=f"onnxlift inference function for model {model.name}",
+        )
+        self.log_group.grant_write(self.role)
+        registry.grant_model_read(self.role, model.name)
+
+        self.function = lambda_.DockerImageFunction(
+            self,
+            "Function",
+            description=f"onnxlift: serves model {model.name} v{model.version} (V2 protocol)",
+            code=self._image_code(model, config, project_root),
+            architecture=lambda_.Architecture.X86_64,
+            memory_size=model.memory_mb,
+            timeout=Duration.seconds(model.timeout_s),
+            reserved_concurrent_executions=model.reserved_concurrency,
+            tracing=lambda_.Tracing.ACTIVE,
+            role=self.role,
+            log_group=self.log_group,
+            environment={
+                "MODEL_NAME": model.name,
+                "MODEL_VERSION": model.version,
+                "MODEL_SOURCE": config.model_source,
+                "MODEL_BUCKET": registry.bucket.bucket_name,
+                "ORT_INTRA_OP_THREADS": str(model.ort_threads),
+                "POWERTOOLS_SERVICE_NAME": f"onnxlift-{model.name}",
+                "POWERTOOLS_METRICS_NAMESPACE": "onnxlift",
+                "LOG_LEVEL": "INFO",
+            },
+        )
+
+        if model.timeout_s > APIGW_INTEGRATION_TIMEOUT_S:
+            Annotations.of(self).add_warning_v2(
+                "onnxlift:TimeoutAboveApiGateway",
+                f"model {model.name}: timeout_s={model.timeout_s} exceeds the "
+                f"{APIGW_INTEGRATION_TIMEOUT_S} s API Gateway integration timeout; callers get "
+                "504 after 29 s while the function may keep running.",
+            )
+
+    def _image_code(
+        self, model: ModelDeployment, config: DeploymentConfig, project_root: Path
+    ) -> lambda_.DockerImageCode:
+        if config.image_source == "ecr":
+            assert config.ecr_repository_name is not None  # DeploymentConfig checks it
+            repository = ecr.Repository.from_repository_name(
+                self, "Repository", config.ecr_repository_name
+            )
+            return lambda_.DockerImageCode.from_ecr(repository, tag_or_digest=model.image_tag)
+
+        artifacts = project_root / ARTIFACTS_DIR / model.name / model.version
+        if config.model_source == "image" and not artifacts.is_dir():
+            Annotations.of(self).add_warning_v2(
+                "onnxlift:MissingArtifacts",
+                f"model {model.name}: {artifacts.relative_to(project_root)} does not exist; "
+                f"run `onnxlift pull {model.name} {model.version}` before `cdk deploy` "
+                "or the image build will fail.",
+            )
+        return lambda_.DockerImageCode.from_image_asset(
+            str(project_root),
+            file=DOCKERFILE,
+            build_args={"MODEL_NAME": model.name, "MODEL_VERSION": model.version},
+            platform=ecr_assets.Platform.LINUX_AMD64,
+            display_name=f"onnxlift-{model.name}-{model.version}",
+            ignore_mode=IgnoreMode.DOCKER,
+            exclude=image_build_excludes(model),
+        )

@@ -1,0 +1,313 @@
+"""The REST API: routes, API key + usage plan, stage logging, validation, errors, WAF."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from aws_cdk.assertions import Match
+
+
+def resource_paths(synth) -> dict[str, str]:
+    """logical id of each AWS::ApiGateway::Resource (and the root) -> its full path."""
+    api_id = synth.logical_id(synth.stack.api.api)
+    resources = synth.of_type("AWS::ApiGateway::Resource")
+    paths: dict[str, str] = {}
+
+    def path_of(logical_id: str) -> str:
+        if logical_id not in paths:
+            props = resources[logical_id]["Properties"]
+            parent = props["ParentId"]
+            if parent == {"Fn::GetAtt": [api_id, "RootResourceId"]}:
+                paths[logical_id] = "/" + props["PathPart"]
+            else:
+                paths[logical_id] = path_of(parent["Ref"]) + "/" + props["PathPart"]
+        return paths[logical_id]
+
+    for logical_id in resources:
+        path_of(logical_id)
+    return paths
+
+
+def routes(synth) -> dict[tuple[str, str], dict[str, Any]]:
+    """(HTTP method, path) -> method properties."""
+    paths = resource_paths(synth)
+    return {
+        (m["Properties"]["HttpMethod"], paths[m["Properties"]["ResourceId"]["Ref"]]): m[
+            "Properties"
+        ]
+        for m in synth.of_type("AWS::ApiGateway::Method").values()
+    }
+
+
+def model_routes(name: str) -> set[tuple[str, str]]:
+    base = f"/v2/models/{name}"
+    return {
+        ("GET", base),
+        ("GET", f"{base}/ready"),
+        ("POST", f"{base}/infer"),
+        ("GET", f"{base}/versions/{{version}}"),
+        ("GET", f"{base}/versions/{{version}}/ready"),
+        ("POST", f"{base}/versions/{{version}}/infer"),
+    }
+
+
+NOT_FOUND_ROUTES = {("ANY", "/v2/models/{name}"), ("ANY", "/v2/models/{name}/{proxy+}")}
+HEALTH_ROUTES = {("GET", "/v2/health/live"), ("GET", "/v2/health/ready")}
+
+
+def lambda_target(method: dict[str, Any]) -> str:
+    """The logical id of the function a proxy integration invokes."""
+    integration = method["Integration"]
+    assert integration["Type"] == "AWS_PROXY"
+    assert integration["IntegrationHttpMethod"] == "POST"
+    (target,) = [
+        part["Fn::GetAtt"][0]
+        for part in integration["Uri"]["Fn::Join"][1]
+        if isinstance(part, dict) and "Fn::GetAtt" in part
+    ]
+    return target
+
+
+def test_exact_route_table(one, two) -> None:
+    assert set(routes(one)) == HEALTH_ROUTES | model_routes("minilm") | NOT_FOUND_ROUTES
+    assert set(routes(two)) == (
+        HEALTH_ROUTES | model_routes("minilm") | model_routes("bge") | NOT_FOUND_ROUTES
+    )
+
+
+def test_routes_reach_their_model_function(two) -> None:
+    table = routes(two)
+    for fn in two.stack.functions:
+        for route in model_routes(fn.model.name):
+            assert lambda_target(table[route]) == two.logical_id(fn.function), route
+    first = two.logical_id(two.stack.functions[0].function)
+    for route in HEALTH_ROUTES:
+        assert lambda_target(table[route]) == first
+
+
+def test_every_method_requires_the_api_key(one, two) -> None:
+    for synth in (one, two):
+        for route, method in routes(synth).items():
+            assert method["ApiKeyRequired"] is True, route
+
+
+def test_every_method_is_validated(one) -> None:
+    validator = {"Ref": one.logical_id(one.stack.api.validator)}
+    for route, method in routes(one).items():
+        assert method["RequestValidatorId"] == validator, route
+    one.template.has_resource_properties(
+        "AWS::ApiGateway::RequestValidator",
+        {"ValidateRequestBody": True, "ValidateRequestParameters": True},
+    )
+
+
+def test_infer_bodies_use_the_v2_model_and_path_params_are_required(one) -> None:
+    model_ref = {"Ref": one.logical_id(one.stack.api.infer_model)}
+    table = routes(one)
+    for verb, path in model_routes("minilm"):
+        method = table[(verb, path)]
+        if verb == "POST":
+            assert method["RequestModels"] == {"application/json": model_ref}
+        else:
+            assert "RequestModels" not in method
+        if "{version}" in path:
+            assert method["RequestParameters"] == {"method.request.path.version": True}
+
+
+def test_infer_request_schema(one) -> None:
+    (model,) = one.of_type("AWS::ApiGateway::Model").values()
+    props = model["Properties"]
+    assert props["ContentType"] == "application/json"
+    schema = props["Schema"]
+    assert schema["$schema"] == "http://json-schema.org/draft-04/schema#"
+    assert schema["type"] == "object"
+    assert schema["required"] == ["inputs"]
+    assert schema["properties"]["id"] == {"type": "string"}
+    assert schema["properties"]["parameters"] == {"type": "object"}
+    assert schema["properties"]["outputs"]["type"] == "array"
+    inputs = schema["properties"]["inputs"]
+    assert (inputs["type"], inputs["minItems"]) == ("array", 1)
+    tensor = inputs["items"]
+    assert sorted(tensor["required"]) == ["data", "datatype", "name", "shape"]
+    assert tensor["properties"]["shape"] == {
+        "type": "array",
+        "items": {"type": "integer", "minimum": 0},
+    }
+    assert tensor["properties"]["datatype"]["type"] == "string"
+
+
+def test_unknown_model_names_get_a_json_404(one) -> None:
+    table = routes(one)
+    for route in NOT_FOUND_ROUTES:
+        method = table[route]
+        integration = method["Integration"]
+        assert integration["Type"] == "MOCK"
+        assert json.loads(integration["RequestTemplates"]["application/json"]) == {
+            "statusCode": 404
+        }
+        (response,) = integration["IntegrationResponses"]
+        assert response["StatusCode"] == "404"
+        assert "SelectionPattern" not in response  # the default response: always 404
+        template = response["ResponseTemplates"]["application/json"]
+        assert "$input.params('name')" in template
+        assert template.endswith('{"error": "model \'$name\' not found"}')
+        assert method["MethodResponses"] == [
+            {"StatusCode": "404", "ResponseModels": {"application/json": "Error"}}
+        ]
+        assert method["RequestParameters"]["method.request.path.name"] is True
+
+
+EXPECTED_GATEWAY_RESPONSES = {
+    "INVALID_API_KEY": "403",
+    "ACCESS_DENIED": "403",
+    "MISSING_AUTHENTICATION_TOKEN": "404",
+    "THROTTLED": "429",
+    "QUOTA_EXCEEDED": "429",
+    "REQUEST_TOO_LARGE": "413",
+    "BAD_REQUEST_BODY": "400",
+    "BAD_REQUEST_PARAMETERS": "400",
+    "UNSUPPORTED_MEDIA_TYPE": "415",
+    "INTEGRATION_TIMEOUT": "504",
+    "WAF_FILTERED": "403",
+    "DEFAULT_4XX": None,
+    "DEFAULT_5XX": None,
+}
+
+
+def test_gateway_responses_are_json_errors(one) -> None:
+    responses = {
+        r["Properties"]["ResponseType"]: r["Properties"]
+        for r in one.of_type("AWS::ApiGateway::GatewayResponse").values()
+    }
+    assert {k: v.get("StatusCode") for k, v in responses.items()} == EXPECTED_GATEWAY_RESPONSES
+    for response_type, props in responses.items():
+        template = props["ResponseTemplates"]["application/json"]
+        if "$context" in template:
+            assert template == '{"error": $context.error.messageString}', response_type
+        else:
+            body = json.loads(template)
+            assert list(body) == ["error"] and body["error"], response_type
+
+
+def test_stage_logging_tracing_metrics(one, two) -> None:
+    for synth, stage_name in ((one, "v1"), (two, "prod")):
+        (stage,) = synth.of_type("AWS::ApiGateway::Stage").values()
+        props = stage["Properties"]
+        assert props["StageName"] == stage_name
+        assert props["TracingEnabled"] is True
+        assert props["MethodSettings"] == [
+            {
+                "HttpMethod": "*",
+                "ResourcePath": "/*",
+                "LoggingLevel": "ERROR",
+                "MetricsEnabled": True,
+                "DataTraceEnabled": False,
+            }
+        ]
+        access_log_group = synth.logical_id(synth.stack.api.access_log_group)
+        assert {"Ref": access_log_group} in props["AccessLogSetting"]["DestinationArn"]["Fn::Join"][
+            1
+        ]
+        fields = json.loads(props["AccessLogSetting"]["Format"])
+        assert fields["requestId"] == "$context.requestId"
+        assert {"status", "ip", "apiKeyId", "integrationLatency", "errorMessage"} <= set(fields)
+
+
+def test_usage_plan_binds_key_stage_throttle_quota(one, two) -> None:
+    for synth, throttle, quota in (
+        (one, {"RateLimit": 50, "BurstLimit": 100}, None),
+        (two, {"RateLimit": 20, "BurstLimit": 40}, {"Limit": 10_000, "Period": "DAY"}),
+    ):
+        (plan_id, plan), *_ = synth.of_type("AWS::ApiGateway::UsagePlan").items()
+        props = plan["Properties"]
+        assert props["Throttle"] == throttle
+        assert props.get("Quota") == quota
+        stage_id = synth.logical_id(synth.stack.api.stage)
+        assert props["ApiStages"] == [
+            {
+                "ApiId": {"Ref": synth.logical_id(synth.stack.api.api)},
+                "Stage": {"Ref": stage_id},
+                "Throttle": {},
+            }
+        ]
+        key_id = synth.logical_id(synth.stack.api.api_key)
+        synth.template.has_resource_properties(
+            "AWS::ApiGateway::UsagePlanKey",
+            {"KeyId": {"Ref": key_id}, "KeyType": "API_KEY", "UsagePlanId": {"Ref": plan_id}},
+        )
+
+
+def test_api_is_regional_and_keyed_by_header(one) -> None:
+    one.template.has_resource_properties(
+        "AWS::ApiGateway::RestApi",
+        {"ApiKeySourceType": "HEADER", "EndpointConfiguration": {"Types": ["REGIONAL"]}},
+    )
+
+
+def test_outputs_never_expose_the_key_value(one) -> None:
+    outputs = one.template.to_json()["Outputs"]
+    assert set(outputs) == {"ApiUrl", "ApiKeyId", "RegistryBucketName"}
+    assert outputs["ApiKeyId"]["Value"] == {"Ref": one.logical_id(one.stack.api.api_key)}
+    assert outputs["RegistryBucketName"]["Value"] == {
+        "Ref": one.logical_id(one.stack.registry.bucket)
+    }
+    assert "Fn::GetAtt" not in json.dumps(outputs)  # ApiKey has no value attribute anyway
+
+
+def test_account_logging_role(one, two) -> None:
+    role_id = one.logical_id(one.stack.api.cloudwatch_role)
+    one.template.has_resource_properties(
+        "AWS::ApiGateway::Account", {"CloudWatchRoleArn": {"Fn::GetAtt": [role_id, "Arn"]}}
+    )
+    role = one.resources[role_id]
+    assert role["DeletionPolicy"] == "Retain"
+    assert role["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {
+        "Service": "apigateway.amazonaws.com"
+    }
+    (stage_id,) = one.of_type("AWS::ApiGateway::Stage")
+    account_id = next(iter(one.of_type("AWS::ApiGateway::Account")))
+    assert account_id in one.resources[stage_id]["DependsOn"]
+    assert not two.of_type("AWS::ApiGateway::Account")
+
+
+def test_waf_web_acl(one, two) -> None:
+    (acl_id, acl), *_ = one.of_type("AWS::WAFv2::WebACL").items()
+    props = acl["Properties"]
+    assert props["Scope"] == "REGIONAL" and props["DefaultAction"] == {"Allow": {}}
+    rules = {rule["Name"]: rule for rule in props["Rules"]}
+    rate = rules["RateLimitPerIp"]["Statement"]["RateBasedStatement"]
+    assert rate == {"AggregateKeyType": "IP", "Limit": 15_000, "EvaluationWindowSec": 300}
+    assert rules["RateLimitPerIp"]["Action"]["Block"]["CustomResponse"]["ResponseCode"] == 429
+    common = rules["AWSManagedRulesCommonRuleSet"]["Statement"]["ManagedRuleGroupStatement"]
+    assert (common["VendorName"], common["Name"]) == ("AWS", "AWSManagedRulesCommonRuleSet")
+    overrides = {o["Name"]: o["ActionToUse"] for o in common["RuleActionOverrides"]}
+    assert overrides["SizeRestrictions_BODY"] == {"Count": {}}
+    assert all(action == {"Count": {}} for action in overrides.values())
+    assert all(name.endswith("_BODY") for name in overrides)
+    one.template.has_resource_properties(
+        "AWS::WAFv2::WebACLAssociation",
+        {
+            "WebACLArn": {"Fn::GetAtt": [acl_id, "Arn"]},
+            "ResourceArn": {
+                "Fn::Join": Match.array_with(
+                    [Match.array_with([{"Ref": one.logical_id(one.stack.api.stage)}])]
+                )
+            },
+        },
+    )
+    assert not two.of_type("AWS::WAFv2::WebACL")
+
+
+@pytest.mark.parametrize("config_name", ["one", "two"])
+def test_lambda_permissions_are_scoped_to_this_api(config_name, request) -> None:
+    synth = request.getfixturevalue(config_name)
+    api_id = synth.logical_id(synth.stack.api.api)
+    permissions = synth.of_type("AWS::Lambda::Permission").values()
+    assert permissions
+    for permission in permissions:
+        props = permission["Properties"]
+        assert props["Principal"] == "apigateway.amazonaws.com"
+        assert {"Ref": api_id} in props["SourceArn"]["Fn::Join"][1]
+        assert "test-invoke-stage" not in json.dumps(props["SourceArn"])

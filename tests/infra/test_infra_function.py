@@ -1,0 +1,183 @@
+"""One DockerImageFunction per model: sizing, env, tracing, logs, IAM, image inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from aws_cdk.assertions import Capture, Match
+
+
+def function_of(synth, name: str) -> dict[str, Any]:
+    fn = next(f for f in synth.stack.functions if f.model.name == name)
+    return synth.resources[synth.logical_id(fn.function)]["Properties"]
+
+
+def policy_statements(synth, name: str) -> list[dict[str, Any]]:
+    fn = next(f for f in synth.stack.functions if f.model.name == name)
+    policy = fn.role.node.find_child("DefaultPolicy")
+    statements = synth.resources[synth.logical_id(policy)]["Properties"]["PolicyDocument"]
+    return statements["Statement"]
+
+
+def test_one_function_per_model(one, two) -> None:
+    assert len(one.of_type("AWS::Lambda::Function")) == 1
+    assert len(two.of_type("AWS::Lambda::Function")) == 2
+
+
+def test_sizing_tracing_architecture(two) -> None:
+    props = function_of(two, "bge")
+    assert props["MemorySize"] == 7076
+    assert props["Timeout"] == 20
+    assert props["ReservedConcurrentExecutions"] == 3
+    assert props["TracingConfig"] == {"Mode": "Active"}
+    assert props["Architectures"] == ["x86_64"]
+    assert props["PackageType"] == "Image"
+
+
+def test_environment(one, two) -> None:
+    registry_ref = {"Ref": one.logical_id(one.stack.registry.bucket)}
+    assert function_of(one, "minilm")["Environment"]["Variables"] == {
+        "MODEL_NAME": "minilm",
+        "MODEL_VERSION": "1",
+        "MODEL_SOURCE": "image",
+        "MODEL_BUCKET": registry_ref,
+        "ORT_INTRA_OP_THREADS": "1",
+        "POWERTOOLS_SERVICE_NAME": "onnxlift-minilm",
+        "POWERTOOLS_METRICS_NAMESPACE": "onnxlift",
+        "LOG_LEVEL": "INFO",
+    }
+    bge = function_of(two, "bge")["Environment"]["Variables"]
+    assert (bge["MODEL_VERSION"], bge["MODEL_SOURCE"], bge["ORT_INTRA_OP_THREADS"]) == (
+        "2",
+        "registry",
+        "4",
+    )
+
+
+def test_log_group_with_retention(one, two) -> None:
+    for synth, days in ((one, 30), (two, 90)):
+        for fn in synth.stack.functions:
+            log_id = synth.logical_id(fn.log_group)
+            assert synth.resources[log_id]["Properties"]["RetentionInDays"] == days
+            props = function_of(synth, fn.model.name)
+            assert props["LoggingConfig"] == {"LogGroup": {"Ref": log_id}}
+
+
+def test_roles_have_no_managed_policies(one, two) -> None:
+    for synth in (one, two):
+        for role in synth.of_type("AWS::IAM::Role").values():
+            assert "ManagedPolicyArns" not in role["Properties"]
+
+
+def test_no_wildcard_actions_anywhere(one, two) -> None:
+    for synth in (one, two):
+        for policy in synth.of_type("AWS::IAM::Policy").values():
+            for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+                actions = statement["Action"]
+                for action in [actions] if isinstance(actions, str) else actions:
+                    assert "*" not in action, statement
+        for role in synth.of_type("AWS::IAM::Role").values():
+            for inline in role["Properties"].get("Policies", []):
+                for statement in inline["PolicyDocument"]["Statement"]:
+                    assert all("*" not in a for a in statement["Action"]), statement
+
+
+def test_s3_access_is_limited_to_own_model_prefix(two) -> None:
+    bucket_arn = {"Fn::GetAtt": [two.logical_id(two.stack.registry.bucket), "Arn"]}
+    for name in ("minilm", "bge"):
+        s3 = [s for s in policy_statements(two, name) if "s3:" in json.dumps(s["Action"])]
+        assert s3 == [
+            {
+                "Sid": "ReadOwnModelObjects",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:GetObjectVersion"],
+                "Resource": {"Fn::Join": ["", [bucket_arn, f"/models/{name}/*"]]},
+            },
+            {
+                "Sid": "ListOwnModelPrefix",
+                "Effect": "Allow",
+                "Action": "s3:ListBucket",
+                "Resource": bucket_arn,
+                "Condition": {"StringLike": {"s3:prefix": [f"models/{name}/*"]}},
+            },
+        ]
+
+
+def test_only_xray_is_granted_on_every_resource(one, two) -> None:
+    """The IAM5[Resource::*] acknowledgement covers X-Ray, and nothing else may use it."""
+    for synth in (one, two):
+        for fn in synth.stack.functions:
+            on_star = [s for s in policy_statements(synth, fn.model.name) if s["Resource"] == "*"]
+            assert on_star == [
+                {
+                    "Effect": "Allow",
+                    "Action": ["xray:PutTelemetryRecords", "xray:PutTraceSegments"],
+                    "Resource": "*",
+                }
+            ]
+
+
+def test_logs_write_only_to_own_log_group(one) -> None:
+    fn = one.stack.functions[0]
+    logs = [s for s in policy_statements(one, "minilm") if "logs:" in json.dumps(s["Action"])]
+    assert logs == [
+        {
+            "Effect": "Allow",
+            "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+            "Resource": {"Fn::GetAtt": [one.logical_id(fn.log_group), "Arn"]},
+        }
+    ]
+
+
+def test_ecr_image_uses_the_model_tag(two) -> None:
+    for name, version in (("minilm", "1"), ("bge", "2")):
+        uri = json.dumps(function_of(two, name)["Code"]["ImageUri"])
+        assert f"/onnxlift/inference:{name}-{version}" in uri
+
+
+def test_asset_image_build(one) -> None:
+    assets = json.loads((one.outdir / "Onnxlift.assets.json").read_text())["dockerImages"]
+    (image,) = assets.values()
+    source = image["source"]
+    assert source["dockerFile"] == "functions/inference/Dockerfile"
+    assert source["dockerBuildArgs"] == {"MODEL_NAME": "minilm", "MODEL_VERSION": "1"}
+    assert source["platform"] == "linux/amd64"
+    one.template.has_resource_properties(
+        "AWS::Lambda::Function",
+        {"Code": {"ImageUri": {"Fn::Sub": Match.string_like_regexp("container-assets")}}},
+    )
+
+
+def test_image_build_context_holds_only_what_the_image_needs(one) -> None:
+    """The staged build context: the excludes prune .venv, .git, node_modules, other models."""
+    capture = Capture()
+    one.template.has_resource_properties(
+        "AWS::Lambda::Function", {"Code": {"ImageUri": {"Fn::Sub": capture}}}
+    )
+    asset_hash = capture.as_string().rsplit(":", 1)[1]
+    context = one.outdir / f"asset.{asset_hash}"
+    files = sorted(p.relative_to(context).as_posix() for p in context.rglob("*") if p.is_file())
+    assert files == [
+        ".onnxlift/artifacts/minilm/1/manifest.json",
+        ".onnxlift/artifacts/minilm/1/model.onnx",
+        "functions/inference/Dockerfile",
+        "functions/inference/handler.py",
+        "layers/runtime/onnxlift_serving/__init__.py",
+    ]
+
+
+def test_missing_artifacts_warn(build_app, tmp_path: Path, project_root: Path) -> None:
+    from aws_cdk.assertions import Annotations
+
+    from infra.config import DeploymentConfig, ModelDeployment
+
+    ghost = ModelDeployment(
+        name="ghost", version="9", memory_mb=1024, timeout_s=60, reserved_concurrency=1
+    )
+    _app, stack = build_app(DeploymentConfig(models=(ghost,)), project_root, tmp_path)
+    warnings = Annotations.from_stack(stack).find_warning("*", Match.any_value())
+    text = json.dumps([w.entry.data for w in warnings])
+    assert ".onnxlift/artifacts/ghost/9 does not exist" in text
+    assert "timeout_s=60 exceeds the 29 s API Gateway integration timeout" in text
