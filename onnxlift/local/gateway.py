@@ -206,6 +206,9 @@ class Gateway:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out as two writes; with Nagle on, the body waits for the
+            # client's delayed ACK (~40 ms per keep-alive request).
+            disable_nagle_algorithm = True
             server_version = "onnxlift-gateway"
 
             def log_message(self, format: str, *args: Any) -> None:
