@@ -141,6 +141,32 @@ def pull(name: str, version: str, bucket: str | None) -> None:
     click.echo(f"{name} version {version} -> {folder}")
 
 
+BUCKET_OPTION = click.option(
+    "--bucket", envvar="ONNXLIFT_BUCKET", help="Registry bucket (default: the local stack's)."
+)
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("version")
+@click.option("--alias", default="prod", show_default=True, help="The alias to point.")
+@BUCKET_OPTION
+def promote(name: str, version: str, alias: str, bucket: str | None) -> None:
+    """Point ALIAS of NAME at VERSION: it answers requests that name no version."""
+    doc = _registry(bucket).promote(name, version, alias)
+    click.echo(f"{name} {alias} -> version {doc['version']}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--alias", default="prod", show_default=True, help="The alias to move back.")
+@BUCKET_OPTION
+def rollback(name: str, alias: str, bucket: str | None) -> None:
+    """Point ALIAS of NAME back at the version it named before."""
+    doc = _registry(bucket).rollback(name, alias)
+    click.echo(f"{name} {alias} -> version {doc['version']} (rolled back)")
+
+
 @cli.command("list")
 @click.option(
     "--bucket", envvar="ONNXLIFT_BUCKET", help="Registry bucket (default: the local stack's)."
@@ -151,6 +177,7 @@ def list_models(bucket: str | None, as_json: bool) -> None:
     registry = _registry(bucket)
     rows = []
     for name in registry.models():
+        aliases = registry.aliases(name)
         for info in registry.describe(name):
             manifest = info.manifest or {}
             parity = manifest.get("parity", {})
@@ -166,6 +193,7 @@ def list_models(bucket: str | None, as_json: bool) -> None:
                     "target": manifest.get("target"),
                     "created_at": manifest.get("created_at"),
                     "sha256": manifest.get("sha256"),
+                    "aliases": sorted(a for a, v in aliases.items() if v == info.version),
                 }
             )
     if as_json:
@@ -174,6 +202,7 @@ def list_models(bucket: str | None, as_json: bool) -> None:
     table = Table(
         "model",
         "version",
+        "aliases",
         "size MB",
         "parity",
         "target",
@@ -186,8 +215,15 @@ def list_models(bucket: str | None, as_json: bool) -> None:
             f"{row['parity']:.4f} ({row['parity_metric']})" if row["parity"] is not None else "-"
         )
         version = row["version"] if row["complete"] else f"{row['version']} (incomplete)"
+        aliases = ", ".join(row["aliases"]) or "-"
         table.add_row(
-            row["name"], version, size, parity, row["target"] or "-", row["created_at"] or "-"
+            row["name"],
+            version,
+            aliases,
+            size,
+            parity,
+            row["target"] or "-",
+            row["created_at"] or "-",
         )
     Console().print(table)
 

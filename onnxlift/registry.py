@@ -11,6 +11,7 @@ number stays taken.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import json
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 from onnxlift_serving import layout
+from onnxlift_serving.aliases import read_alias
 from onnxlift_serving.artifact import fetch_from_registry
 
 from onnxlift.errors import RegistryError, VersionExistsError
@@ -182,3 +184,73 @@ class Registry:
             layout.object_key(name, version, layout.MANIFEST_FILE),
             body=json.dumps(final, indent=2).encode(),
         )
+
+    # -- aliases ----------------------------------------------------------------------
+    def alias(self, name: str, alias: str) -> dict[str, Any] | None:
+        return read_alias(self.s3, self.bucket, name, alias)[0]
+
+    def aliases(self, name: str) -> dict[str, str]:
+        """alias -> version for every alias of `name`."""
+        found: dict[str, str] = {}
+        paginator = self.s3.get_paginator("list_objects_v2")
+        prefix = f"{layout.model_prefix(name)}aliases/"
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                alias = item["Key"][len(prefix) :].removesuffix(".json")
+                doc = self.alias(name, alias)
+                if doc:
+                    found[alias] = str(doc["version"])
+        return found
+
+    def promote(self, name: str, version: str, alias: str) -> dict[str, Any]:
+        """Point `alias` at a complete, published `version`."""
+        self.manifest(name, version)  # raises unless the version exists and is complete
+        return self._update_alias(name, alias, lambda stack: [*stack, version], "promote")
+
+    def rollback(self, name: str, alias: str) -> dict[str, Any]:
+        """Point `alias` back at the version it named before the current one."""
+        return self._update_alias(name, alias, self._previous, "rollback")
+
+    @staticmethod
+    def _previous(stack: list[str]) -> list[str]:
+        if len(stack) < 2:
+            raise RegistryError("nothing to roll back to: the alias has no earlier version")
+        return stack[:-1]
+
+    def _update_alias(self, name: str, alias: str, change: Any, action: str) -> dict[str, Any]:
+        """Read-modify-write with S3 conditional writes, so concurrent changes never get lost."""
+        if not alias.replace("-", "").replace("_", "").isalnum():
+            raise RegistryError(f"alias must be letters, digits, '-' or '_', got '{alias}'")
+        for _ in range(AUTO_VERSION_ATTEMPTS):
+            current, etag = read_alias(self.s3, self.bucket, name, alias)
+            if current is None and action == "rollback":
+                raise RegistryError(f"{name} has no alias '{alias}'")
+            stack = [str(v) for v in (current or {}).get("stack", [])]
+            new_stack = change(stack)
+            version = new_stack[-1]
+            entry = {
+                "action": action,
+                "version": version,
+                "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            }
+            doc = {
+                "name": name,
+                "alias": alias,
+                "version": version,
+                "stack": new_stack,
+                "log": [*(current or {}).get("log", []), entry],
+            }
+            condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+            try:
+                self.s3.put_object(
+                    Bucket=self.bucket,
+                    Key=layout.alias_key(name, alias),
+                    Body=json.dumps(doc, indent=2).encode(),
+                    ContentType="application/json",
+                    **condition,
+                )
+                return doc
+            except ClientError as exc:
+                if _error_code(exc) not in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    raise
+        raise RegistryError(f"alias {name}/{alias} kept changing under us; try again")

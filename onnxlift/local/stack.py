@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from onnxlift_serving.aliases import DEFAULT_ALIAS
+
 from onnxlift import paths
 from onnxlift.build.pipeline import build_model
 from onnxlift.errors import OnnxliftError
@@ -32,6 +34,7 @@ from onnxlift.registry import Registry
 from onnxlift.spec import ModelSpec, discover_specs
 
 LOCAL_BUCKET = "onnxlift-registry-local"
+LOCAL_ALIAS_TTL_S = 1.0  # promote/rollback show up within a second locally (30 s on AWS)
 HANDLER = Path("functions/inference/handler.py")
 Report = Callable[[str], None]
 
@@ -130,6 +133,8 @@ class LocalStack:
                 | {
                     "MODEL_NAME": spec.name,
                     "MODEL_VERSION": version,
+                    "MODEL_ALIAS": DEFAULT_ALIAS,
+                    "ALIAS_TTL_S": str(LOCAL_ALIAS_TTL_S),
                     "MODEL_SOURCE": "registry",
                     "MODEL_BUCKET": LOCAL_BUCKET,
                     "MODEL_CACHE_DIR": str(self.state / "lambda-tmp" / spec.name),
@@ -207,12 +212,24 @@ class LocalStack:
         result = build_model(spec, root=self.options.root, report=self.report)
         fingerprint = result.manifest["build_fingerprint"]
         existing = self.registry.find_by_fingerprint(spec.name, fingerprint)
-        if existing:
-            self.report(f"{spec.name}: version {existing} matches this build; not publishing again")
-            return existing
-        version = self.registry.publish(result.folder, name=spec.name)
-        self.report(f"{spec.name}: published version {version} to s3://{self.registry.bucket}")
-        return version
+        alias = self.registry.alias(spec.name, DEFAULT_ALIAS)
+        if existing is None:  # a new build: publish it and send traffic to it
+            version = self.registry.publish(result.folder, name=spec.name)
+            self.registry.promote(spec.name, version, DEFAULT_ALIAS)
+            self.report(
+                f"{spec.name}: published version {version} to s3://{self.registry.bucket}, "
+                f"promoted to {DEFAULT_ALIAS}"
+            )
+            return version
+        if alias is None:
+            self.registry.promote(spec.name, existing, DEFAULT_ALIAS)
+            alias = {"version": existing}
+        # Unchanged build: the alias stays where the user last promoted or rolled it back.
+        self.report(
+            f"{spec.name}: version {existing} matches this build; not publishing again; "
+            f"{DEFAULT_ALIAS} -> version {alias['version']}"
+        )
+        return str(alias["version"])
 
     def stop(self) -> None:
         if self.gateway is not None:

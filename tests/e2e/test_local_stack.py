@@ -148,6 +148,50 @@ def test_concurrent_requests_are_all_answered(stack: dict[str, Any]) -> None:
     assert statuses == [200] * 32
 
 
+def cli(stack: dict[str, Any], *args: str) -> str:
+    env = dict(os.environ, ONNXLIFT_STATE_DIR=str(stack["_state"]), ONNXLIFT_ROOT=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, "-m", "onnxlift.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def answering_version(stack: dict[str, Any], want: str, timeout: float = 10.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        version = infer(stack, good_body()).json()["model_version"]
+        if version == want or time.monotonic() > deadline:
+            return version
+        time.sleep(0.2)
+
+
+def test_promote_and_rollback_move_traffic_without_a_restart(stack: dict[str, Any]) -> None:
+    first = stack["models"]["minilm"]["version"]
+    assert "published minilm version" in cli(stack, "publish", "minilm")
+    listed = json.loads(cli(stack, "list", "--json"))
+    second = max((r["version"] for r in listed), key=int)
+    assert second != first
+    assert [r["aliases"] for r in listed if r["version"] == first] == [["prod"]]
+
+    assert f"prod -> version {second}" in cli(stack, "promote", "minilm", second)
+    assert answering_version(stack, second) == second
+    assert f"prod -> version {first} (rolled back)" in cli(stack, "rollback", "minilm")
+    assert answering_version(stack, first) == first
+    pinned = requests.post(
+        f"{stack['url']}/v2/models/minilm/versions/{second}/infer",
+        json=good_body(),
+        headers={"x-api-key": stack["api_key"]},
+        timeout=30,
+    )
+    assert pinned.status_code == 200 and pinned.json()["model_version"] == second
+
+
 def test_ctrl_c_stops_everything_and_keeps_what_was_published(stack: dict[str, Any]) -> None:
     process, state = stack["_process"], stack["_state"]
     gateway_port = int(stack["url"].rsplit(":", 1)[1])
@@ -168,3 +212,4 @@ def test_ctrl_c_stops_everything_and_keeps_what_was_published(stack: dict[str, A
     finally:
         output = stop_stack(process)
     assert "matches this build" in output and "published version" not in output
+    assert info["models"]["minilm"]["version"] == version

@@ -203,3 +203,25 @@ def test_corrupt_artifact_is_refused_and_answers_503(
     assert status == 503 and headers["Retry-After"] and "not loaded" in body["error"]
     status, _, _ = call(module, lambda_context, path="/v2/health/ready", method="GET")
     assert status == 503
+
+
+def test_alias_decides_the_default_version_and_rollback_moves_it_back(
+    load_handler: Any, lambda_context: Any, registry: Any, minilm_build: Any, published: str
+) -> None:
+    second = registry.publish(minilm_build.folder, name="minilm")
+    module = load_handler(MODEL_VERSION="", ALIAS_TTL_S="0")
+    assert not module.service.ready  # no alias yet and nothing baked in: 503, not a guess
+    status, body, _ = call(module, lambda_context, texts_body(["a"]))
+    assert status == 503 and "alias 'prod' is not set" in body["error"]
+
+    registry.promote("minilm", published, "prod")
+    assert call(module, lambda_context, texts_body(["a"]))[1]["model_version"] == published
+    registry.promote("minilm", second, "prod")
+    assert call(module, lambda_context, texts_body(["a"]))[1]["model_version"] == second
+    status, meta, _ = call(module, lambda_context, path="/v2/models/minilm", method="GET")
+    assert meta["versions"] == [second] and meta["parameters"]["alias"] == "prod"
+    registry.rollback("minilm", "prod")
+    assert call(module, lambda_context, texts_body(["a"]))[1]["model_version"] == published
+    # the version route still reaches any published version, whatever the alias says
+    path = f"/v2/models/minilm/versions/{second}/infer"
+    assert call(module, lambda_context, texts_body(["a"]), path=path)[1]["model_version"] == second

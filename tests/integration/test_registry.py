@@ -138,3 +138,38 @@ def test_incomplete_version_keeps_its_number(registry: Any, s3: Any, tmp_path: P
     assert registry.publish(make_artifact(tmp_path / "a"), name="tiny") == "2"
     described = {i.version: i.complete for i in registry.describe("tiny")}
     assert described == {"1": False, "2": True}
+
+
+def test_promote_and_rollback_move_the_alias(registry: Any, tmp_path: Path) -> None:
+    for i in range(3):
+        registry.publish(make_artifact(tmp_path / str(i), payload=f"m{i}".encode()), name="tiny")
+    assert registry.alias("tiny", "prod") is None
+    registry.promote("tiny", "1", "prod")
+    registry.promote("tiny", "3", "prod")
+    assert registry.alias("tiny", "prod")["version"] == "3"
+    assert registry.aliases("tiny") == {"prod": "3"}
+    doc = registry.rollback("tiny", "prod")
+    assert doc["version"] == "1" and doc["stack"] == ["1"]
+    assert [e["action"] for e in doc["log"]] == ["promote", "promote", "rollback"]
+    with pytest.raises(RegistryError, match="nothing to roll back"):
+        registry.rollback("tiny", "prod")
+    with pytest.raises(RegistryError, match="not in s3://"):
+        registry.promote("tiny", "9", "prod")
+    with pytest.raises(RegistryError, match="no alias 'staging'"):
+        registry.rollback("tiny", "staging")
+
+
+def test_racing_promotions_lose_nothing(registry: Any, tmp_path: Path) -> None:
+    for i in range(4):
+        registry.publish(make_artifact(tmp_path / str(i)), name="tiny")
+    threads = [
+        threading.Thread(target=registry.promote, args=("tiny", str(v), "prod"))
+        for v in range(1, 5)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    doc = registry.alias("tiny", "prod")
+    assert sorted(doc["stack"]) == ["1", "2", "3", "4"]  # every promotion recorded once
+    assert len(doc["log"]) == 4

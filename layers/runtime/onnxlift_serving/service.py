@@ -1,19 +1,30 @@
-"""One served model: where it comes from, loading it once, and the V2 operations on it.
+"""One served model: its versions, its default alias, loading each version once, V2 operations.
 
-Both the Lambda handler and the SageMaker container wrap a ModelService; neither holds
-any protocol or loading logic of its own.
+Both the Lambda handler and the SageMaker container wrap a ModelService; neither holds any
+protocol or loading logic of its own.
+
+Which version answers:
+- `/versions/{v}/...` names it. The baked-in version is always at hand; any other published
+  version is fetched from the registry on first use (sha256-checked) and kept, least recently
+  used first out, at most `max_loaded_versions` at a time.
+- Otherwise the version the alias (default `prod`) names in the registry answers, re-read at
+  most every `alias_ttl_s`, so `onnxlift promote` / `rollback` move traffic without a deploy.
+  With no registry (or no alias yet, or the registry unreachable) the baked-in version answers.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from onnxlift_serving import protocol
+from onnxlift_serving.aliases import DEFAULT_ALIAS, read_alias
 from onnxlift_serving.artifact import Artifact, fetch_from_registry, load_artifact
 from onnxlift_serving.errors import ArtifactError, NotFound, ServiceUnavailable
 from onnxlift_serving.pipelines import Pipeline, build_pipeline
@@ -22,21 +33,23 @@ from onnxlift_serving.session import create_session, default_threads
 # Lambda's synchronous invocation payload limit; API Gateway itself allows 10 MB.
 DEFAULT_MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
 RELOAD_INTERVAL_S = 5.0
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
 class ServiceConfig:
     name: str
-    version: str
-    source: str = (
-        "image"  # image: baked into the image at model_dir; registry: fetched to cache_dir
-    )
+    version: str = ""  # the baked-in (or pinned) version; "" = whatever the alias names
+    alias: str = DEFAULT_ALIAS
+    source: str = "image"  # image: `version` baked in at model_dir; registry: fetched
     model_dir: Path | None = None
     bucket: str | None = None
     cache_dir: Path = Path("/tmp/onnxlift-models")
     threads: int = 1
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     providers: tuple[str, ...] = ()
+    alias_ttl_s: float = 30.0
+    max_loaded_versions: int = 2
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ServiceConfig:
@@ -45,109 +58,171 @@ class ServiceConfig:
         return cls(
             name=env["MODEL_NAME"],
             version=env.get("MODEL_VERSION", ""),
+            alias=env.get("MODEL_ALIAS", DEFAULT_ALIAS),
             source=env.get("MODEL_SOURCE", "image"),
             model_dir=Path(env.get("MODEL_DIR", f"{task_root}/model")),
-            bucket=env.get("MODEL_BUCKET"),
+            bucket=env.get("MODEL_BUCKET") or None,
             cache_dir=Path(env.get("MODEL_CACHE_DIR", "/tmp/onnxlift-models")),
             threads=default_threads(),
             max_payload_bytes=int(env.get("MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES)),
             providers=tuple(p for p in env.get("ORT_PROVIDERS", "").split(",") if p),
+            alias_ttl_s=float(env.get("ALIAS_TTL_S", 30)),
+            max_loaded_versions=int(env.get("MAX_LOADED_VERSIONS", 2)),
         )
 
 
+@dataclass(frozen=True)
+class LoadedVersion:
+    artifact: Artifact
+    pipeline: Pipeline
+
+
 class ModelService:
-    """Loads its model once; a failed load is retried at most every few seconds, never per call."""
+    """Loads each version once; a failed load is retried at most every few seconds."""
 
-    def __init__(self, config: ServiceConfig) -> None:
+    def __init__(self, config: ServiceConfig, *, s3_client: Any = None) -> None:
         self.config = config
+        self._s3 = s3_client
         self._lock = threading.Lock()
-        self._artifact: Artifact | None = None
-        self._pipeline: Pipeline | None = None
+        self._loaded: OrderedDict[str, LoadedVersion] = OrderedDict()
+        self._alias_version: str | None = None
+        self._alias_checked = float("-inf")
         self._load_error: str | None = None
-        self._last_attempt = 0.0
+        self._last_attempt = float("-inf")
         self.load_seconds: float | None = None
-        self._load()
+        started = time.perf_counter()
+        try:
+            self._version(self.default_version())
+            self.load_seconds = time.perf_counter() - started
+        except Exception as exc:  # the service stays up and answers 503 until a load works
+            self._load_error = f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
 
-    def _locate(self) -> Path:
-        if self.config.source == "registry":
-            if not self.config.bucket or not self.config.version:
-                raise ArtifactError("MODEL_SOURCE=registry needs MODEL_BUCKET and MODEL_VERSION")
+    # -- where versions come from -------------------------------------------------------
+    @property
+    def s3(self) -> Any:
+        if self._s3 is None:
+            import boto3  # lazily: a baked-in model with no registry never needs it
+
+            self._s3 = boto3.client("s3")
+        return self._s3
+
+    def default_version(self) -> str:
+        """The alias's version (cached for alias_ttl_s), else the baked-in one."""
+        now = time.monotonic()
+        if self.config.bucket and now - self._alias_checked >= self.config.alias_ttl_s:
+            self._alias_checked = now
+            try:
+                doc, _ = read_alias(
+                    self.s3, self.config.bucket, self.config.name, self.config.alias
+                )
+                self._alias_version = str(doc["version"]) if doc else None
+            except Exception as exc:  # registry unreachable: keep answering with what we have
+                log.warning("alias %s unreadable: %s", self.config.alias, exc)
+        version = self._alias_version or self.config.version
+        if not version:
+            raise ServiceUnavailable(
+                f"model '{self.config.name}' has no version: alias '{self.config.alias}' is "
+                "not set and no version is baked in"
+            )
+        return version
+
+    def _locate(self, version: str) -> Path:
+        baked = self.config.source == "image" and version == self.config.version
+        if baked and self.config.model_dir is not None:
+            return self.config.model_dir
+        if not self.config.bucket:
+            raise NotFound(
+                f"version '{version}' of model '{self.config.name}' is not served here; "
+                f"this endpoint serves version {self.config.version}"
+            )
+        try:
             return fetch_from_registry(
                 bucket=self.config.bucket,
                 name=self.config.name,
-                version=self.config.version,
+                version=version,
                 cache_dir=self.config.cache_dir,
+                s3_client=self.s3,
             )
-        if self.config.model_dir is None:
-            raise ArtifactError("MODEL_DIR is not set")
-        return self.config.model_dir
+        except self.s3.exceptions.NoSuchKey:
+            raise NotFound(
+                f"version '{version}' of model '{self.config.name}' is not published"
+            ) from None
 
-    def _load(self) -> None:
-        self._last_attempt = time.monotonic()
-        started = time.perf_counter()
-        try:
-            artifact = load_artifact(self._locate())
-            if artifact.name != self.config.name:
-                raise ArtifactError(f"artifact is '{artifact.name}', expected '{self.config.name}'")
-            if self.config.version and artifact.version != self.config.version:
-                raise ArtifactError(
-                    f"artifact is version {artifact.version}, expected {self.config.version}"
+    def _load(self, version: str) -> LoadedVersion:
+        artifact = load_artifact(self._locate(version))
+        if artifact.name != self.config.name or artifact.version != version:
+            raise ArtifactError(
+                f"artifact is {artifact.name} v{artifact.version}, expected "
+                f"{self.config.name} v{version}"
+            )
+        session = create_session(
+            artifact.model_path, threads=self.config.threads, providers=list(self.config.providers)
+        )
+        return LoadedVersion(artifact, build_pipeline(artifact, session))
+
+    def _version(self, version: str) -> LoadedVersion:
+        loaded = self._loaded.get(version)
+        if loaded is not None:
+            self._loaded.move_to_end(version)
+            return loaded
+        with self._lock:
+            if version in self._loaded:
+                return self._loaded[version]
+            if self._load_error and time.monotonic() - self._last_attempt < RELOAD_INTERVAL_S:
+                raise ServiceUnavailable(
+                    f"model '{self.config.name}' is not loaded: {self._load_error}",
+                    retry_after_s=int(RELOAD_INTERVAL_S),
                 )
-            session = create_session(
-                artifact.model_path,
-                threads=self.config.threads,
-                providers=list(self.config.providers),
-            )
-            self._pipeline = build_pipeline(artifact, session)
-            self._artifact = artifact
+            self._last_attempt = time.monotonic()
+            try:
+                loaded = self._load(version)
+            except NotFound:
+                raise
+            except Exception as exc:
+                self._load_error = f"{type(exc).__name__}: {exc}"
+                raise ServiceUnavailable(
+                    f"model '{self.config.name}' version {version} could not be loaded: {exc}",
+                    retry_after_s=int(RELOAD_INTERVAL_S),
+                ) from exc
             self._load_error = None
-            self.load_seconds = time.perf_counter() - started
-        except Exception as exc:  # any failure leaves the service up and answering 503
-            self._load_error = f"{type(exc).__name__}: {exc}"
+            self._loaded[version] = loaded
+            while len(self._loaded) > self.config.max_loaded_versions:
+                self._loaded.popitem(last=False)
+            return loaded
 
+    # -- state ----------------------------------------------------------------------------
     @property
     def load_error(self) -> str | None:
         return self._load_error
 
     @property
     def ready(self) -> bool:
-        return self._pipeline is not None
+        try:
+            return self.default_version() in self._loaded
+        except ServiceUnavailable:
+            return False
 
-    def _loaded(self) -> tuple[Artifact, Pipeline]:
-        if self._pipeline is None:
-            with self._lock:
-                if (
-                    self._pipeline is None
-                    and time.monotonic() - self._last_attempt > RELOAD_INTERVAL_S
-                ):
-                    self._load()
-        if self._pipeline is None or self._artifact is None:
-            raise ServiceUnavailable(
-                f"model '{self.config.name}' is not loaded: {self._load_error}",
-                retry_after_s=int(RELOAD_INTERVAL_S),
-            )
-        return self._artifact, self._pipeline
-
-    def check_route(self, name: str, version: str | None = None) -> None:
-        """404 for a model or version this endpoint does not serve."""
+    def check_route(self, name: str) -> None:
         if name != self.config.name:
             raise NotFound(f"model '{name}' is not served here")
-        if version is not None:
-            served = self._artifact.version if self._artifact else self.config.version
-            if version != served:
-                raise NotFound(
-                    f"version '{version}' of model '{name}' is not served here; "
-                    f"this endpoint serves version {served}"
-                )
 
+    def resolve(self, name: str, version: str | None = None) -> LoadedVersion:
+        """The loaded version that answers a request for `name` (and `version`, if given)."""
+        self.check_route(name)
+        return self._version(version or self.default_version())
+
+    # -- V2 operations --------------------------------------------------------------------
     def model_ready(self, name: str, version: str | None = None) -> bool:
-        self.check_route(name, version)
-        return self.ready
+        self.check_route(name)
+        try:
+            self.resolve(name, version)
+        except ServiceUnavailable:
+            return False
+        return True
 
     def metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
-        self.check_route(name, version)
-        artifact, pipeline = self._loaded()
-        manifest = artifact.manifest
+        loaded = self.resolve(name, version)
+        artifact, pipeline, manifest = loaded.artifact, loaded.pipeline, loaded.artifact.manifest
         session = getattr(pipeline, "session", None)
         return {
             "name": artifact.name,
@@ -157,6 +232,7 @@ class ModelService:
             "outputs": [spec.to_json() for spec in pipeline.outputs.values()],
             "parameters": {
                 "task": manifest.get("task"),
+                "alias": self.config.alias,
                 "sha256": manifest.get("sha256"),
                 "quantization": manifest.get("quantization"),
                 "parity": manifest.get("parity"),
@@ -169,16 +245,17 @@ class ModelService:
     def infer(
         self, body: str | bytes | None, name: str, version: str | None = None
     ) -> dict[str, Any]:
-        self.check_route(name, version)
+        self.check_route(name)
         doc = protocol.decode_body(body, max_bytes=self.config.max_payload_bytes)
-        artifact, pipeline = self._loaded()
+        loaded = self.resolve(name, version)
+        pipeline = loaded.pipeline
         request = protocol.decode_infer_request(doc, pipeline.inputs, pipeline.outputs)
         outputs = pipeline.run(request.inputs)
         if request.requested_outputs is not None:
             outputs = {k: outputs[k] for k in request.requested_outputs}
         return protocol.encode_infer_response(
-            model_name=artifact.name,
-            model_version=artifact.version,
+            model_name=loaded.artifact.name,
+            model_version=loaded.artifact.version,
             request_id=request.id,
             outputs=outputs,
         )
