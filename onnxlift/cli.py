@@ -87,23 +87,50 @@ def cli() -> None:
 @click.option("--force", is_flag=True, help="Rebuild even when an identical build exists.")
 def build(names: tuple[str, ...], all_models: bool, force: bool) -> None:
     """Export, quantize and verify models (all of them when no NAME is given)."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
     from onnxlift.build.pipeline import build_model
 
-    table = Table("model", "build", "INT8 min cos", "FP32 min cos", "size MB", "seconds")
-    for spec in _specs(names, all_models):
-        result = build_model(
-            spec, root=_root(), force=force, report=lambda m: console.print(f"  {m}")
-        )
-        parity = result.manifest["parity"]
-        int8 = parity.get("int8", {})
-        table.add_row(
-            spec.name,
-            result.folder.name,
-            f"{int8.get('min', float('nan')):.4f}",
-            f"{parity['fp32']['min']:.4f}",
-            f"{result.manifest['bytes'] / 1e6:.1f}",
-            "cached" if result.skipped else f"{result.seconds:.1f}",
-        )
+    specs = _specs(names, all_models)
+    table = Table(
+        "model",
+        "source",
+        "parity metric",
+        "FP32",
+        "INT8",
+        "threshold",
+        "FP32 MB",
+        "served MB",
+        "seconds",
+        title="onnxlift build",
+    )
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        overall = progress.add_task(f"building {len(specs)} model(s)", total=len(specs))
+        for spec in specs:
+            step = progress.add_task(f"{spec.name}: starting", total=None)
+
+            def report(message: str, step: Any = step) -> None:
+                progress.update(step, description=message)
+
+            result = build_model(spec, root=_root(), force=force, report=report)
+            progress.update(
+                step, description=f"[green]{spec.name}: done[/green]", total=1, completed=1
+            )
+            progress.advance(overall)
+            parity = result.manifest["parity"]
+            int8 = parity.get("int8")
+            table.add_row(
+                spec.name,
+                spec.framework,
+                parity["metric"],
+                f"{parity['fp32']['value']:.4f}",
+                f"{int8['value']:.4f}" if int8 else "-",
+                f"{parity['threshold']}",
+                f"{parity['fp32']['bytes'] / 1e6:.2f}",
+                f"{result.manifest['bytes'] / 1e6:.2f}",
+                "cached" if result.skipped else f"{result.seconds:.1f}",
+            )
     console.print(table)
 
 

@@ -1,4 +1,8 @@
-"""Model specs: the declarative `models/<name>/model.toml` that drives build, publish and deploy."""
+"""Model specs: the declarative `models/<name>/model.toml` that drives build, publish and deploy.
+
+The same structure can be built in code (`parse_spec`) for the Python API, which is how a
+PyTorch module with no model folder goes through the same pipeline.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,22 @@ import hashlib
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from onnxlift.errors import SpecError
 
-TASKS = ("text-embedding",)
+# text-embedding: strings -> tokenizer -> pooled embedding; classification: tensors or strings
+# in, label + probabilities out; tensor: the graph's own inputs and outputs, as they are.
+TASKS = ("text-embedding", "classification", "tensor")
 TARGETS = ("lambda", "sagemaker")
-QUANT_MODES = ("dynamic", "none")
+QUANT_MODES = ("dynamic", "static", "none")
+# metric -> True when higher is better
+PARITY_METRICS = {"min_cosine": True, "top1_agreement": True, "max_abs_error": False}
+DEFAULT_METRIC = {"text-embedding": "min_cosine", "classification": "top1_agreement",
+                  "tensor": "max_abs_error"}  # fmt: skip
+# Dynamic INT8 suits transformers (activation ranges vary per input); static QDQ with
+# calibration suits MLPs and CNNs; scikit-learn graphs hold no MatMul worth quantizing.
+DEFAULT_QUANT = {"pytorch": "dynamic", "keras": "static", "sklearn": "none", "onnx": "none"}
 
 # Lambda's own limits (AWS documentation); a spec outside them cannot deploy.
 LAMBDA_MEMORY_MB = (128, 10_240)
@@ -44,14 +58,21 @@ class OptimizerSpec:
 class ParitySpec:
     metric: str = "min_cosine"
     threshold: float = 0.99
-    inputs: str = "parity_sentences.txt"
+    inputs: str | None = None  # a text file of parity inputs (text-embedding)
+
+    @property
+    def higher_is_better(self) -> bool:
+        return PARITY_METRICS[self.metric]
+
+    def passes(self, value: float) -> bool:
+        return value >= self.threshold if self.higher_is_better else value <= self.threshold
 
 
 @dataclass(frozen=True, kw_only=True)
 class ServingSpec:
     target: str = "lambda"
     memory_mb: int = 2048
-    timeout_s: int = 30
+    timeout_s: int = 29
     reserved_concurrency: int = 10
     max_batch: int = 64
 
@@ -71,7 +92,7 @@ class ModelSpec:
     tokenizer: str
     max_length: int
     serving: ServingSpec
-    raw: dict = field(repr=False, compare=False, default_factory=dict)
+    raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
     @property
     def source_path(self) -> Path:
@@ -94,10 +115,90 @@ class ModelSpec:
         return digest.hexdigest()[:16]
 
 
-def _require(table: dict, key: str, where: str) -> object:
+def _require(table: dict[str, Any], key: str, where: str) -> Any:
     if key not in table:
         raise SpecError(f"{where}: missing required key '{key}'")
     return table[key]
+
+
+def _build(cls: type, table: dict[str, Any], where: str) -> Any:
+    try:
+        return cls(**table)
+    except TypeError as exc:
+        raise SpecError(f"{where}: {exc}") from None
+
+
+def parse_spec(raw: dict[str, Any], folder: Path, *, where: str | None = None) -> ModelSpec:
+    """Validate a spec given as a dict (the parsed model.toml, or built in code)."""
+    where = where or str(folder)
+    name = str(_require(raw, "name", where))
+    if not name.replace("-", "").replace("_", "").isalnum() or not name[0].isalpha():
+        raise SpecError(f"{where}: name '{name}' must be letters, digits, '-' or '_'")
+    task = str(_require(raw, "task", where))
+    if task not in TASKS:
+        raise SpecError(f"{where}: task '{task}' is not one of {TASKS}")
+
+    source = raw.get("source", {})
+    framework = str(source.get("framework", "pytorch"))
+    if framework not in DEFAULT_QUANT:
+        raise SpecError(f"{where}: source.framework '{framework}' not in {tuple(DEFAULT_QUANT)}")
+    quant = dict(raw.get("quantization", {}))
+    quant.setdefault("mode", DEFAULT_QUANT[framework])
+    for key in ("exclude_nodes", "exclude_op_types"):
+        quant[key] = tuple(quant.get(key, ()))
+    quantization = _build(QuantizationSpec, quant, f"{where} [quantization]")
+    if quantization.mode not in QUANT_MODES:
+        raise SpecError(f"{where}: quantization.mode '{quantization.mode}' not in {QUANT_MODES}")
+
+    export = raw.get("export", {})
+    optimizer = _build(OptimizerSpec, export.get("optimizer", {}), f"{where} [export.optimizer]")
+    serving = _build(ServingSpec, raw.get("serving", {}), f"{where} [serving]")
+    if serving.target not in TARGETS:
+        raise SpecError(f"{where}: serving.target '{serving.target}' not in {TARGETS}")
+    if serving.target == "lambda":
+        lo, hi = LAMBDA_MEMORY_MB
+        if not lo <= serving.memory_mb <= hi:
+            raise SpecError(f"{where}: serving.memory_mb must be within {lo}..{hi} for Lambda")
+        lo, hi = LAMBDA_TIMEOUT_S
+        if not lo <= serving.timeout_s <= hi:
+            raise SpecError(f"{where}: serving.timeout_s must be within {lo}..{hi} for Lambda")
+
+    parity_raw = dict(raw.get("parity", {}))
+    parity_raw.setdefault("metric", DEFAULT_METRIC[task])
+    parity = _build(ParitySpec, parity_raw, f"{where} [parity]")
+    if parity.metric not in PARITY_METRICS:
+        raise SpecError(f"{where}: parity.metric '{parity.metric}' not in {tuple(PARITY_METRICS)}")
+    if parity.higher_is_better and not 0.0 < parity.threshold <= 1.0:
+        raise SpecError(f"{where}: parity.threshold must be in (0, 1] for {parity.metric}")
+    if not parity.higher_is_better and parity.threshold < 0:
+        raise SpecError(f"{where}: parity.threshold must be >= 0 for {parity.metric}")
+
+    preprocess = raw.get("preprocess", {})
+    spec = ModelSpec(
+        name=name,
+        description=str(raw.get("description", "")),
+        task=task,
+        folder=folder.resolve(),
+        framework=framework,
+        source_module=str(source.get("module", "source.py")),
+        opset=int(export.get("opset", 17)),
+        optimizer=optimizer,
+        quantization=quantization,
+        parity=parity,
+        tokenizer=str(preprocess.get("tokenizer", "tokenizer.json")),
+        max_length=int(preprocess.get("max_length", 256)),
+        serving=serving,
+        raw=raw,
+    )
+    if quantization.outlier_ratio and not (
+        quantization.calibration and (spec.folder / quantization.calibration).is_file()
+    ):
+        raise SpecError(f"{where}: quantization.outlier_ratio needs a calibration file")
+    if parity.inputs is not None and not (spec.folder / parity.inputs).is_file():
+        raise SpecError(f"{where}: parity inputs {parity.inputs} not found")
+    if task == "text-embedding" and parity.inputs is None:
+        raise SpecError(f"{where}: a text-embedding model needs parity.inputs (a text file)")
+    return spec
 
 
 def load_spec(folder: Path) -> ModelSpec:
@@ -109,74 +210,11 @@ def load_spec(folder: Path) -> ModelSpec:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{path}: {exc}") from exc
-
-    name = str(_require(raw, "name", str(path)))
-    if name != folder.name:
-        raise SpecError(f"{path}: name '{name}' must match its folder '{folder.name}'")
-    if not name.replace("-", "").replace("_", "").isalnum() or not name[0].isalpha():
-        raise SpecError(f"{path}: name '{name}' must be letters, digits, '-' or '_'")
-    task = str(_require(raw, "task", str(path)))
-    if task not in TASKS:
-        raise SpecError(f"{path}: task '{task}' is not one of {TASKS}")
-
-    source = raw.get("source", {})
-    quant = raw.get("quantization", {})
-    parity = raw.get("parity", {})
-    serving = raw.get("serving", {})
-    preprocess = raw.get("preprocess", {})
-
-    quantization = QuantizationSpec(
-        mode=str(quant.get("mode", "dynamic")),
-        per_channel=bool(quant.get("per_channel", True)),
-        reduce_range=bool(quant.get("reduce_range", False)),
-        exclude_nodes=tuple(quant.get("exclude_nodes", ())),
-        exclude_op_types=tuple(quant.get("exclude_op_types", ())),
-        outlier_ratio=float(quant.get("outlier_ratio", 0.0)),
-        outlier_max_channels=int(quant.get("outlier_max_channels", 4)),
-        calibration=quant.get("calibration"),
-    )
-    export = raw.get("export", {})
-    optimizer = OptimizerSpec(**export.get("optimizer", {}))
-    if quantization.mode not in QUANT_MODES:
-        raise SpecError(f"{path}: quantization.mode '{quantization.mode}' not in {QUANT_MODES}")
-    serving_spec = ServingSpec(**{k: serving[k] for k in serving})
-    if serving_spec.target not in TARGETS:
-        raise SpecError(f"{path}: serving.target '{serving_spec.target}' not in {TARGETS}")
-    if serving_spec.target == "lambda":
-        lo, hi = LAMBDA_MEMORY_MB
-        if not lo <= serving_spec.memory_mb <= hi:
-            raise SpecError(f"{path}: serving.memory_mb must be within {lo}..{hi} for Lambda")
-        lo, hi = LAMBDA_TIMEOUT_S
-        if not lo <= serving_spec.timeout_s <= hi:
-            raise SpecError(f"{path}: serving.timeout_s must be within {lo}..{hi} for Lambda")
-    parity_spec = ParitySpec(**{k: parity[k] for k in parity})
-    if not 0.0 < parity_spec.threshold <= 1.0:
-        raise SpecError(f"{path}: parity.threshold must be in (0, 1]")
-
-    spec = ModelSpec(
-        name=name,
-        description=str(raw.get("description", "")),
-        task=task,
-        folder=folder.resolve(),
-        framework=str(source.get("framework", "pytorch")),
-        source_module=str(source.get("module", "source.py")),
-        opset=int(export.get("opset", 17)),
-        optimizer=optimizer,
-        quantization=quantization,
-        parity=parity_spec,
-        tokenizer=str(preprocess.get("tokenizer", "tokenizer.json")),
-        max_length=int(preprocess.get("max_length", 256)),
-        serving=serving_spec,
-        raw=raw,
-    )
+    spec = parse_spec(raw, folder, where=str(path))
+    if spec.name != folder.name:
+        raise SpecError(f"{path}: name '{spec.name}' must match its folder '{folder.name}'")
     if not spec.source_path.is_file():
         raise SpecError(f"{path}: source module {spec.source_path} not found")
-    if quantization.outlier_ratio and not (
-        quantization.calibration and (spec.folder / quantization.calibration).is_file()
-    ):
-        raise SpecError(f"{path}: quantization.outlier_ratio needs a calibration file")
-    if not (spec.folder / spec.parity.inputs).is_file():
-        raise SpecError(f"{path}: parity inputs {spec.parity.inputs} not found")
     return spec
 
 

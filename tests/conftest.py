@@ -48,9 +48,9 @@ def minilm_build(minilm_spec: Any) -> Any:
 @pytest.fixture(scope="session")
 def reference_embeddings(minilm_spec: Any) -> Any:
     """sentence-transformers on PyTorch for a few sentences: what the service must match."""
-    from onnxlift.build.pipeline import load_source
+    from onnxlift.build.pipeline import load_source_module
 
-    source = load_source(minilm_spec)
+    source = load_source_module(minilm_spec)
 
     def embed(texts: list[str]) -> Any:
         return source.reference(texts)

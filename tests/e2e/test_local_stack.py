@@ -174,7 +174,7 @@ def answering_version(stack: dict[str, Any], want: str, timeout: float = 10.0) -
 def test_promote_and_rollback_move_traffic_without_a_restart(stack: dict[str, Any]) -> None:
     first = stack["models"]["minilm"]["version"]
     assert "published minilm version" in cli(stack, "publish", "minilm")
-    listed = json.loads(cli(stack, "list", "--json"))
+    listed = [r for r in json.loads(cli(stack, "list", "--json")) if r["name"] == "minilm"]
     second = max((r["version"] for r in listed), key=int)
     assert second != first
     assert [r["aliases"] for r in listed if r["version"] == first] == [["prod"]]
@@ -192,6 +192,64 @@ def test_promote_and_rollback_move_traffic_without_a_restart(stack: dict[str, An
     assert pinned.status_code == 200 and pinned.json()["model_version"] == second
 
 
+def load_model_source(name: str) -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        f"e2e_{name}", ROOT / "models" / name / "source.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tabular_keras_model_classifies_held_out_rows(stack: dict[str, Any]) -> None:
+    _, x_test, _, y_test, names = load_model_source("tabular").dataset()
+    body = {
+        "inputs": [
+            {
+                "name": "features",
+                "shape": list(x_test.shape),
+                "datatype": "FP32",
+                "data": x_test.ravel().tolist(),
+            }
+        ]
+    }
+    response = infer(stack, body, model="tabular")
+    assert response.status_code == 200, response.text
+    outputs = {o["name"]: o for o in response.json()["outputs"]}
+    assert outputs["label"]["datatype"] == "BYTES"
+    assert outputs["probabilities"]["shape"] == [len(x_test), 2]
+    accuracy = np.mean(np.array(outputs["label"]["data"]) == np.array(names)[y_test])
+    assert accuracy >= 0.9, accuracy
+    wrong = infer(
+        stack,
+        {"inputs": [{"name": "features", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]},
+        model="tabular",
+    )
+    assert wrong.status_code == 422 and "expects [-1, 30]" in wrong.json()["error"]
+
+
+def test_textclf_answers_like_scikit_learn(stack: dict[str, Any]) -> None:
+    pipeline, _, _ = load_model_source("textclf").train()
+    probe = [
+        "The striker scored twice in the final",
+        "HEAVY RAIN FLOODED THE VALLEY",
+        "the chef baked sourdough bread",
+        "engineers shipped the software update",
+        "Ünïcode and unseen words entirely",
+    ]
+    body = {"inputs": [{"name": "text", "shape": [len(probe)], "datatype": "BYTES", "data": probe}]}
+    response = infer(stack, body, model="textclf")
+    assert response.status_code == 200, response.text
+    outputs = {o["name"]: o for o in response.json()["outputs"]}
+    assert outputs["label"]["data"] == list(pipeline.predict(probe))
+    assert outputs["label"]["data"][:4] == ["sports", "weather", "food", "tech"]
+    probabilities = np.asarray(outputs["probabilities"]["data"]).reshape(len(probe), -1)
+    np.testing.assert_allclose(probabilities, pipeline.predict_proba(probe), atol=1e-5)
+
+
+# Last: it stops the module's stack.
 def test_ctrl_c_stops_everything_and_keeps_what_was_published(stack: dict[str, Any]) -> None:
     process, state = stack["_process"], stack["_state"]
     gateway_port = int(stack["url"].rsplit(":", 1)[1])

@@ -23,7 +23,11 @@ def test_the_shipped_spec_loads() -> None:
     assert spec.task == "text-embedding"
     assert spec.parity.threshold == 0.99
     assert spec.serving.target == "lambda" and 128 <= spec.serving.memory_mb <= 10_240
-    assert [s.name for s in discover_specs(ROOT / "models")] == ["minilm"]
+    specs = {s.name: s for s in discover_specs(ROOT / "models")}
+    assert set(specs) >= {"minilm", "tabular", "textclf"}
+    assert (specs["tabular"].framework, specs["tabular"].quantization.mode) == ("keras", "static")
+    assert (specs["textclf"].framework, specs["textclf"].quantization.mode) == ("sklearn", "none")
+    assert specs["textclf"].parity.metric == "top1_agreement"
 
 
 @pytest.mark.parametrize(
@@ -35,6 +39,8 @@ def test_the_shipped_spec_loads() -> None:
         ("timeout_s = 29", "timeout_s = 901", "timeout_s must be within"),
         ('target = "lambda"', 'target = "ec2"', "serving.target"),
         ("threshold = 0.99", "threshold = 1.5", "threshold"),
+        ('metric = "min_cosine"', 'metric = "vibes"', "parity.metric"),
+        ("per_channel = true", "per_chanel = true", "unexpected keyword"),
         ('mode = "dynamic"', 'mode = "int3"', "quantization.mode"),
         ('module = "source.py"', 'module = "missing.py"', "not found"),
         ("[serving]", "[serving", "model.toml"),

@@ -70,7 +70,53 @@ class TextEmbeddingPipeline:
         return {self.embedding_output: embedding}
 
 
-PIPELINES = {"text-embedding": TextEmbeddingPipeline}
+class TensorPipeline:
+    """V2 tensors straight onto the graph's inputs of the same names, outputs back by name.
+
+    Serves classifiers too: when the manifest lists class `labels` and the graph gives only
+    `probabilities`, the `label` output is the arg-max class name. A BYTES input of shape
+    [n] feeds a string graph input of shape [n, 1] (how skl2onnx declares text inputs).
+    """
+
+    def __init__(self, artifact: Artifact, session: ort.InferenceSession) -> None:
+        self.session = session
+        self.inputs = artifact.inputs
+        self.outputs = artifact.outputs
+        self.max_batch = int(artifact.manifest.get("max_batch", 64))
+        self.labels = artifact.manifest.get("labels")
+        self.graph_inputs = {i.name: i for i in session.get_inputs()}
+        self.graph_outputs = [o.name for o in session.get_outputs()]
+        missing = set(self.inputs) - set(self.graph_inputs)
+        if missing:
+            raise ArtifactError(f"graph lacks inputs {sorted(missing)}")
+        derived = {"label"} if self.labels and "label" not in self.graph_outputs else set()
+        if set(self.outputs) - set(self.graph_outputs) - derived:
+            raise ArtifactError(f"graph lacks outputs {sorted(set(self.outputs) - derived)}")
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = {}
+        for name, array in inputs.items():
+            if array.ndim and array.shape[0] > self.max_batch:
+                raise PayloadTooLarge(
+                    f"batch of {array.shape[0]} is over this model's maximum of {self.max_batch}"
+                )
+            rank = len(self.graph_inputs[name].shape)
+            feeds[name] = array.reshape(*array.shape, 1) if array.ndim == rank - 1 else array
+        results = dict(
+            zip(self.graph_outputs, self.session.run(self.graph_outputs, feeds), strict=True)
+        )
+        if "label" in self.outputs and "label" not in results:
+            results["label"] = np.asarray(self.labels, dtype=object)[
+                np.argmax(results["probabilities"], axis=-1)
+            ]
+        return {name: results[name] for name in self.outputs}
+
+
+PIPELINES = {
+    "text-embedding": TextEmbeddingPipeline,
+    "classification": TensorPipeline,
+    "tensor": TensorPipeline,
+}
 
 
 def build_pipeline(artifact: Artifact, session: ort.InferenceSession) -> Pipeline:
