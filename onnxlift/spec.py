@@ -213,7 +213,7 @@ def load_spec(folder: Path) -> ModelSpec:
     spec = parse_spec(raw, folder, where=str(path))
     if spec.name != folder.name:
         raise SpecError(f"{path}: name '{spec.name}' must match its folder '{folder.name}'")
-    if not spec.source_path.is_file():
+    if spec.framework != "onnx" and not spec.source_path.is_file():
         raise SpecError(f"{path}: source module {spec.source_path} not found")
     return spec
 

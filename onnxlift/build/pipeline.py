@@ -196,7 +196,11 @@ def build_model(
     shutil.rmtree(folder, ignore_errors=True)
     work = folder / "work"
     work.mkdir(parents=True)
-    if source is None:
+    if source is None and spec.framework == "onnx":
+        from onnxlift.sources.onnx_file import onnx_file_source
+
+        source = onnx_file_source(spec)
+    elif source is None:
         report(f"{spec.name}: loading the {spec.framework} source")
         source = load_source_module(spec).load(spec)
 

@@ -1,0 +1,243 @@
+"""Every way in: a PyTorch module through the Python API, an ONNX file through `onnxlift add`,
+and the checks that refuse what must not be served."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from onnxlift.errors import BuildError
+from onnxlift.sources.onnx_file import check_onnx_file
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+class Scorer(torch.nn.Module):
+    """A small MLP: the kind of module a team brings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 3)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def held_out(rows: int = 64) -> np.ndarray:
+    return np.random.default_rng(1).standard_normal((rows, 16)).astype(np.float32)
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A scratch project root with the repo's serving code, so `add` writes models/ there."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "pyproject.toml").write_text("")
+    for part in ("functions", "layers"):
+        (tmp_path / part).symlink_to(ROOT / part)
+    monkeypatch.setenv("ONNXLIFT_ROOT", str(tmp_path))
+    return tmp_path
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic", "none"])
+def test_python_api_builds_any_module(mode: str, tmp_path: Path) -> None:
+    from onnxlift_serving.artifact import load_artifact
+
+    from onnxlift.api import build_pytorch
+
+    result = build_pytorch(
+        Scorer(),
+        name="scorer",
+        example_inputs={"x": torch.randn(2, 16)},
+        output_names=["score"],
+        dynamic_axes={"x": {0: "batch"}, "score": {0: "batch"}},
+        parity_inputs={"x": held_out()},
+        quantization=mode,
+        threshold=0.05,
+        root=tmp_path,
+        report=lambda _: None,
+    )
+    manifest = load_artifact(result.folder).manifest
+    assert manifest["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 16]}]
+    assert manifest["outputs"] == [{"name": "score", "datatype": "FP32", "shape": [-1, 3]}]
+    assert manifest["quantization"]["mode"] == mode
+    assert manifest["parity"]["metric"] == "max_abs_error"
+    assert manifest["parity"]["value"] <= 0.05
+    assert ("int8" in manifest["parity"]) == (mode != "none")
+
+
+def test_python_api_gate_fails_with_the_figure(tmp_path: Path) -> None:
+    from onnxlift.api import build_pytorch
+
+    with pytest.raises(BuildError, match=r"parity gate failed: max_abs_error .* > threshold 1e-09"):
+        build_pytorch(
+            Scorer(),
+            name="scorer",
+            example_inputs={"x": torch.randn(2, 16)},
+            output_names=["score"],
+            dynamic_axes={"x": {0: "batch"}, "score": {0: "batch"}},
+            parity_inputs={"x": held_out()},
+            quantization="dynamic",
+            threshold=1e-9,
+            root=tmp_path,
+            report=lambda _: None,
+        )
+
+
+def export_scorer(path: Path) -> Path:
+    torch.onnx.export(
+        Scorer(),
+        (torch.randn(2, 16),),
+        str(path),
+        input_names=["x"],
+        output_names=["score"],
+        dynamic_axes={"x": {0: "batch"}},
+        dynamo=False,
+        opset_version=17,
+    )
+    return path
+
+
+def test_add_checks_builds_and_publishes_an_outside_onnx_file(
+    project: Path, tmp_path: Path, registry: Any, load_handler: Any, lambda_context: Any
+) -> None:
+    from onnxlift.cli import cli
+
+    outside = export_scorer(tmp_path / "elsewhere.onnx")
+    result = CliRunner().invoke(
+        cli,
+        [
+            "add",
+            str(outside),
+            "--name",
+            "scorer",
+            "--quantize",
+            "dynamic",
+            "--bucket",
+            registry.bucket,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "published scorer version 1" in result.output
+    assert (project / "models" / "scorer" / "model.toml").is_file()
+    manifest = registry.manifest("scorer", "1")
+    assert manifest["quantization"]["mode"] == "dynamic" and manifest["parity"]["value"] <= 0.05
+
+    # ... and the real handler serves it, straight from the registry.
+    module = load_handler(MODEL_NAME="scorer", MODEL_VERSION="1")
+    from tests.integration.test_handler import call
+
+    x = held_out(3)
+    body = {
+        "inputs": [{"name": "x", "shape": [3, 16], "datatype": "FP32", "data": x.ravel().tolist()}]
+    }
+    status, answer, _ = call(module, lambda_context, body, path="/v2/models/scorer/infer")
+    assert status == 200, answer
+    (score,) = answer["outputs"]
+    expected = Scorer()(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(np.asarray(score["data"]).reshape(3, 3), expected, atol=0.05)
+
+    again = CliRunner().invoke(cli, ["add", str(outside), "--name", "scorer", "--no-publish"])
+    assert again.exit_code == 2 and "exists" in again.output
+
+
+def test_add_refuses_pickles_and_leaves_nothing(project: Path, tmp_path: Path) -> None:
+    from onnxlift.cli import cli
+
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    result = CliRunner().invoke(cli, ["add", str(bad), "--name", "evil", "--no-publish"])
+    assert result.exit_code == 2 and "pickle" in result.output
+    assert not (project / "models" / "evil").exists()
+
+
+def test_external_data_must_stay_in_the_model_folder(tmp_path: Path) -> None:
+    import onnx
+
+    inner = tmp_path / "pkg"
+    inner.mkdir()
+    path = export_scorer(inner / "m.onnx")
+    model = onnx.load(str(path))
+    onnx.save(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
+    assert check_onnx_file(path).graph.name  # inside its folder: fine
+    shutil.move(inner / "weights.bin", tmp_path / "weights.bin")
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../weights.bin"
+    onnx.save(model, str(path))
+    with pytest.raises(BuildError, match="outside"):
+        check_onnx_file(path)
+
+
+def test_keras_savedmodel_and_keras_file_convert_alike(tmp_path: Path) -> None:
+    import keras
+
+    from onnxlift.sources.keras import keras_exporter
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(shape=(4,), name="features")
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+    model.save(tmp_path / "m.keras")
+    model.export(str(tmp_path / "saved"), verbose=False)
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    import onnxruntime as ort
+
+    results = []
+    for source in (tmp_path / "m.keras", tmp_path / "saved"):
+        out = tmp_path / f"{source.name}.onnx"
+        keras_exporter(source, renames={"output_0": "probabilities"})(out, 17)
+        session = ort.InferenceSession(str(out))
+        assert [o.name for o in session.get_outputs()] == ["probabilities"]
+        results.append(session.run(None, {"features": x})[0])
+    np.testing.assert_allclose(results[0], model.predict(x, verbose=0), atol=1e-5)
+    np.testing.assert_allclose(results[0], results[1], atol=1e-6)
+
+
+def test_sklearn_text_graph_loads_without_en_us_locale() -> None:
+    from skl2onnx.common.data_types import StringTensorType
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.naive_bayes import MultinomialNB
+    from sklearn.pipeline import Pipeline
+
+    from onnxlift.sources.sklearn import sklearn_exporter
+
+    texts, labels = ["good match", "bad weather", "great goal", "cold rain"], ["s", "w", "s", "w"]
+    pipe = Pipeline([("v", TfidfVectorizer()), ("nb", MultinomialNB())]).fit(texts, labels)
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "m.onnx"
+        sklearn_exporter(
+            pipe,
+            initial_types=[("text", StringTensorType([None, 1]))],
+            options={id(pipe.steps[-1][1]): {"zipmap": False}},
+        )(out, 17)
+        normalizers = [n for n in onnx.load(str(out)).graph.node if n.op_type == "StringNormalizer"]
+        assert normalizers and all(
+            a.s == b"C.UTF-8" for n in normalizers for a in n.attribute if a.name == "locale"
+        )
+        session = ort.InferenceSession(str(out))  # en_US.UTF-8 is absent on this machine
+        labels_out = session.run(None, {"text": np.array([["GREAT match"]], dtype=object)})[0]
+        assert list(labels_out) == ["s"]
