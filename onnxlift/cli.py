@@ -51,6 +51,10 @@ def _registry(bucket: str | None) -> Any:
     return Registry(local["registry_bucket"], client)
 
 
+def _size(count: int) -> str:
+    return f"{count / 1e6:.1f} MB" if count >= 1e6 else f"{count / 1e3:.1f} kB"
+
+
 def _specs(names: tuple[str, ...], all_models: bool) -> list[Any]:
     from onnxlift.spec import discover_specs
 
@@ -311,14 +315,14 @@ def list_models(bucket: str | None, as_json: bool) -> None:
         "model",
         "version",
         "aliases",
-        "size MB",
+        "size",
         "parity",
         "target",
         "created",
         title=f"s3://{registry.bucket}",
     )
     for row in rows:
-        size = f"{row['bytes'] / 1e6:.1f}" if row["bytes"] else "-"
+        size = _size(row["bytes"]) if row["bytes"] else "-"
         parity = (
             f"{row['parity']:.4f} ({row['parity_metric']})" if row["parity"] is not None else "-"
         )

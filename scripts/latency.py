@@ -16,6 +16,19 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 
+def example(tensor: dict, batch: int) -> dict:
+    """A request tensor of `batch` rows shaped like the model's input signature."""
+    shape = [batch] + [d if d > 0 else 8 for d in tensor["shape"][1:]]
+    count = 1
+    for d in shape:
+        count *= d
+    if tensor["datatype"] == "BYTES":
+        data: list = ["A man is riding a white horse on the beach."] * count
+    else:
+        data = [0.5] * count
+    return {"name": tensor["name"], "shape": shape, "datatype": tensor["datatype"], "data": data}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--state", type=Path, default=Path(".onnxlift/local.json"))
@@ -29,12 +42,11 @@ def main() -> None:
     url = urlsplit(info["url"])
     if url.hostname not in ("127.0.0.1", "localhost", "::1"):
         raise SystemExit(f"refusing to load a non-loopback URL: {info['url']}")
-    texts = ["A man is riding a white horse on the beach."] * args.batch
-    body = json.dumps(
-        {"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": texts}]}
-    )
     headers = {"x-api-key": info["api_key"], "content-type": "application/json"}
     connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    connection.request("GET", f"/v2/models/{args.model}", headers=headers)
+    metadata = json.loads(connection.getresponse().read())
+    body = json.dumps({"inputs": [example(t, args.batch) for t in metadata["inputs"]]})
     path = f"/v2/models/{args.model}/infer"
     timings = []
     for i in range(args.warmup + args.requests):
