@@ -32,7 +32,7 @@ def archive_key(name: str, version: str) -> str:
 
 
 def _members(folder: Path) -> list[Path]:
-    """What SageMaker needs: the model, the manifest and the manifest's assets; no build leftovers."""
+    """The model, the manifest and its assets: no build leftovers."""
     manifest = json.loads((folder / layout.MANIFEST_FILE).read_text())
     files = [folder / layout.MODEL_FILE, folder / layout.MANIFEST_FILE]
     files += [folder / layout.ASSETS_DIR / relative for relative in manifest.get("assets", {})]
