@@ -255,9 +255,21 @@ def make_front(
         def do_GET(self) -> None:
             self._send(*_error(404, "UnknownOperationException", {"message": "not found"}))
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    server = _QuietServer((host, port), Handler)
     server.daemon_threads = True
     return server
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A client that drops its connection (a boto3 pool discarding an unread response) is
+    routine, not a traceback on the console."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 def prepare_model_dir(folder: Path, work: Path) -> Path:

@@ -5,11 +5,13 @@ SageMaker container (how many workers fit the instance), so both make the same e
 
     session memory ~ SESSION_MEMORY_FACTOR x ONNX file size + RUNTIME_BASELINE_BYTES
 
-Measured with onnxruntime 1.32 (CPU) on all-MiniLM-L6-v2, resident set size before the
-session is created and after it plus one inference (batch 8, 64 tokens): see
-SAGEMAKER_NOTES.md. FP32 (90 MB file) grows 1.6x its file size, dynamic INT8 (31 MB)
-2.4x (its kernels keep packed copies of the weights); 2.5 covers both with a margin.
-The baseline is the Python process with onnxruntime, numpy and tokenizers imported.
+Measured with onnxruntime 1.32 (CPU) on all-MiniLM-L6-v2 (scripts/session_memory.py): RSS
+growth from before the session is created to after it plus one inference (batch 8, 64
+tokens), per byte of ONNX file: FP32 1.38 (86 MB file), FP32 after the transformer
+optimizer 1.66, dynamic INT8 2.34 (29 MB; its kernels keep packed weight copies). 2.5
+covers all three. The baseline is the process before the session: 46 MB for Python with
+onnxruntime and numpy; 150 MB budgets tokenizers, the server and arena growth on larger
+batches.
 """
 
 from __future__ import annotations
