@@ -1,0 +1,214 @@
+"""`serve`: gunicorn in front of the container app, sized for the instance it runs on.
+
+Workers (SAGEMAKER_WORKERS overrides):
+* GPU instance (onnxruntime has the CUDA provider and /dev/nvidia<N> exist): one worker per
+  GPU, each pinned to its own device with CUDA_VISIBLE_DEVICES. A second process on the same
+  GPU would hold a second CUDA context and model copy and only contend for the device;
+  concurrency within a worker comes from threads instead (onnxruntime's run releases the GIL).
+* CPU: one worker per two cores with two onnxruntime threads each, capped by memory
+  (onnxlift_serving.sizing.cpu_worker_plan).
+Every worker runs the gthread worker with SAGEMAKER_THREADS (default 4) threads, so /ping
+is answered within SageMaker's 2 s even while inferences are running.
+
+No preload: each worker imports the app and creates its session *after* the fork. A CUDA
+context does not survive fork(), and onnxruntime's intra-op thread pool, created with the
+session, would be missing its threads in the child (only the forking thread is copied).
+
+SIGTERM (SageMaker stopping the instance, `docker stop`): gunicorn's master stops accepting,
+lets in-flight requests finish for up to SAGEMAKER_GRACEFUL_TIMEOUT (default 20) seconds,
+then exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+from onnxlift_serving.sizing import cpu_worker_plan
+
+DEFAULT_BIND = "0.0.0.0:8080"  # the contract: SageMaker sends /ping and /invocations to 8080
+# SageMaker gives up on an invocation after 60 s; a worker silent for that long is stuck.
+WORKER_TIMEOUT_S = 60
+# SageMaker's front end keeps connections open; outlive its idle timeout so it never
+# sends on a connection we are closing.
+KEEPALIVE_S = 75
+DEFAULT_THREADS = 4
+DEFAULT_GRACEFUL_S = 20
+GPU_DEVICE = re.compile(r"^nvidia\d+$")
+
+
+@dataclass(frozen=True)
+class Plan:
+    workers: int
+    threads: int  # gthread threads per worker
+    ort_threads: int  # onnxruntime intra-op threads per worker
+    gpus: int
+    reason: str
+
+
+def gpu_count(dev: Path = Path("/dev")) -> int:
+    """GPUs visible to the container, without initialising CUDA in the master."""
+    try:
+        return sum(1 for entry in dev.iterdir() if GPU_DEVICE.match(entry.name))
+    except OSError:
+        return 0
+
+
+def cuda_provider_available() -> bool:
+    import onnxruntime as ort  # lists compiled-in providers; creates no CUDA context
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def memory_bytes() -> int:
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 * 1024**3
+
+
+def plan_workers(
+    env: Mapping[str, str], *, cores: int, gpus: int, cuda: bool, memory: int, model_bytes: int
+) -> Plan:
+    threads = int(env.get("SAGEMAKER_THREADS", DEFAULT_THREADS))
+    explicit = env.get("SAGEMAKER_WORKERS")
+    if gpus > 0 and cuda:
+        workers = int(explicit) if explicit else gpus
+        ort_threads = max(1, min(4, cores // workers))
+        reason = f"{gpus} GPU(s): one worker per GPU"
+    else:
+        workers, ort_threads = cpu_worker_plan(
+            cores=cores, memory_bytes=memory, model_bytes=model_bytes
+        )
+        reason = f"CPU, {cores} cores: one worker per two cores, memory-capped"
+        if explicit:
+            workers = int(explicit)
+            ort_threads = max(1, cores // workers)
+        gpus = 0
+    if explicit:
+        reason = "SAGEMAKER_WORKERS"
+    if env.get("ORT_INTRA_OP_THREADS"):
+        ort_threads = int(env["ORT_INTRA_OP_THREADS"])
+    return Plan(max(1, workers), max(1, threads), max(1, ort_threads), gpus, reason)
+
+
+def _model_bytes(env: Mapping[str, str]) -> int:
+    model_dir = Path(env.get("SM_MODEL_DIR") or env.get("MODEL_DIR") or "/opt/ml/model")
+    try:
+        return (model_dir / "model.onnx").stat().st_size
+    except OSError:
+        return 0
+
+
+# -- gunicorn hooks (run in the master, except post_fork) -----------------------------------
+
+
+def pre_fork(server: Any, worker: Any) -> None:
+    """Give the new worker the lowest GPU index no living worker holds."""
+    gpus = int(os.environ.get("ONNXLIFT_GPUS", "0"))
+    if gpus:
+        taken = {getattr(w, "gpu_index", None) for w in server.WORKERS.values()}
+        worker.gpu_index = next((i for i in range(gpus) if i not in taken), 0)
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """In the worker, before the app (and CUDA) is loaded: see only its own GPU."""
+    index = getattr(worker, "gpu_index", None)
+    if index is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
+    server.log.info("worker %s started (gpu %s)", worker.pid, "none" if index is None else index)
+
+
+def when_ready(server: Any) -> None:
+    server.log.info("listening on %s", ", ".join(str(listener) for listener in server.LISTENERS))
+
+
+class Server(BaseApplication):  # type: ignore[misc]
+    """gunicorn's documented custom-application pattern: settings from a dict, no config file."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.settings.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        import wsgi  # in the worker, after the fork: this is where the model loads
+
+        return wsgi.create_app()
+
+
+def settings(plan: Plan, *, bind: str, graceful_s: int, access_log: bool) -> dict[str, Any]:
+    return {
+        "bind": [bind],
+        "workers": plan.workers,
+        "worker_class": "gthread",
+        "threads": plan.threads,
+        "preload_app": False,
+        "timeout": WORKER_TIMEOUT_S,
+        "graceful_timeout": graceful_s,
+        "keepalive": KEEPALIVE_S,
+        "accesslog": "-" if access_log else None,
+        "errorlog": "-",
+        "loglevel": "info",
+        "proc_name": "onnxlift-sagemaker",
+        # gunicorn 27's control socket lives at one path per user: two local containers
+        # would fight over it, and nothing here uses it.
+        "control_socket_disable": True,
+        "pre_fork": pre_fork,
+        "post_fork": post_fork,
+        "when_ready": when_ready,
+    }
+
+
+def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+    env = os.environ if env is None else env
+    parser = argparse.ArgumentParser(prog="serve", description="onnxlift SageMaker container")
+    parser.add_argument("mode", nargs="?", default="serve", choices=["serve"])
+    parser.add_argument("--bind", default=env.get("SAGEMAKER_BIND", DEFAULT_BIND))
+    parser.add_argument("--workers", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.workers:
+        env["SAGEMAKER_WORKERS"] = str(args.workers)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    cuda = cuda_provider_available()
+    plan = plan_workers(
+        env,
+        cores=len(os.sched_getaffinity(0)),
+        gpus=gpu_count(),
+        cuda=cuda,
+        memory=memory_bytes(),
+        model_bytes=_model_bytes(env),
+    )
+    # Read in each worker by wsgi.config_from_env and the pre_fork hook.
+    env["ORT_INTRA_OP_THREADS"] = str(plan.ort_threads)
+    env["ONNXLIFT_GPUS"] = str(plan.gpus)
+    if not cuda:
+        env.setdefault("ORT_PROVIDERS", "CPUExecutionProvider")
+    logging.getLogger("onnxlift.sagemaker").info(
+        "serving on %s: %d worker(s) x %d threads, %d onnxruntime threads each (%s); "
+        "CUDA provider %s",
+        args.bind,
+        plan.workers,
+        plan.threads,
+        plan.ort_threads,
+        plan.reason,
+        "available" if cuda else "not available, CPU only",
+    )
+    graceful = int(env.get("SAGEMAKER_GRACEFUL_TIMEOUT", DEFAULT_GRACEFUL_S))
+    access_log = env.get("SAGEMAKER_ACCESS_LOG", "").lower() in ("1", "true")
+    Server(settings(plan, bind=args.bind, graceful_s=graceful, access_log=access_log)).run()

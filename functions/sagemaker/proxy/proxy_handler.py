@@ -1,0 +1,188 @@
+"""The API's thin proxy to a SageMaker endpoint: V2 over API Gateway in, InvokeEndpoint out.
+
+API Gateway routes /v2/models/{name}/... of a SageMaker-target model to this function (Lambda
+proxy integration, exactly like a Lambda-target model's own function), and it calls the
+endpoint with boto3. Every V2 operation travels as an InvokeEndpoint POST: the operation,
+model and version ride in X-Amzn-SageMaker-Custom-Attributes, which SageMaker forwards to
+the container verbatim (see functions/sagemaker/wsgi.py).
+
+Why a function rather than an AWS service integration: SageMaker answers throttling with
+HTTP 400, like a validation error, and only the `x-amzn-ErrorType` header tells them apart;
+an integration response can select on the status code and read the body, never that header.
+boto3 reads it, and retries throttling once with backoff before it becomes a 429. The same
+code runs in the local stack (local Lambda runtime -> local SageMaker runtime), so the path
+clients take is the one tested. The cost is a small function (no model, 256 MB) and its cold
+start, ~0.3 s, next to a GPU model's.
+
+Errors, all `{"error": ...}` like the Lambda path:
+    container error (ModelError 424)   -> the container's own status and body (400/404/413/422/503)
+    container failed, timed out        -> 502
+    ThrottlingException, ModelNotReady -> 429 (Retry-After)
+    endpoint missing, SageMaker down   -> 503 (Retry-After)
+    read timeout                       -> 504
+Stdlib and boto3 only (both in the Lambda Python runtime): no layer, no packaging step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+
+log = logging.getLogger()
+log.setLevel(os.environ.get("LOG_LEVEL", "INFO"))
+
+ENDPOINT_NAME = os.environ.get("ENDPOINT_NAME", "")
+MODEL_NAME = os.environ.get("MODEL_NAME", "")
+MAX_PAYLOAD_BYTES = 6 * 1024 * 1024  # InvokeEndpoint's limit, and Lambda's
+ROUTE = re.compile(
+    r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<op>/ready|/infer)?$"
+)
+SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+THROTTLED = {"ThrottlingException", "ModelNotReadyException", "TooManyRequestsException"}
+UNAVAILABLE = {"ServiceUnavailable", "InternalFailure", "InternalDependencyException"}
+
+# API Gateway gives up at 29 s; stop waiting just before it. Throttling is retried once.
+runtime = boto3.client(
+    "sagemaker-runtime",
+    config=Config(
+        connect_timeout=2,
+        read_timeout=28,
+        retries={"mode": "standard", "total_max_attempts": 2},
+    ),
+)
+
+
+def _response(
+    status: int, body: dict[str, Any] | str, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
+    return {
+        "statusCode": status,
+        "headers": {"Content-Type": "application/json", **(headers or {})},
+        "body": body if isinstance(body, str) else json.dumps(body),
+        "isBase64Encoded": False,
+    }
+
+
+def _route(method: str, path: str) -> tuple[str, str | None, str | None] | None:
+    """(operation, model, version) for a V2 path, or None when there is no such route."""
+    if method == "GET" and path == "/v2/health/live":
+        return "health-live", None, None
+    if method == "GET" and path == "/v2/health/ready":
+        return "health-ready", None, None
+    match = ROUTE.match(path)
+    if not match:
+        return None
+    op = match["op"]
+    if method == "GET" and op in (None, "/ready"):
+        return ("ready" if op else "metadata"), match["name"], match["version"]
+    if method == "POST" and op == "/infer":
+        return "infer", match["name"], match["version"]
+    return None
+
+
+def _model_error(error: ClientError) -> dict[str, Any]:
+    """The container answered with an error: give the client the container's own answer."""
+    response = error.response
+    status = response.get("OriginalStatusCode")
+    original = response.get("OriginalMessage") or ""
+    if isinstance(status, int) and (400 <= status < 500 or status == 503):
+        try:
+            doc = json.loads(original)
+            body = doc if isinstance(doc, dict) and "error" in doc else {"error": original}
+        except ValueError:
+            body = {"error": original or f"the model answered {status}"}
+        headers = {"Retry-After": "5"} if status == 503 else None
+        return _response(status, body, headers)
+    message = response.get("Error", {}).get("Message") or str(error)
+    return _response(502, {"error": f"the model endpoint failed to answer: {message}"})
+
+
+def _client_error(error: ClientError) -> dict[str, Any]:
+    code = error.response.get("Error", {}).get("Code", "")
+    message = error.response.get("Error", {}).get("Message") or ""
+    if code == "ModelError":
+        return _model_error(error)
+    if code in THROTTLED:
+        return _response(
+            429,
+            {"error": "too many requests: the model endpoint is at capacity, retry later"},
+            {"Retry-After": "1"},
+        )
+    if code in UNAVAILABLE or (code == "ValidationError" and "not found" in message.lower()):
+        return _response(
+            503,
+            {"error": f"the model endpoint {ENDPOINT_NAME} is unavailable: {message or code}"},
+            {"Retry-After": "5"},
+        )
+    log.error("InvokeEndpoint refused the request: %s %s", code, message)
+    return _response(502, {"error": f"the model endpoint refused the request: {code} {message}"})
+
+
+def invoke(operation: str, name: str | None, version: str | None, body: bytes) -> dict[str, Any]:
+    attributes = [f"onnxlift-route={operation}"]
+    if name:
+        attributes.append(f"onnxlift-model={name}")
+    if version:
+        attributes.append(f"onnxlift-version={version}")
+    try:
+        reply = runtime.invoke_endpoint(
+            EndpointName=ENDPOINT_NAME,
+            Body=body if operation == "infer" else b"{}",
+            ContentType="application/json",
+            Accept="application/json",
+            CustomAttributes="; ".join(attributes),
+        )
+    except ClientError as error:
+        return _client_error(error)
+    except ReadTimeoutError:
+        return _response(504, {"error": "the model endpoint did not answer in time"})
+    except (EndpointConnectionError, ConnectTimeoutError):
+        return _response(
+            503, {"error": f"cannot reach the model endpoint {ENDPOINT_NAME}"}, {"Retry-After": "5"}
+        )
+    except BotoCoreError as error:
+        log.exception("InvokeEndpoint failed")
+        return _response(502, {"error": f"the model endpoint call failed: {error}"})
+    return _response(200, reply["Body"].read().decode())
+
+
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    method = event.get("httpMethod", "")
+    path = event.get("path", "")
+    route = _route(method, path)
+    if route is None:
+        return _response(404, {"error": f"no route for {method} {path}"})
+    operation, name, version = route
+    if operation == "health-live":
+        return _response(200, {"live": True})
+    if name is not None and name != MODEL_NAME:
+        return _response(404, {"error": f"model '{name}' is not served here"})
+    if version is not None and not SAFE.match(version):
+        return _response(
+            404, {"error": f"version '{version}' of model '{name}' is not served here"}
+        )
+    raw = event.get("body") or ""
+    if event.get("isBase64Encoded"):
+        import base64
+
+        body = base64.b64decode(raw)
+    else:
+        body = raw.encode()
+    if len(body) > MAX_PAYLOAD_BYTES:
+        return _response(
+            413, {"error": f"request body is {len(body)} bytes; the limit is {MAX_PAYLOAD_BYTES}"}
+        )
+    return invoke(operation, name, version, body)

@@ -1,0 +1,245 @@
+"""The SageMaker container's WSGI app: the bring-your-own-container contract over ModelService.
+
+    GET  /ping          200 once the model is loaded, 503 before (or if loading failed).
+                        Never loads anything: it answers from a flag, in microseconds.
+    POST /invocations   a V2 inference request, the same body as POST /v2/models/{name}/infer.
+                        `X-Amzn-SageMaker-Custom-Attributes` (SageMaker forwards it verbatim)
+                        may select another V2 operation, for callers that can only reach
+                        /invocations (the API's proxy function, see proxy/):
+                            onnxlift-route=infer|metadata|ready|health-ready|health-live
+                            onnxlift-model=<name>; onnxlift-version=<version>
+    The V2 routes       /v2/health/live, /v2/health/ready, GET /v2/models/{name}[/versions/{v}],
+                        GET .../ready, POST .../infer: the same paths as the Lambda path, so the
+                        local gateway can forward to the container unchanged.
+
+Errors are `{"error": message}` with the shared runtime's status codes (onnxlift_serving.errors).
+The model loads on a background thread in each worker (see launcher.py for why never before
+the fork), so /ping answers 503 quickly while it loads instead of hanging.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from onnxlift_serving.errors import BadRequest, InferenceError, NotFound, ServiceUnavailable
+from onnxlift_serving.layout import MANIFEST_FILE
+from onnxlift_serving.service import DEFAULT_MAX_PAYLOAD_BYTES, ModelService, ServiceConfig
+from onnxlift_serving.session import default_threads
+
+log = logging.getLogger("onnxlift.sagemaker")
+
+DEFAULT_MODEL_DIR = "/opt/ml/model"
+DEFAULT_PROVIDERS = "CUDAExecutionProvider"
+CUSTOM_ATTRIBUTES = "HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES"
+ROUTES = ("infer", "metadata", "ready", "health-ready", "health-live")
+MODEL_PATH = re.compile(
+    r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<op>/ready|/infer)?$"
+)
+StartResponse = Callable[..., Any]
+
+
+def _manifest_name(model_dir: Path) -> str:
+    """The served model's name, from its manifest (the container serves whatever it was given)."""
+    try:
+        return str(json.loads((model_dir / MANIFEST_FILE).read_text())["name"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unknown"  # loading will fail and say why; /ping stays 503
+
+
+def config_from_env(env: Mapping[str, str] | None = None) -> ServiceConfig:
+    """SM_MODEL_DIR (SageMaker's name) or MODEL_DIR, default /opt/ml/model; CUDA preferred."""
+    env = os.environ if env is None else env
+    model_dir = Path(env.get("SM_MODEL_DIR") or env.get("MODEL_DIR") or DEFAULT_MODEL_DIR)
+    threads = env.get("ORT_INTRA_OP_THREADS")
+    return ServiceConfig(
+        name=env.get("MODEL_NAME") or _manifest_name(model_dir),
+        version=env.get("MODEL_VERSION", ""),
+        source="image",
+        model_dir=model_dir,
+        threads=max(1, int(threads)) if threads else default_threads(),
+        max_payload_bytes=int(env.get("MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES)),
+        providers=tuple(
+            p for p in env.get("ORT_PROVIDERS", DEFAULT_PROVIDERS).split(",") if p.strip()
+        ),
+    )
+
+
+def parse_custom_attributes(raw: str | None) -> dict[str, str]:
+    """`k1=v1; k2=v2` -> dict; anything else in the header is the caller's and is ignored."""
+    pairs = (part.split("=", 1) for part in (raw or "").split(";") if "=" in part)
+    return {k.strip(): v.strip() for k, v in pairs if k.strip().startswith("onnxlift-")}
+
+
+class ContainerApp:
+    """A WSGI callable around one ModelService, created once per worker process."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.service: ModelService | None = None
+        self._loader: threading.Thread | None = None
+        self.started = time.monotonic()
+
+    # -- loading --------------------------------------------------------------------------
+
+    def load(self) -> None:
+        service = ModelService(self.config)  # never raises: a failure is kept as load_error
+        self.service = service
+        if service.ready:
+            providers = service.metadata(service.config.name)["parameters"]["providers"]
+            log.info(
+                "model %s version %s loaded in %.2fs; execution providers in use: %s",
+                service.config.name,
+                service.config.version or "(from manifest)",
+                service.load_seconds or 0.0,
+                ", ".join(providers),
+            )
+            if self.config.providers and providers[0] not in self.config.providers:
+                log.warning(
+                    "preferred providers %s are not available; running on %s",
+                    ",".join(self.config.providers),
+                    providers[0],
+                )
+        else:
+            log.error("model failed to load: %s", service.load_error)
+
+    def start_loading(self) -> None:
+        self._loader = threading.Thread(target=self.load, name="model-loader", daemon=True)
+        self._loader.start()
+
+    def wait_loaded(self, timeout: float | None = None) -> bool:
+        if self._loader is not None:
+            self._loader.join(timeout)
+        return self.ready
+
+    @property
+    def ready(self) -> bool:
+        return self.service is not None and self.service.ready
+
+    def _service(self) -> ModelService:
+        if self.service is None:
+            raise ServiceUnavailable(
+                f"model '{self.config.name}' is still loading "
+                f"({time.monotonic() - self.started:.0f}s so far)",
+                retry_after_s=5,
+            )
+        return self.service
+
+    # -- routes ---------------------------------------------------------------------------
+
+    def ping(self) -> tuple[int, dict[str, Any]]:
+        if self.ready:
+            return 200, {"status": "healthy", "model": self.config.name}
+        if self.service is None:
+            return 503, {"error": f"model '{self.config.name}' is loading"}
+        return 503, {
+            "error": f"model '{self.config.name}' is not loaded: {self.service.load_error}"
+        }
+
+    def _operation(
+        self, route: str, name: str, version: str | None, body: bytes
+    ) -> tuple[int, dict[str, Any]]:
+        if route == "health-live":
+            return 200, {"live": True}
+        if route == "health-ready":
+            return (200 if self.ready else 503), {"ready": self.ready}
+        service = self._service()
+        if route == "metadata":
+            return 200, service.metadata(name, version)
+        if route == "ready":
+            ready = service.model_ready(name, version)
+            return (200 if ready else 503), {"name": name, "ready": ready}
+        return 200, service.infer(body, name, version)
+
+    def invocations(self, environ: Mapping[str, Any], body: bytes) -> tuple[int, dict[str, Any]]:
+        attributes = parse_custom_attributes(environ.get(CUSTOM_ATTRIBUTES))
+        route = attributes.get("onnxlift-route", "infer")
+        if route not in ROUTES:
+            raise BadRequest(f"onnxlift-route '{route}' is not one of {', '.join(ROUTES)}")
+        name = attributes.get("onnxlift-model", self.config.name)
+        return self._operation(route, name, attributes.get("onnxlift-version"), body)
+
+    def dispatch(
+        self, method: str, path: str, environ: Mapping[str, Any], body: bytes
+    ) -> tuple[int, dict[str, Any]]:
+        if path == "/ping" and method in ("GET", "HEAD"):
+            return self.ping()
+        if path == "/invocations" and method == "POST":
+            return self.invocations(environ, body)
+        if path == "/v2/health/live" and method == "GET":
+            return self._operation("health-live", self.config.name, None, body)
+        if path == "/v2/health/ready" and method == "GET":
+            return self._operation("health-ready", self.config.name, None, body)
+        match = MODEL_PATH.match(path)
+        if match:
+            op = match["op"]
+            if method == "GET" and op in (None, "/ready"):
+                route = "ready" if op else "metadata"
+                return self._operation(route, match["name"], match["version"], body)
+            if method == "POST" and op == "/infer":
+                return self._operation("infer", match["name"], match["version"], body)
+        raise NotFound(f"no route for {method} {path}")
+
+    def _read_body(self, environ: Mapping[str, Any]) -> bytes:
+        stream = environ.get("wsgi.input")
+        if stream is None:
+            return b""
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        limit = self.config.max_payload_bytes + 1  # one byte over: decode_body says 413
+        return bytes(stream.read(min(length, limit) if length else limit))
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO", "/") or "/"
+        headers: dict[str, str] = {}
+        try:
+            status, doc = self.dispatch(method, path, environ, self._read_body(environ))
+        except InferenceError as error:
+            level = logging.ERROR if error.status >= 500 else logging.INFO
+            log.log(level, "%s %s -> %d: %s", method, path, error.status, error.message)
+            status, doc, headers = error.status, {"error": error.message}, error.headers
+        except Exception as error:  # our bug, never the client's: log it whole, answer JSON
+            log.exception("unhandled error on %s %s", method, path)
+            status = 500
+            doc = {"error": f"internal error ({type(error).__name__}); see the container's logs"}
+        payload = json.dumps(doc).encode()
+        start_response(
+            f"{status} {_REASONS.get(status, 'Error')}",
+            [
+                ("Content-Type", "application/json"),
+                ("Content-Length", str(len(payload))),
+                *headers.items(),
+            ],
+        )
+        return [b"" if method == "HEAD" else payload]
+
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    413: "Payload Too Large",
+    422: "Unprocessable Entity",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+def create_app(env: Mapping[str, str] | None = None, *, background: bool = True) -> ContainerApp:
+    """The app for one worker: loading starts at once, on a thread unless `background=False`."""
+    app = ContainerApp(config_from_env(env))
+    if background:
+        app.start_loading()
+    else:
+        app.load()
+    return app

@@ -1,0 +1,421 @@
+"""A SageMaker real-time endpoint for one large model, and the thin function the API calls it by.
+
+Model (network-isolated, model.tar.gz from the registry) -> EndpointConfig (one production
+variant; data capture only when switched on; a KMS volume key except on instance types
+whose storage is local NVMe, where SageMaker refuses one) -> Endpoint -> Application Auto
+Scaling on invocations per instance.
+
+Routing from API Gateway: a thin proxy function (functions/sagemaker/proxy), not an AWS
+service integration to runtime.sagemaker. SageMaker answers throttling with HTTP 400, the
+same status as a validation error, and only the `x-amzn-ErrorType` response header tells
+them apart; an integration response selects on the status code and maps the body, never
+that header, so it cannot turn throttling into 429. The direct integration would also need
+a mapping template per route to carry GET metadata/ready through a POST-only
+/invocations. The function reads the error code with boto3 (and retries throttling once),
+and it runs unchanged in the local stack. Its cost: a 256 MB function with no model and a
+~0.3 s cold start, small next to a GPU model. See SAGEMAKER_NOTES.md.
+
+This construct exposes `.model` (with `.name`) and `.function` like InferenceFunction, so
+InferenceApi routes /v2/models/<name>/... to it without knowing it is a proxy.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from aws_cdk import ArnFormat, Duration, IgnoreMode, RemovalPolicy, Stack
+from aws_cdk import aws_applicationautoscaling as appscaling
+from aws_cdk import aws_ecr as ecr
+from aws_cdk import aws_ecr_assets as ecr_assets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_sagemaker as sagemaker
+from constructs import Construct
+
+from infra import nag
+from infra.config import APIGW_INTEGRATION_TIMEOUT_S, LOG_RETENTION_DAYS, ConfigError
+from infra.registry import ModelRegistry
+
+DOCKERFILE = "functions/sagemaker/Dockerfile"
+PROXY_CODE = "functions/sagemaker/proxy"
+ENDPOINT_NAME = "onnxlift-{model}"  # onnxlift/local/sagemaker_server.py uses the same
+VARIANT = "AllTraffic"
+ARCHIVE = "model.tar.gz"  # onnxlift/sagemaker_artifact.py writes it next to the version
+DATA_CAPTURE_PREFIX = "datacapture"
+# NVIDIA driver 580 / CUDA 13.0: what onnxruntime-gpu 1.31 in the image needs.
+GPU_AMI = "al2023-ami-sagemaker-inference-gpu-4-1"
+# Families whose instance storage is local NVMe: SageMaker refuses KmsKeyId for them (the
+# NVMe volume is encrypted by the hardware, with a key that never leaves the instance).
+NVME_FAMILIES = frozenset(
+    {"g4dn", "g5", "g6", "g6e", "gr6", "p3dn", "p4d", "p4de", "p5", "p5e", "p5en", "trn1", "trn1n"}
+)
+_NVME_SUFFIX = re.compile(r"^[a-z]+\d+[a-z]*d[n]?$")  # m5d, c5d, r5d, m6id, c6id, r6id ...
+SCALING_SERVICE_LINKED_ROLE = (
+    "aws-service-role/sagemaker.application-autoscaling.amazonaws.com/"
+    "AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint"
+)
+_INSTANCE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
+
+REASON_KMS_NVME = (
+    "{instance_type} stores the model and its volume on local NVMe instance storage, which "
+    "the hardware encrypts at rest with a key that never leaves the instance; SageMaker "
+    "rejects a KmsKeyId for endpoint configs on NVMe instance types (g4dn, g5, p4d, ...). "
+    "Non-NVMe instance types get a customer managed key (rotation on)."
+)
+REASON_EXECUTION_ROLE_STAR = (
+    "Two actions without resource-level permissions, so Resource '*': "
+    "ecr:GetAuthorizationToken (the registry login SageMaker does before pulling the image; "
+    "the pull itself is limited to the image's repository) and cloudwatch:PutMetricData, "
+    "limited by condition to the /aws/sagemaker/* namespaces."
+)
+REASON_ENDPOINT_LOGS = (
+    "Log streams of this endpoint's own log group /aws/sagemaker/Endpoints/<endpoint>; "
+    "SageMaker names one stream per variant and instance at run time."
+)
+REASON_DATA_CAPTURE = (
+    "Data capture writes objects under this model's own datacapture/<name>/ prefix of the "
+    "registry bucket; SageMaker names them by date and hour. PutObject only: no read."
+)
+KMS_RULES = tuple(
+    f"{pack}-SageMakerEndpointConfigurationKMSKeyConfigured"
+    for pack in ("HIPAA.Security", "NIST.800.53.R4", "NIST.800.53.R5", "PCI.DSS.321")
+)
+
+
+def endpoint_name(model: str) -> str:
+    return ENDPOINT_NAME.format(model=model)
+
+
+def instance_family(instance_type: str) -> str:
+    return instance_type.split(".")[1]
+
+
+def has_local_nvme(instance_type: str) -> bool:
+    family = instance_family(instance_type)
+    return family in NVME_FAMILIES or bool(_NVME_SUFFIX.match(family))
+
+
+def is_gpu(instance_type: str) -> bool:
+    return instance_family(instance_type)[0] in ("g", "p")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SageMakerDeployment:
+    """One model served by a SageMaker real-time endpoint (sizing from its spec)."""
+
+    name: str
+    version: str
+    instance_type: str = "ml.g5.xlarge"
+    initial_instance_count: int = 1
+    min_instances: int = 1
+    max_instances: int = 4
+    # SageMakerVariantInvocationsPerInstance is per minute. A MiniLM-class encoder on one A10G
+    # answers a few hundred batch-8 requests a second; 600/min (10/s) leaves room for larger
+    # models and batches before p95 latency climbs. Tune from a load test per model.
+    target_invocations_per_instance: int = 600
+    data_capture: bool = False
+    data_capture_sampling_percent: int = 10
+
+    def __post_init__(self) -> None:
+        if not _INSTANCE.match(self.instance_type):
+            raise ConfigError(f"model {self.name}: instance_type {self.instance_type!r} is invalid")
+        if not 1 <= self.min_instances <= self.initial_instance_count <= self.max_instances:
+            raise ConfigError(
+                f"model {self.name}: need 1 <= min_instances <= initial_instance_count "
+                f"<= max_instances, got {self.min_instances}, {self.initial_instance_count}, "
+                f"{self.max_instances}"
+            )
+        if self.target_invocations_per_instance < 1:
+            raise ConfigError(f"model {self.name}: target_invocations_per_instance must be >= 1")
+        if not 1 <= self.data_capture_sampling_percent <= 100:
+            raise ConfigError(f"model {self.name}: data_capture_sampling_percent in 1..100")
+
+    @property
+    def endpoint_name(self) -> str:
+        return endpoint_name(self.name)
+
+    @property
+    def image_tag(self) -> str:
+        """Tag of the prebuilt container image (one image serves every SageMaker model)."""
+        return "sagemaker"
+
+
+@dataclass(frozen=True)
+class SageMakerImage:
+    """The container image: its URI and the repository the execution role may pull from."""
+
+    uri: str
+    repository: ecr.IRepository
+
+    @classmethod
+    def from_ecr(
+        cls, scope: Construct, id: str, *, repository_name: str, tag: str
+    ) -> SageMakerImage:
+        repository = ecr.Repository.from_repository_name(scope, id, repository_name)
+        return cls(repository.repository_uri_for_tag(tag), repository)
+
+    @classmethod
+    def from_asset(cls, scope: Construct, id: str, *, project_root: Path) -> SageMakerImage:
+        """Built by `cdk deploy` (needs Docker) from the repo root, container inputs only."""
+        asset = ecr_assets.DockerImageAsset(
+            scope,
+            id,
+            directory=str(project_root),
+            file=DOCKERFILE,
+            platform=ecr_assets.Platform.LINUX_AMD64,
+            display_name="onnxlift-sagemaker",
+            ignore_mode=IgnoreMode.DOCKER,
+            exclude=[
+                "*",
+                "!functions/sagemaker",
+                "!layers/runtime",
+                "**/__pycache__",
+                "**/*.pyc",
+            ],
+        )
+        return cls(asset.image_uri, asset.repository)
+
+
+class SageMakerEndpoint(Construct):
+    """Endpoint + autoscaling + the API's proxy function for one model."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        model: SageMakerDeployment,
+        registry: ModelRegistry,
+        image: SageMakerImage,
+        project_root: Path,
+        log_retention_days: int = 30,
+    ) -> None:
+        super().__init__(scope, id)
+        self.model = model
+        stack = Stack.of(self)
+        name = model.endpoint_name
+        self.model_data_url = (
+            f"s3://{registry.bucket.bucket_name}/models/{model.name}/{model.version}/{ARCHIVE}"
+        )
+
+        # -- execution role: this model's registry prefix, its image, its own log group --
+        self.role = iam.Role(
+            self,
+            "ExecutionRole",
+            assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
+            description=f"onnxlift SageMaker endpoint {name}: reads models/{model.name}/ only",
+        )
+        registry.grant_model_read(self.role, model.name)
+        self.model_objects_arn = registry.model_objects_arn(model.name)
+        image.repository.grant_pull(self.role)
+        self.endpoint_log_group_arn = stack.format_arn(
+            service="logs",
+            resource="log-group",
+            resource_name=f"/aws/sagemaker/Endpoints/{name}",
+            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+        )
+        self.role.add_to_policy(
+            iam.PolicyStatement(
+                sid="WriteOwnEndpointLogs",
+                actions=[
+                    "logs:CreateLogGroup",
+                    "logs:CreateLogStream",
+                    "logs:DescribeLogStreams",
+                    "logs:PutLogEvents",
+                ],
+                resources=[self.endpoint_log_group_arn, f"{self.endpoint_log_group_arn}:*"],
+            )
+        )
+        self.role.add_to_policy(
+            iam.PolicyStatement(
+                sid="PublishEndpointMetrics",
+                actions=["cloudwatch:PutMetricData"],
+                resources=["*"],  # PutMetricData has no resource-level permissions
+                conditions={"StringLike": {"cloudwatch:namespace": "/aws/sagemaker/*"}},
+            )
+        )
+        self.capture_objects_arn: str | None = None
+        if model.data_capture:
+            self.capture_objects_arn = registry.bucket.arn_for_objects(
+                f"{DATA_CAPTURE_PREFIX}/{model.name}/*"
+            )
+            self.role.add_to_policy(
+                iam.PolicyStatement(
+                    sid="WriteOwnDataCapture",
+                    actions=["s3:PutObject"],
+                    resources=[self.capture_objects_arn],
+                )
+            )
+
+        # -- model, endpoint config, endpoint ---------------------------------------------
+        self.cfn_model = sagemaker.CfnModel(
+            self,
+            "Model",
+            execution_role_arn=self.role.role_arn,
+            enable_network_isolation=True,
+            primary_container=sagemaker.CfnModel.ContainerDefinitionProperty(
+                image=image.uri,
+                model_data_url=self.model_data_url,
+                mode="SingleModel",
+                environment={
+                    "MODEL_NAME": model.name,
+                    "MODEL_VERSION": model.version,
+                    "ORT_PROVIDERS": "CUDAExecutionProvider",
+                },
+            ),
+        )
+        self.cfn_model.node.add_dependency(self.role)  # its policy must exist before CreateModel
+
+        self.volume_key: kms.Key | None = None
+        if not has_local_nvme(model.instance_type):
+            self.volume_key = kms.Key(
+                self,
+                "VolumeKey",
+                description=f"onnxlift SageMaker endpoint {name}: ML storage volume",
+                enable_key_rotation=True,
+                removal_policy=RemovalPolicy.DESTROY,
+            )
+
+        variant = sagemaker.CfnEndpointConfig.ProductionVariantProperty(
+            variant_name=VARIANT,
+            model_name=self.cfn_model.attr_model_name,
+            instance_type=model.instance_type,
+            initial_instance_count=model.initial_instance_count,
+            initial_variant_weight=1.0,
+            inference_ami_version=GPU_AMI if is_gpu(model.instance_type) else None,
+        )
+        self.endpoint_config = sagemaker.CfnEndpointConfig(
+            self,
+            "EndpointConfig",
+            production_variants=[variant],
+            kms_key_id=self.volume_key.key_arn if self.volume_key else None,
+            data_capture_config=self._data_capture(model, registry) if model.data_capture else None,
+        )
+        self.endpoint = sagemaker.CfnEndpoint(
+            self,
+            "Endpoint",
+            endpoint_name=name,
+            endpoint_config_name=self.endpoint_config.attr_endpoint_config_name,
+        )
+
+        # -- autoscaling on invocations per instance --------------------------------------
+        self.scalable_target = appscaling.ScalableTarget(
+            self,
+            "Scaling",
+            service_namespace=appscaling.ServiceNamespace.SAGEMAKER,
+            resource_id=f"endpoint/{name}/variant/{VARIANT}",
+            scalable_dimension="sagemaker:variant:DesiredInstanceCount",
+            min_capacity=model.min_instances,
+            max_capacity=model.max_instances,
+            # Application Auto Scaling's own service-linked role for SageMaker endpoints,
+            # rather than a new role the CDK would create without any permissions.
+            role=iam.Role.from_role_arn(
+                self,
+                "ScalingServiceLinkedRole",
+                stack.format_arn(
+                    service="iam",
+                    region="",
+                    resource="role",
+                    resource_name=SCALING_SERVICE_LINKED_ROLE,
+                ),
+                mutable=False,
+            ),
+        )
+        self.scalable_target.node.add_dependency(self.endpoint)
+        self.scaling_policy = self.scalable_target.scale_to_track_metric(
+            "InvocationsPerInstance",
+            target_value=model.target_invocations_per_instance,
+            predefined_metric=appscaling.PredefinedMetric.SAGEMAKER_VARIANT_INVOCATIONS_PER_INSTANCE,
+            # Out fast (a GPU instance takes minutes to come up), in slowly (and not on a dip).
+            scale_out_cooldown=Duration.seconds(60),
+            scale_in_cooldown=Duration.seconds(600),
+        )
+
+        # -- the API's proxy function -----------------------------------------------------
+        self.log_group = logs.LogGroup(
+            self,
+            "ProxyLogs",
+            retention=logs.RetentionDays[LOG_RETENTION_DAYS[log_retention_days]],
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        self.proxy_role = iam.Role(
+            self,
+            "ProxyRole",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description=f"onnxlift proxy to SageMaker endpoint {name}",
+        )
+        self.log_group.grant_write(self.proxy_role)
+        self.endpoint_arn = stack.format_arn(
+            service="sagemaker", resource="endpoint", resource_name=name.lower()
+        )
+        self.proxy_role.add_to_policy(
+            iam.PolicyStatement(
+                sid="InvokeOwnEndpoint",
+                actions=["sagemaker:InvokeEndpoint"],
+                resources=[self.endpoint_arn],
+            )
+        )
+        self.function = lambda_.Function(
+            self,
+            "Proxy",
+            description=f"onnxlift: V2 API for model {model.name} -> SageMaker endpoint {name}",
+            runtime=lambda_.Runtime.PYTHON_3_14,
+            architecture=lambda_.Architecture.ARM_64,
+            handler="proxy_handler.lambda_handler",
+            code=lambda_.Code.from_asset(
+                str(project_root / PROXY_CODE), exclude=["__pycache__", "*.pyc"]
+            ),
+            memory_size=256,
+            timeout=Duration.seconds(APIGW_INTEGRATION_TIMEOUT_S),
+            role=self.proxy_role,
+            log_group=self.log_group,
+            environment={"ENDPOINT_NAME": name, "MODEL_NAME": model.name, "LOG_LEVEL": "INFO"},
+        )
+
+    def _data_capture(
+        self, model: SageMakerDeployment, registry: ModelRegistry
+    ) -> sagemaker.CfnEndpointConfig.DataCaptureConfigProperty:
+        return sagemaker.CfnEndpointConfig.DataCaptureConfigProperty(
+            enable_capture=True,
+            initial_sampling_percentage=model.data_capture_sampling_percent,
+            destination_s3_uri=(
+                f"s3://{registry.bucket.bucket_name}/{DATA_CAPTURE_PREFIX}/{model.name}"
+            ),
+            capture_options=[
+                sagemaker.CfnEndpointConfig.CaptureOptionProperty(capture_mode="Input"),
+                sagemaker.CfnEndpointConfig.CaptureOptionProperty(capture_mode="Output"),
+            ],
+            capture_content_type_header=sagemaker.CfnEndpointConfig.CaptureContentTypeHeaderProperty(
+                json_content_types=["application/json"]
+            ),
+        )
+
+
+def acknowledge_findings(endpoint: SageMakerEndpoint, *, skip: tuple[str, ...] = ()) -> None:
+    """cdk-nag acknowledgements for one endpoint, each with its reason (see infra/nag.py)."""
+    from aws_cdk import Acknowledgment, Validations
+
+    def ack(construct: Construct, rule_id: str, reason: str) -> None:
+        if rule_id in skip or rule_id.split("[", 1)[0] in skip:
+            return
+        Validations.of(construct).acknowledge(Acknowledgment(id=rule_id, reason=reason))
+
+    policy = endpoint.role.node.find_child("DefaultPolicy")
+    stack = Stack.of(endpoint)
+    model_objects = f"{nag.PACK}-IAM5[{nag.resource_finding(stack, endpoint.model_objects_arn)}]"
+    ack(policy, model_objects, nag.REASON_MODEL_PREFIX)
+    ack(policy, f"{nag.PACK}-IAM5[Resource::*]", REASON_EXECUTION_ROLE_STAR)
+    logs_arn = f"{endpoint.endpoint_log_group_arn}:*"
+    ack(policy, f"{nag.PACK}-IAM5[{nag.resource_finding(stack, logs_arn)}]", REASON_ENDPOINT_LOGS)
+    if endpoint.capture_objects_arn is not None:
+        capture = nag.resource_finding(stack, endpoint.capture_objects_arn)
+        ack(policy, f"{nag.PACK}-IAM5[{capture}]", REASON_DATA_CAPTURE)
+    if endpoint.volume_key is None:
+        # Not in the AwsSolutions pack; the HIPAA, NIST 800-53 and PCI packs check it.
+        reason = REASON_KMS_NVME.format(instance_type=endpoint.model.instance_type)
+        for rule in KMS_RULES:
+            ack(endpoint.endpoint_config, rule, reason)

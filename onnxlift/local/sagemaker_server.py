@@ -1,0 +1,362 @@
+"""A local SageMaker: the real container code on loopback, and the runtime API in front of it.
+
+For each SageMaker-target model: its version is packed into model.tar.gz and unpacked into
+a folder as SageMaker does with ModelDataUrl, then `functions/sagemaker/serve` (gunicorn and
+the container app, CPU provider) is started on a free port, bound to 127.0.0.1.
+
+In front, one server answers the SageMaker runtime's InvokeEndpoint as AWS does, so boto3's
+`sagemaker-runtime` client works unchanged with AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME:
+
+    POST /endpoints/{EndpointName}/invocations
+      -> the container's POST /invocations (Content-Type, Accept and
+         X-Amzn-SageMaker-Custom-Attributes forwarded both ways)
+      2xx              -> 200, the container's body, x-Amzn-Invoked-Production-Variant
+      container 4xx/5xx-> 424 ModelError {Message, OriginalStatusCode, OriginalMessage, ...}
+      unknown endpoint -> 400 ValidationError "Endpoint ... not found."
+      body over 6 MB   -> 400 ValidationError
+      container down   -> 503 ServiceUnavailable; no answer in 60 s -> 424 ModelError
+Errors carry `x-amzn-ErrorType`, which is what botocore reads the error code from.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import threading
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from onnxlift.local.processes import Child, base_env, free_port, start_child, wait_http
+from onnxlift.sagemaker_artifact import pack_model, unpack_model
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SERVE = Path("functions/sagemaker/serve")
+RUNTIME_LAYER = Path("layers/runtime")
+INVOKE_PATH = re.compile(r"^/endpoints/(?P<endpoint>[^/]+)/invocations$")
+ENDPOINT_NAME = "onnxlift-{model}"  # the deployed endpoint's name (infra/sagemaker_endpoint.py)
+MAX_PAYLOAD_BYTES = 6 * 1024 * 1024  # SageMaker real-time InvokeEndpoint
+INVOCATION_TIMEOUT_S = 60.0  # SageMaker's limit for the container's answer
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+VARIANT = "AllTraffic"
+FORWARDED = ("Content-Type", "Accept", "X-Amzn-SageMaker-Custom-Attributes")
+
+
+def endpoint_name(model: str) -> str:
+    return ENDPOINT_NAME.format(model=model)
+
+
+@dataclass(frozen=True)
+class ContainerTarget:
+    """Where one model's container listens: the gateway may forward V2 paths straight here."""
+
+    name: str
+    endpoint_name: str
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+@dataclass
+class LocalSageMaker:
+    """Handle on the running containers and the runtime front."""
+
+    server: ThreadingHTTPServer
+    containers: dict[str, ContainerTarget]
+    children: list[Child] = field(default_factory=list)
+    thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME for boto3."""
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def endpoints(self) -> dict[str, str]:
+        """Endpoint name -> model name."""
+        return {t.endpoint_name: name for name, t in self.containers.items()}
+
+    def info(self) -> dict[str, Any]:
+        """What `.onnxlift/local.json` lists under "sagemaker"."""
+        return {
+            "runtime_url": self.url,
+            "env": {"AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": self.url},
+            "endpoints": {
+                t.endpoint_name: {
+                    "model": name,
+                    "invoke_url": f"{self.url}/endpoints/{t.endpoint_name}/invocations",
+                    "container_url": t.url,
+                }
+                for name, t in self.containers.items()
+            },
+        }
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        for child in reversed(self.children):
+            child.stop()
+        self.children.clear()
+
+
+def _error(status: int, error_type: str, body: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
+    return (
+        status,
+        {"Content-Type": "application/json", "x-amzn-ErrorType": error_type},
+        json.dumps(body).encode(),
+    )
+
+
+def model_error(
+    endpoint: str, status: int | None, message: str
+) -> tuple[int, dict[str, str], bytes]:
+    """SageMaker's answer when the container answers with an error (or not at all)."""
+    log_stream = f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/sagemaker/Endpoints/{endpoint}"
+    if status is None:
+        text = f"Your invocation timed out while waiting for a response from container {VARIANT}."
+        return _error(424, "ModelError", {"Message": text, "LogStreamArn": log_stream})
+    kind = "client" if status < 500 else "server"
+    text = (
+        f'Received {kind} error ({status}) from primary with message "{message}". '
+        f"See {log_stream} in account {ACCOUNT} for more information."
+    )
+    return _error(
+        424,
+        "ModelError",
+        {
+            "ErrorCode": f"{kind.upper()}_ERROR_FROM_MODEL",
+            "Message": text,
+            "OriginalStatusCode": status,
+            "OriginalMessage": message,
+            "LogStreamArn": log_stream,
+        },
+    )
+
+
+class _Connections(threading.local):
+    def __init__(self) -> None:
+        self.pool: dict[str, http.client.HTTPConnection] = {}
+
+
+def make_front(
+    containers: Mapping[str, ContainerTarget], *, host: str, port: int
+) -> ThreadingHTTPServer:
+    """The runtime API server; endpoint names and bare model names both resolve."""
+    by_endpoint = {t.endpoint_name: t for t in containers.values()}
+    by_endpoint.update({t.name: t for t in containers.values()})
+    connections = _Connections()
+
+    def forward(
+        target: ContainerTarget, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, dict[str, str], bytes]:
+        for attempt in (1, 2):  # a kept-alive connection the container closed: once more
+            connection = connections.pool.get(target.name)
+            if connection is None:
+                connection = http.client.HTTPConnection(
+                    target.host, target.port, timeout=INVOCATION_TIMEOUT_S
+                )
+                connections.pool[target.name] = connection
+            try:
+                connection.request("POST", "/invocations", body, headers)
+                response = connection.getresponse()
+                data = response.read()
+                return response.status, dict(response.getheaders()), data
+            except TimeoutError:
+                connections.pool.pop(target.name).close()
+                return model_error(target.endpoint_name, None, "")
+            except (ConnectionError, http.client.HTTPException, OSError):
+                connections.pool.pop(target.name).close()
+                if attempt == 2:
+                    break
+        return _error(
+            503,
+            "ServiceUnavailable",
+            {"message": f"Endpoint {target.endpoint_name} is not available. Try again."},
+        )
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # see gateway.py
+        server_version = "onnxlift-sagemaker-runtime"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _send(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+            self.send_response(status)
+            for key, value in headers.items():
+                if key.lower() not in ("content-length", "connection", "date", "server"):
+                    self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_PAYLOAD_BYTES:
+                self.close_connection = True  # the body is left unread
+                self._send(
+                    *_error(
+                        400,
+                        "ValidationError",
+                        {"message": f"Request payload of {length} bytes is over the 6 MB limit."},
+                    )
+                )
+                return
+            body = self.rfile.read(length) if length else b""
+            match = INVOKE_PATH.match(urlsplit(self.path).path)
+            if not match:
+                self._send(*_error(404, "UnknownOperationException", {"message": "not found"}))
+                return
+            name = unquote(match["endpoint"])
+            target = by_endpoint.get(name)
+            if target is None:
+                self._send(
+                    *_error(
+                        400,
+                        "ValidationError",
+                        {"message": f"Endpoint {name} of account {ACCOUNT} not found."},
+                    )
+                )
+                return
+            headers = {k: v for k in FORWARDED if (v := self.headers.get(k)) is not None}
+            status, reply_headers, data = forward(target, body, headers)
+            if "x-amzn-ErrorType" in reply_headers:
+                self._send(status, reply_headers, data)
+            elif 200 <= status < 300:
+                out = {
+                    "Content-Type": reply_headers.get("Content-Type", "application/json"),
+                    "x-Amzn-Invoked-Production-Variant": VARIANT,
+                }
+                attributes = {k.lower(): v for k, v in reply_headers.items()}.get(
+                    "x-amzn-sagemaker-custom-attributes"
+                )
+                if attributes:
+                    out["X-Amzn-SageMaker-Custom-Attributes"] = attributes
+                self._send(200, out, data)
+            else:
+                self._send(
+                    *model_error(target.endpoint_name, status, data.decode(errors="replace"))
+                )
+
+        def do_GET(self) -> None:
+            self._send(*_error(404, "UnknownOperationException", {"message": "not found"}))
+
+    server = _QuietServer((host, port), Handler)
+    server.daemon_threads = True
+    return server
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A client that drops its connection (a boto3 pool discarding an unread response) is
+    routine, not a traceback on the console."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
+def prepare_model_dir(folder: Path, work: Path) -> Path:
+    """Pack the version into model.tar.gz and unpack it as SageMaker does into /opt/ml/model."""
+    archive = work / "model.tar.gz"
+    pack_model(folder, archive)
+    target = work / "opt-ml-model"
+    shutil.rmtree(target, ignore_errors=True)
+    unpack_model(archive, target)
+    archive.unlink()
+    return target
+
+
+def start_container(
+    name: str,
+    model_dir: Path,
+    *,
+    host: str,
+    port: int,
+    log: Path,
+    threads: int = 1,
+    workers: int = 1,
+    root: Path = PROJECT_ROOT,
+    env: Mapping[str, str] | None = None,
+) -> Child:
+    """`serve` with the CPU provider, bound to loopback; returns when the process started."""
+    python_path = os.pathsep.join(
+        p for p in (str(root / RUNTIME_LAYER), os.environ.get("PYTHONPATH", "")) if p
+    )
+    child_env = (
+        base_env()
+        | {
+            "SM_MODEL_DIR": str(model_dir),
+            "PYTHONPATH": python_path,
+            "ORT_PROVIDERS": "CPUExecutionProvider",
+            "ORT_INTRA_OP_THREADS": str(threads),
+            "SAGEMAKER_GRACEFUL_TIMEOUT": "5",
+        }
+        | dict(env or {})
+    )
+    return start_child(
+        f"sagemaker {name}",
+        [str(root / SERVE), "--bind", f"{host}:{port}", "--workers", str(workers)],
+        log=log,
+        env=child_env,
+    )
+
+
+def start_sagemaker_models(
+    models: Mapping[str, Path],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    log_dir: Path,
+    work_dir: Path,
+    threads: int = 1,
+    root: Path = PROJECT_ROOT,
+    timeout: float = 120.0,
+) -> LocalSageMaker:
+    """Start one container per model (name -> published artifact folder) and the front.
+
+    `port` 0 picks a free one. Everything is stopped again if anything fails to start.
+    """
+    children: list[Child] = []
+    containers: dict[str, ContainerTarget] = {}
+    try:
+        for name, folder in models.items():
+            model_dir = prepare_model_dir(folder, work_dir / name)
+            container_port = free_port(host)
+            child = start_container(
+                name,
+                model_dir,
+                host=host,
+                port=container_port,
+                log=log_dir / f"sagemaker-{name}.log",
+                threads=threads,
+                root=root,
+            )
+            children.append(child)
+            containers[name] = ContainerTarget(name, endpoint_name(name), host, container_port)
+        for name, child in zip(containers, children, strict=True):
+            wait_http(child, f"{containers[name].url}/ping", timeout=timeout)
+        server = make_front(containers, host=host, port=port)
+    except BaseException:
+        for child in reversed(children):
+            child.stop()
+        raise
+    thread = threading.Thread(target=server.serve_forever, name="sagemaker-runtime", daemon=True)
+    thread.start()
+    return LocalSageMaker(server=server, containers=containers, children=children, thread=thread)
