@@ -14,6 +14,7 @@ Which version answers:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from onnxlift_serving import protocol
+from onnxlift_serving import layout, protocol
 from onnxlift_serving.aliases import DEFAULT_ALIAS, read_alias
 from onnxlift_serving.artifact import Artifact, fetch_from_registry, load_artifact
 from onnxlift_serving.errors import ArtifactError, NotFound, ServiceUnavailable
@@ -118,7 +119,12 @@ class ModelService:
                 self._alias_version = str(doc["version"]) if doc else None
             except Exception as exc:  # registry unreachable: keep answering with what we have
                 log.warning("alias %s unreadable: %s", self.config.alias, exc)
-        version = self._alias_version or self.config.version
+        version = self._alias_version or self.baked_version
+        if not version and self.config.source == "image" and self.config.model_dir is not None:
+            raise ServiceUnavailable(
+                f"model '{self.config.name}' has no version: no manifest at "
+                f"{self.config.model_dir / layout.MANIFEST_FILE} and no alias to follow"
+            )
         if not version:
             raise ServiceUnavailable(
                 f"model '{self.config.name}' has no version: alias '{self.config.alias}' is "
@@ -126,14 +132,25 @@ class ModelService:
             )
         return version
 
+    @property
+    def baked_version(self) -> str:
+        """MODEL_VERSION, else (an image with its model baked in) the version its manifest names."""
+        if self.config.version or self.config.source != "image" or self.config.model_dir is None:
+            return self.config.version
+        try:
+            manifest = json.loads((self.config.model_dir / layout.MANIFEST_FILE).read_text())
+        except (OSError, ValueError):
+            return ""
+        return str(manifest.get("version") or "")
+
     def _locate(self, version: str) -> Path:
-        baked = self.config.source == "image" and version == self.config.version
+        baked = self.config.source == "image" and version == self.baked_version
         if baked and self.config.model_dir is not None:
             return self.config.model_dir
         if not self.config.bucket:
             raise NotFound(
                 f"version '{version}' of model '{self.config.name}' is not served here; "
-                f"this endpoint serves version {self.config.version}"
+                f"this endpoint serves version {self.baked_version}"
             )
         try:
             return fetch_from_registry(
