@@ -180,10 +180,25 @@ class Registry:
             path = folder / layout.ASSETS_DIR / relative
             self._put_new(layout.object_key(name, version, f"{layout.ASSETS_DIR}/{relative}"), path)
         final = dict(manifest, version=version)
+        if final.get("target") == "sagemaker":  # its ModelDataUrl, packed from this version
+            self._put_archive(folder, final, name, version)
         self._put_new(
             layout.object_key(name, version, layout.MANIFEST_FILE),
             body=json.dumps(final, indent=2).encode(),
         )
+
+    def _put_archive(self, folder: Path, manifest: dict[str, Any], name: str, version: str) -> None:
+        import shutil
+        import tempfile
+
+        from onnxlift.sagemaker_artifact import archive_key, pack_model
+
+        with tempfile.TemporaryDirectory() as tmp:
+            staged = Path(tmp) / "version"
+            shutil.copytree(folder, staged, ignore=shutil.ignore_patterns("work", "build.json"))
+            (staged / layout.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+            pack_model(staged, Path(tmp) / "model.tar.gz")
+            self._put_new(archive_key(name, version), Path(tmp) / "model.tar.gz")
 
     # -- aliases ----------------------------------------------------------------------
     def alias(self, name: str, alias: str) -> dict[str, Any] | None:

@@ -17,7 +17,7 @@ from onnxlift.errors import SpecError
 # text-embedding: strings -> tokenizer -> pooled embedding; classification: tensors or strings
 # in, label + probabilities out; tensor: the graph's own inputs and outputs, as they are.
 TASKS = ("text-embedding", "classification", "tensor")
-TARGETS = ("lambda", "sagemaker")
+TARGETS = ("lambda", "sagemaker", "auto")  # auto: see onnxlift/targeting.py
 QUANT_MODES = ("dynamic", "static", "none")
 # metric -> True when higher is better
 PARITY_METRICS = {"min_cosine": True, "top1_agreement": True, "max_abs_error": False}
@@ -75,6 +75,14 @@ class ServingSpec:
     timeout_s: int = 29
     reserved_concurrency: int = 10
     max_batch: int = 64
+    # SageMaker (target sagemaker, or auto deciding so)
+    instance_type: str = "ml.g5.xlarge"
+    initial_instances: int = 1
+    min_instances: int = 1
+    max_instances: int = 4
+    target_invocations_per_instance: int = 600
+    data_capture: bool = False
+    gpu: bool = False  # needs a GPU: auto sends it to SageMaker
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,10 +113,13 @@ class ModelSpec:
         can skip the build and the publish when nothing changed.
         """
         digest = hashlib.sha256()
-        for path in sorted(p for p in self.folder.rglob("*") if p.is_file()):
-            if "__pycache__" in path.parts:
-                continue
-            digest.update(path.relative_to(self.folder).as_posix().encode())
+        files = {p for p in self.folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+        # Files the spec names outside its folder (a shared source.py or parity set) count too.
+        for relative in (self.source_module, self.parity.inputs, self.quantization.calibration):
+            if relative and (self.folder / relative).is_file():
+                files.add((self.folder / relative).resolve())
+        for path in sorted(files):
+            digest.update(path.as_posix().removeprefix(self.folder.as_posix()).encode())
             digest.update(hashlib.sha256(path.read_bytes()).digest())
         for key in sorted(toolchain):
             digest.update(f"{key}={toolchain[key]}".encode())
@@ -155,7 +166,9 @@ def parse_spec(raw: dict[str, Any], folder: Path, *, where: str | None = None) -
     serving = _build(ServingSpec, raw.get("serving", {}), f"{where} [serving]")
     if serving.target not in TARGETS:
         raise SpecError(f"{where}: serving.target '{serving.target}' not in {TARGETS}")
-    if serving.target == "lambda":
+    if not 1 <= serving.min_instances <= serving.initial_instances <= serving.max_instances:
+        raise SpecError(f"{where}: need 1 <= min_instances <= initial_instances <= max_instances")
+    if serving.target != "sagemaker":
         lo, hi = LAMBDA_MEMORY_MB
         if not lo <= serving.memory_mb <= hi:
             raise SpecError(f"{where}: serving.memory_mb must be within {lo}..{hi} for Lambda")

@@ -34,6 +34,7 @@ from onnxlift.build.quantize import quantize_dynamic_int8, quantize_static_qdq
 from onnxlift.errors import BuildError
 from onnxlift.sources import ModelSource
 from onnxlift.spec import ModelSpec
+from onnxlift.targeting import decide_target
 
 Report = Callable[[str], None]
 TEXT_GRAPH_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
@@ -301,6 +302,12 @@ def build_model(
             f"(worst input: {str(example)[:100]}); the artifact was not written"
         )
 
+    decision = decide_target(
+        spec.serving.target, model_bytes=served_path.stat().st_size, requires_gpu=spec.serving.gpu
+    )
+    manifest["target"] = decision.target
+    manifest["target_reason"] = decision.reason
+    manifest["estimated_memory_mb"] = decision.estimated_memory_mb
     _write_artifact(folder, served_path, source.assets, manifest)
     (folder / BUILD_MANIFEST).write_text(
         json.dumps({"fingerprint": fingerprint, "toolchain": chain})

@@ -30,12 +30,14 @@ from onnxlift.local.gateway import FunctionTarget, Gateway, GatewayConfig
 from onnxlift.local.lambda_runtime import HEALTH_PATH
 from onnxlift.local.moto_server import aws_env, start_moto
 from onnxlift.local.processes import Child, base_env, free_port, port_in_use, start_child, wait_http
+from onnxlift.local.sagemaker_server import LocalSageMaker, endpoint_name, start_sagemaker_models
 from onnxlift.registry import Registry
 from onnxlift.spec import ModelSpec, discover_specs
 
 LOCAL_BUCKET = "onnxlift-registry-local"
 LOCAL_ALIAS_TTL_S = 1.0  # promote/rollback show up within a second locally (30 s on AWS)
 HANDLER = Path("functions/inference/handler.py")
+PROXY_HANDLER = Path("functions/sagemaker/proxy/proxy_handler.py")
 Report = Callable[[str], None]
 
 
@@ -57,6 +59,7 @@ class LocalStack:
     children: list[Child] = field(default_factory=list)
     gateway: Gateway | None = None
     registry: Registry | None = None
+    sagemaker: LocalSageMaker | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -78,15 +81,11 @@ class LocalStack:
         return key_file.read_text().strip()
 
     def _specs(self) -> list[ModelSpec]:
-        specs = [
-            s
-            for s in discover_specs(paths.models_dir(self.options.root))
-            if s.serving.target == "lambda"
-        ]
+        specs = discover_specs(paths.models_dir(self.options.root))
         if self.options.models:
             unknown = set(self.options.models) - {s.name for s in specs}
             if unknown:
-                raise OnnxliftError(f"no Lambda-target model named {', '.join(sorted(unknown))}")
+                raise OnnxliftError(f"no model named {', '.join(sorted(unknown))} in models/")
             specs = [s for s in specs if s.name in self.options.models]
         if not specs:
             raise OnnxliftError("no models to serve")
@@ -123,56 +122,49 @@ class LocalStack:
 
         functions: dict[str, FunctionTarget] = {}
         served: dict[str, str] = {}
+        on_sagemaker: dict[str, Path] = {}
         for spec in self._specs():
-            version = self._build_and_publish(spec)
+            version, target = self._build_and_publish(spec)
             served[spec.name] = version
-            port = free_port(opts.host)
-            child_env = (
-                base_env()
-                | env
-                | {
-                    "MODEL_NAME": spec.name,
-                    "MODEL_VERSION": version,
-                    "MODEL_ALIAS": DEFAULT_ALIAS,
-                    "ALIAS_TTL_S": str(LOCAL_ALIAS_TTL_S),
-                    "MODEL_SOURCE": "registry",
-                    "MODEL_BUCKET": LOCAL_BUCKET,
-                    "MODEL_CACHE_DIR": str(self.state / "lambda-tmp" / spec.name),
-                    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.serving.memory_mb),
-                    "AWS_LAMBDA_FUNCTION_NAME": f"onnxlift-{spec.name}",
-                    "POWERTOOLS_SERVICE_NAME": f"onnxlift-{spec.name}",
-                    "POWERTOOLS_METRICS_NAMESPACE": "onnxlift",
-                    "POWERTOOLS_TRACE_DISABLED": "true",
-                    "LOG_LEVEL": "INFO",
-                }
-            )
+            if target == "sagemaker":  # the container serves a published copy, as on AWS
+                on_sagemaker[spec.name] = self.registry.download(
+                    spec.name, version, self.state / "sagemaker-cache"
+                )
+                continue
+            model_env = {
+                "MODEL_NAME": spec.name,
+                "MODEL_VERSION": version,
+                "MODEL_ALIAS": DEFAULT_ALIAS,
+                "ALIAS_TTL_S": str(LOCAL_ALIAS_TTL_S),
+                "MODEL_SOURCE": "registry",
+                "MODEL_BUCKET": LOCAL_BUCKET,
+                "MODEL_CACHE_DIR": str(self.state / "lambda-tmp" / spec.name),
+            }
             if opts.threads:
-                child_env["ORT_INTRA_OP_THREADS"] = str(opts.threads)
-            self.report(f"starting function {spec.name} (version {version}) on {opts.host}:{port}")
-            child = start_child(
-                f"function {spec.name}",
-                [
-                    "-m",
-                    "onnxlift.local.lambda_runtime",
-                    "--handler",
-                    str(opts.root / HANDLER),
-                    "--function-name",
-                    spec.name,
-                    "--host",
-                    opts.host,
-                    "--port",
-                    str(port),
-                    "--memory-mb",
-                    str(spec.serving.memory_mb),
-                    "--timeout-s",
-                    str(spec.serving.timeout_s),
-                ],
-                log=logs / f"{spec.name}.log",
-                env=child_env,
+                model_env["ORT_INTRA_OP_THREADS"] = str(opts.threads)
+            self.report(f"starting function {spec.name} (version {version})")
+            functions[spec.name] = self._start_function(
+                spec.name, HANDLER, env | model_env, spec.serving.memory_mb, spec.serving.timeout_s
             )
-            self.children.append(child)
-            wait_http(child, f"http://{opts.host}:{port}{HEALTH_PATH}", timeout=60)
-            functions[spec.name] = FunctionTarget(spec.name, opts.host, port)
+
+        if on_sagemaker:
+            self.report(f"starting the local SageMaker runtime for {', '.join(on_sagemaker)}")
+            self.sagemaker = start_sagemaker_models(
+                on_sagemaker,
+                host=opts.host,
+                port=0,
+                log_dir=logs,
+                work_dir=self.state / "sagemaker",
+                threads=opts.threads or 1,
+                root=opts.root,
+            )
+            for name in on_sagemaker:  # the API's thin proxy function, as deployed
+                proxy_env = env | {
+                    "MODEL_NAME": name,
+                    "ENDPOINT_NAME": endpoint_name(name),
+                    "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": self.sagemaker.url,
+                }
+                functions[name] = self._start_function(name, PROXY_HANDLER, proxy_env, 256, 29)
 
         api_key = self._api_key()
         self.gateway = Gateway(
@@ -195,6 +187,7 @@ class LocalStack:
             },
             "logs": str(logs),
             "pid": os.getpid(),
+            **({"sagemaker": self.sagemaker.info()} if self.sagemaker else {}),
             "started_in_seconds": round(time.perf_counter() - started, 2),
         }
         self.info_path.write_text(json.dumps(self.info, indent=2))
@@ -207,9 +200,39 @@ class LocalStack:
         )
         return self.info
 
-    def _build_and_publish(self, spec: ModelSpec) -> str:
+    def _start_function(
+        self, name: str, handler: Path, env: dict[str, str], memory_mb: int, timeout_s: int
+    ) -> FunctionTarget:
+        """One local Lambda sandbox for `handler`, configured through its environment."""
+        port = free_port(self.options.host)
+        child_env = (
+            base_env()
+            | env
+            | {
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(memory_mb),
+                "AWS_LAMBDA_FUNCTION_NAME": f"onnxlift-{name}",
+                "POWERTOOLS_SERVICE_NAME": f"onnxlift-{name}",
+                "POWERTOOLS_METRICS_NAMESPACE": "onnxlift",
+                "POWERTOOLS_TRACE_DISABLED": "true",
+                "LOG_LEVEL": "INFO",
+            }
+        )
+        args = ["-m", "onnxlift.local.lambda_runtime", "--handler",
+                str(self.options.root / handler), "--function-name", name,
+                "--host", self.options.host, "--port", str(port),
+                "--memory-mb", str(memory_mb), "--timeout-s", str(timeout_s)]  # fmt: skip
+        child = start_child(
+            f"function {name}", args, log=self.state / "logs" / f"{name}.log", env=child_env
+        )
+        self.children.append(child)
+        wait_http(child, f"http://{self.options.host}:{port}{HEALTH_PATH}", timeout=60)
+        return FunctionTarget(name, self.options.host, port)
+
+    def _build_and_publish(self, spec: ModelSpec) -> tuple[str, str]:
+        """(the version that serves, its target: lambda or sagemaker)."""
         assert self.registry is not None
         result = build_model(spec, root=self.options.root, report=self.report)
+        target = str(result.manifest.get("target", "lambda"))
         fingerprint = result.manifest["build_fingerprint"]
         existing = self.registry.find_by_fingerprint(spec.name, fingerprint)
         alias = self.registry.alias(spec.name, DEFAULT_ALIAS)
@@ -220,7 +243,7 @@ class LocalStack:
                 f"{spec.name}: published version {version} to s3://{self.registry.bucket}, "
                 f"promoted to {DEFAULT_ALIAS}"
             )
-            return version
+            return version, target
         if alias is None:
             self.registry.promote(spec.name, existing, DEFAULT_ALIAS)
             alias = {"version": existing}
@@ -229,12 +252,15 @@ class LocalStack:
             f"{spec.name}: version {existing} matches this build; not publishing again; "
             f"{DEFAULT_ALIAS} -> version {alias['version']}"
         )
-        return str(alias["version"])
+        return str(alias["version"]), target
 
     def stop(self) -> None:
         if self.gateway is not None:
             self.gateway.stop()
             self.gateway = None
+        if self.sagemaker is not None:
+            self.sagemaker.stop()
+            self.sagemaker = None
         if self.registry is not None:
             try:
                 saved = snapshot.save(

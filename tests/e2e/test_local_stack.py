@@ -249,6 +249,34 @@ def test_textclf_answers_like_scikit_learn(stack: dict[str, Any]) -> None:
     np.testing.assert_allclose(probabilities, pipeline.predict_proba(probe), atol=1e-5)
 
 
+def test_sagemaker_model_answers_through_the_gateway_and_boto3(stack: dict[str, Any]) -> None:
+    import boto3
+    from onnxlift_serving.service import ModelService, ServiceConfig
+
+    assert stack["models"]["minilm-fp32"]["version"]
+    endpoint = next(iter(stack["sagemaker"]["endpoints"]))
+    via_gateway = infer(stack, good_body(), model="minilm-fp32")
+    assert via_gateway.status_code == 200, via_gateway.text
+    client = boto3.client(
+        "sagemaker-runtime",
+        region_name="us-east-1",
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+        endpoint_url=stack["sagemaker"]["runtime_url"],
+    )
+    raw = client.invoke_endpoint(
+        EndpointName=endpoint, ContentType="application/json", Body=json.dumps(good_body())
+    )
+    via_boto3 = json.loads(raw["Body"].read())
+    version = stack["models"]["minilm-fp32"]["version"]
+    folder = stack["_state"] / "sagemaker-cache" / "minilm-fp32" / version
+    service = ModelService(ServiceConfig(name="minilm-fp32", version=version, model_dir=folder))
+    in_process = service.infer(json.dumps(good_body()), "minilm-fp32")
+    assert via_gateway.json() == in_process == via_boto3
+    with pytest.raises(client.exceptions.ModelError, match="not valid JSON"):
+        client.invoke_endpoint(EndpointName=endpoint, ContentType="application/json", Body=b"{oops")
+
+
 # Last: it stops the module's stack.
 def test_ctrl_c_stops_everything_and_keeps_what_was_published(stack: dict[str, Any]) -> None:
     process, state = stack["_process"], stack["_state"]
