@@ -33,7 +33,7 @@ test-fast: setup             ## everything but the tests that start the local st
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/hadolint functions/inference/Dockerfile
+	$(BIN)/hadolint functions/inference/Dockerfile functions/sagemaker/Dockerfile
 
 synth: setup                 ## the real cdk CLI, cdk-nag AwsSolutions on
 	PATH="$(CURDIR)/$(BIN):$$PATH" npx cdk synth --quiet

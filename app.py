@@ -9,7 +9,12 @@ from pathlib import Path
 import aws_cdk as cdk
 
 from infra import nag
-from infra.config import config_from_context, models_from_specs, read_context
+from infra.config import (
+    config_from_context,
+    models_from_specs,
+    read_context,
+    sagemaker_from_specs,
+)
 from infra.stack import OnnxliftStack
 from onnxlift.spec import discover_specs
 
@@ -17,7 +22,12 @@ ROOT = Path(__file__).resolve().parent
 
 app = cdk.App()
 context = read_context(app.node)
-config = config_from_context(context, models_from_specs(discover_specs(ROOT / "models"), context))
+specs = discover_specs(ROOT / "models")
+config = config_from_context(
+    context,
+    models_from_specs(specs, context, ROOT),
+    sagemaker_from_specs(specs, context, ROOT),
+)
 OnnxliftStack(
     app,
     "Onnxlift",

@@ -8,9 +8,11 @@ Per-model sizing (memory, timeout, concurrency) comes from the model specs, not 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 CONTEXT_KEY = "onnxlift"
@@ -87,6 +89,8 @@ class ModelDeployment:
 @dataclass(frozen=True, kw_only=True)
 class DeploymentConfig:
     models: tuple[ModelDeployment, ...]
+    # Models on SageMaker endpoints (infra.sagemaker_endpoint.SageMakerDeployment).
+    sagemaker_models: tuple[Any, ...] = ()
     registry_bucket_name: str | None = None
     stage_name: str = "v1"
     throttle_rate_limit: float = 50
@@ -104,9 +108,9 @@ class DeploymentConfig:
     when the account already has one configured by another stack."""
 
     def __post_init__(self) -> None:
-        if not self.models:
-            raise ConfigError("no models to deploy: at least one spec must target lambda")
-        names = [m.name for m in self.models]
+        if not self.models and not self.sagemaker_models:
+            raise ConfigError("no models to deploy: add a model folder under models/")
+        names = [m.name for m in (*self.models, *self.sagemaker_models)]
         if len(set(names)) != len(names):
             raise ConfigError(f"model names must be unique, got {names}")
         if self.registry_bucket_name is not None and not _BUCKET.match(self.registry_bucket_name):
@@ -133,7 +137,11 @@ class DeploymentConfig:
 
 
 # Fields of DeploymentConfig that the context may set (everything but `models`).
-_FIELDS = {f.name: f for f in dataclasses.fields(DeploymentConfig) if f.name != "models"}
+_FIELDS = {
+    f.name: f
+    for f in dataclasses.fields(DeploymentConfig)
+    if f.name not in ("models", "sagemaker_models")
+}
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -168,7 +176,9 @@ def read_context(node: Any) -> dict[str, Any]:
 
 
 def config_from_context(
-    context: Mapping[str, Any], models: list[ModelDeployment]
+    context: Mapping[str, Any],
+    models: list[ModelDeployment],
+    sagemaker_models: Sequence[Any] = (),
 ) -> DeploymentConfig:
     """Build the config from the `onnxlift` context dict; unknown keys are an error."""
     unknown = set(context) - set(_FIELDS) - {"models"}
@@ -177,7 +187,9 @@ def config_from_context(
             f"unknown {CONTEXT_KEY} context keys {sorted(unknown)}; known: {sorted(_FIELDS)}"
         )
     values = {name: _coerce(name, context[name]) for name in _FIELDS if name in context}
-    return DeploymentConfig(models=tuple(models), **values)
+    return DeploymentConfig(
+        models=tuple(models), sagemaker_models=tuple(sagemaker_models), **values
+    )
 
 
 class _Serving(Protocol):
@@ -192,16 +204,46 @@ class _Spec(Protocol):
     serving: _Serving
 
 
-def models_from_specs(specs: Iterable[_Spec], context: Mapping[str, Any]) -> list[ModelDeployment]:
-    """Lambda-served models from the specs, versions from `onnxlift.models.<name>.version`."""
+def _versions(context: Mapping[str, Any]) -> Mapping[str, Any]:
     versions = context.get("models") or {}
     if not isinstance(versions, Mapping):
         raise ConfigError(f"{CONTEXT_KEY}.models must be an object keyed by model name")
+    return versions
+
+
+def deployed_version(spec: _Spec, context: Mapping[str, Any]) -> str:
+    """`onnxlift.models.<name>.version` from the context, "1" by default."""
+    return str((_versions(context).get(spec.name) or {}).get("version", "1"))
+
+
+def resolved_target(spec: _Spec, context: Mapping[str, Any], project_root: Path | None) -> str:
+    """lambda or sagemaker. `auto` was decided at build time: the pulled version's manifest
+    says where it goes (`onnxlift pull`); without it, Lambda."""
+    if spec.serving.target != "auto":
+        return spec.serving.target
+    if project_root is not None:
+        manifest = (
+            project_root
+            / ".onnxlift"
+            / "artifacts"
+            / spec.name
+            / deployed_version(spec, context)
+            / "manifest.json"
+        )
+        if manifest.is_file():
+            return str(json.loads(manifest.read_text()).get("target", "lambda"))
+    return "lambda"
+
+
+def models_from_specs(
+    specs: Iterable[_Spec], context: Mapping[str, Any], project_root: Path | None = None
+) -> list[ModelDeployment]:
+    """Lambda-served models from the specs, versions from `onnxlift.models.<name>.version`."""
     models = []
     for spec in specs:
-        if spec.serving.target != "lambda":
+        if resolved_target(spec, context, project_root) != "lambda":
             continue
-        entry = versions.get(spec.name) or {}
+        entry = _versions(context).get(spec.name) or {}
         models.append(
             ModelDeployment(
                 name=spec.name,
@@ -212,3 +254,25 @@ def models_from_specs(specs: Iterable[_Spec], context: Mapping[str, Any]) -> lis
             )
         )
     return models
+
+
+def sagemaker_from_specs(
+    specs: Iterable[Any], context: Mapping[str, Any], project_root: Path | None = None
+) -> list[Any]:
+    """SageMaker-served models (target sagemaker, or auto decided so) with their sizing."""
+    from infra.sagemaker_endpoint import SageMakerDeployment
+
+    return [
+        SageMakerDeployment(
+            name=spec.name,
+            version=deployed_version(spec, context),
+            instance_type=spec.serving.instance_type,
+            initial_instance_count=spec.serving.initial_instances,
+            min_instances=spec.serving.min_instances,
+            max_instances=spec.serving.max_instances,
+            target_invocations_per_instance=spec.serving.target_invocations_per_instance,
+            data_capture=spec.serving.data_capture,
+        )
+        for spec in specs
+        if resolved_target(spec, context, project_root) == "sagemaker"
+    ]

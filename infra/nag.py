@@ -164,6 +164,11 @@ def acknowledge_findings(stack: OnnxliftStack, *, skip: Collection[str] = ()) ->
             ack(method, f"{PACK}-APIG4", REASON_API_KEY_AUTH)
             ack(method, f"{PACK}-COG4", REASON_COGNITO)
 
+    from infra import sagemaker_endpoint
+
+    for endpoint in stack.endpoints:
+        sagemaker_endpoint.acknowledge_findings(endpoint, skip=tuple(skip))
+
     for fn in stack.functions:
         policy = fn.role.node.find_child("DefaultPolicy")
         ack(policy, f"{PACK}-IAM5[Resource::*]", REASON_XRAY)

@@ -13,6 +13,7 @@ from infra.api import InferenceApi
 from infra.config import DeploymentConfig
 from infra.inference_function import InferenceFunction
 from infra.registry import ModelRegistry
+from infra.sagemaker_endpoint import SageMakerEndpoint, SageMakerImage
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +31,8 @@ class OnnxliftStack(Stack):
     ) -> None:
         kwargs.setdefault(
             "description",
-            "onnxlift: quantized ONNX models on Lambda behind API Gateway, with an S3 registry",
+            "onnxlift: quantized ONNX models on Lambda (and SageMaker) behind API Gateway, "
+            "with an S3 registry",
         )
         super().__init__(scope, id, **kwargs)
         self.config = config
@@ -48,7 +50,35 @@ class OnnxliftStack(Stack):
             )
             for model in config.models
         ]
-        self.api = InferenceApi(self, "Api", config=config, functions=self.functions)
+        self.endpoints: list[SageMakerEndpoint] = []
+        if config.sagemaker_models:
+            image = (
+                SageMakerImage.from_ecr(
+                    self,
+                    "SageMakerRepository",
+                    repository_name=config.ecr_repository_name or "",
+                    tag="sagemaker",
+                )
+                if config.image_source == "ecr"
+                else SageMakerImage.from_asset(self, "SageMakerImage", project_root=project_root)
+            )
+            self.endpoints = [
+                SageMakerEndpoint(
+                    self,
+                    f"Endpoint-{model.name}",
+                    model=model,
+                    registry=self.registry,
+                    image=image,
+                    project_root=project_root,
+                    log_retention_days=config.log_retention_days,
+                )
+                for model in config.sagemaker_models
+            ]
+        # An endpoint offers what the API needs of a function: `.model.name` and `.function`
+        # (its thin proxy), so the routes are the same for both paths.
+        self.api = InferenceApi(
+            self, "Api", config=config, functions=[*self.functions, *self.endpoints]
+        )
 
         CfnOutput(self, "ApiUrl", value=self.api.api.url, description="Base URL of the V2 API")
         CfnOutput(

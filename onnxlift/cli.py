@@ -51,6 +51,10 @@ def _registry(bucket: str | None) -> Any:
     return Registry(local["registry_bucket"], client)
 
 
+def _target(row: dict[str, Any]) -> str:
+    return f"{row['target']}: {row['target_reason']}" if row.get("target_reason") else "-"
+
+
 def _size(count: int) -> str:
     return f"{count / 1e6:.1f} MB" if count >= 1e6 else f"{count / 1e3:.1f} kB"
 
@@ -303,6 +307,7 @@ def list_models(bucket: str | None, as_json: bool) -> None:
                     "parity": parity.get("value"),
                     "threshold": parity.get("threshold"),
                     "target": manifest.get("target"),
+                    "target_reason": manifest.get("target_reason"),
                     "created_at": manifest.get("created_at"),
                     "sha256": manifest.get("sha256"),
                     "aliases": sorted(a for a, v in aliases.items() if v == info.version),
@@ -317,7 +322,7 @@ def list_models(bucket: str | None, as_json: bool) -> None:
         "aliases",
         "size",
         "parity",
-        "target",
+        "target (why)",
         "created",
         title=f"s3://{registry.bucket}",
     )
@@ -334,7 +339,7 @@ def list_models(bucket: str | None, as_json: bool) -> None:
             aliases,
             size,
             parity,
-            row["target"] or "-",
+            _target(row),
             row["created_at"] or "-",
         )
     Console().print(table)
