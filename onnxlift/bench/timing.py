@@ -88,15 +88,19 @@ def time_interleaved(
 
     Comparing variants measured one after the other mixes their difference with whatever
     drifted meanwhile (clock, cache, a neighbour's load); interleaving spreads drift evenly.
-    The budget bounds the whole timed phase, checked after each round.
+    Each round starts one call later than the one before, so no call always follows the same
+    neighbour (an HTTP call evicts caches for whatever runs next). The budget bounds the whole
+    timed phase, checked after each round.
     """
     for _ in range(warmup):
         for fn in calls.values():
             fn()
     samples: dict[str, list[float]] = {key: [] for key in calls}
     started = time.perf_counter()
+    items = list(calls.items())
     for done in range(1, repeat + 1):
-        for key, fn in calls.items():
+        shift = (done - 1) % len(items)
+        for key, fn in items[shift:] + items[:shift]:
             t0 = time.perf_counter()
             fn()
             samples[key].append((time.perf_counter() - t0) * 1000)
