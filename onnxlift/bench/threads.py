@@ -2,7 +2,9 @@
 
 Lambda gives one vCPU below 1,769 MB, so a function at 2,048 MB runs with one thread
 (onnxlift_serving.session.threads_for_memory); this shows what a second thread would buy on
-the machine the bench runs on. Sessions for both settings are timed round-robin.
+the machine the bench runs on. Each setting is timed in its own block, not round-robin: a
+2-thread session's worker spins for a while after each run and would steal the core from
+whatever call came next.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 
 from onnxlift.bench.corpus import batch
 from onnxlift.bench.tiers import load_pipeline
-from onnxlift.bench.timing import measure_interleaved, ratio
+from onnxlift.bench.timing import measure, ratio
 from onnxlift.bench.variants import onnx_variants
 
 THREAD_COUNTS = (1, 2)
@@ -41,11 +43,15 @@ def run_threads(
     results: dict[str, Any] = {"thread_counts": list(THREAD_COUNTS), "batches": {}}
     for size in batch_sizes:
         texts = batch(sentences, size)
-        calls: dict[str, Callable[[], Any]] = {}
+        row: dict[str, Any] = {}
         for (key, n), pipeline in pipelines.items():
             tensor = {pipeline.text_input: np.array(texts, dtype=object)}
-            calls[f"{key}@{n}"] = lambda p=pipeline, t=tensor: p.run(t)
-        row = measure_interleaved(calls, warmup=warmup, repeat=repeat, budget_s=budget_s)
+            row[f"{key}@{n}"] = measure(
+                lambda p=pipeline, t=tensor: p.run(t),
+                warmup=warmup,
+                repeat=repeat,
+                budget_s=budget_s,
+            )
         for v in variants:
             row[f"{v.key}:speedup_2_over_1"] = ratio(
                 row[f"{v.key}@1"]["p50"], row[f"{v.key}@2"]["p50"]
