@@ -6,7 +6,6 @@ onnxruntime session created during the init phase, never on the request path.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -15,6 +14,7 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from onnxlift_serving import protocol
 from onnxlift_serving.errors import InferenceError
 from onnxlift_serving.service import ModelService, ServiceConfig
 
@@ -35,7 +35,9 @@ JSON = "application/json"
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
-    return Response(status_code=status, content_type=JSON, body=json.dumps(body), headers=headers)
+    return Response(
+        status_code=status, content_type=JSON, body=protocol.dumps(body).decode(), headers=headers
+    )
 
 
 @app.exception_handler(InferenceError)

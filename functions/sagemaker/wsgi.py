@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from onnxlift_serving import protocol
 from onnxlift_serving.errors import BadRequest, InferenceError, NotFound, ServiceUnavailable
 from onnxlift_serving.layout import MANIFEST_FILE
 from onnxlift_serving.service import DEFAULT_MAX_PAYLOAD_BYTES, ModelService, ServiceConfig
@@ -212,7 +213,7 @@ class ContainerApp:
             log.exception("unhandled error on %s %s", method, path)
             status = 500
             doc = {"error": f"internal error ({type(error).__name__}); see the container's logs"}
-        payload = json.dumps(doc).encode()
+        payload = protocol.dumps(doc)
         start_response(
             f"{status} {_REASONS.get(status, 'Error')}",
             [

@@ -205,7 +205,7 @@ def run_model(
     info: dict[str, Any] | None,
     report: Report,
 ) -> dict[str, Any]:
-    from onnxlift.build.pipeline import build_model, load_source
+    from onnxlift.build.pipeline import build_model, load_source_module
     from onnxlift.spec import load_spec
 
     root = config.root
@@ -224,7 +224,7 @@ def run_model(
     sentences = bench_sentences(spec.folder / spec.parity.inputs)
     parity_texts = read_lines(spec.folder / spec.parity.inputs) if settings.parity_in_run else None
     try:
-        source = load_source(spec)
+        source = load_source_module(spec)
     except Exception as exc:  # a model without a PyTorch source still gets its tiers
         report(f"  no source module for the alternatives: {exc}")
         source = None

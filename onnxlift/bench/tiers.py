@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
+from onnxlift_serving import protocol
 
 from onnxlift.bench.corpus import batch, v2_body
 from onnxlift.bench.timing import measure_interleaved
@@ -191,7 +192,7 @@ def run_tiers(
                     f"handler answered {first.get('statusCode')}: {first.get('body')}"
                 )
             body = v2_body(texts)
-            calls["v2"] = lambda body=body: json.dumps(module.service.infer(body, name))
+            calls["v2"] = lambda body=body: protocol.dumps(module.service.infer(body, name))
             calls["handler"] = invoke
             if client is not None:
                 path = f"/v2/models/{name}/infer"

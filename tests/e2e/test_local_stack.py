@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
+from onnxlift_serving import protocol
 
 from onnxlift.local.processes import free_port, port_in_use
 from tests.conftest import ROOT
@@ -271,7 +272,7 @@ def test_sagemaker_model_answers_through_the_gateway_and_boto3(stack: dict[str, 
     version = stack["models"]["minilm-fp32"]["version"]
     folder = stack["_state"] / "sagemaker-cache" / "minilm-fp32" / version
     service = ModelService(ServiceConfig(name="minilm-fp32", version=version, model_dir=folder))
-    in_process = service.infer(json.dumps(good_body()), "minilm-fp32")
+    in_process = json.loads(protocol.dumps(service.infer(json.dumps(good_body()), "minilm-fp32")))
     assert via_gateway.json() == in_process == via_boto3
     with pytest.raises(client.exceptions.ModelError, match="not valid JSON"):
         client.invoke_endpoint(EndpointName=endpoint, ContentType="application/json", Body=b"{oops")

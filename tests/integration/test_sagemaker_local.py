@@ -15,6 +15,7 @@ import boto3
 import botocore.exceptions
 import pytest
 import requests
+from onnxlift_serving import protocol
 from onnxlift_serving.service import ModelService, ServiceConfig
 
 from onnxlift.local.gateway import FunctionTarget, Gateway, GatewayConfig
@@ -52,7 +53,7 @@ def artifact(minilm_build: Any, tmp_path_factory: pytest.TempPathFactory) -> Pat
 @pytest.fixture(scope="module")
 def expected(artifact: Path) -> dict[str, Any]:
     service = ModelService(ServiceConfig(name="minilm", version="1", model_dir=artifact, threads=1))
-    return json.loads(json.dumps(service.infer(json.dumps(BODY), "minilm")))
+    return json.loads(protocol.dumps(service.infer(json.dumps(BODY), "minilm")))
 
 
 @pytest.fixture(scope="module")

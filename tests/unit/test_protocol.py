@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from onnxlift_serving.errors import BadRequest, PayloadTooLarge, Unprocessable
@@ -9,6 +11,7 @@ from onnxlift_serving.protocol import (
     TensorSpec,
     decode_body,
     decode_infer_request,
+    dumps,
     encode_infer_response,
 )
 
@@ -85,6 +88,7 @@ def test_response_shape_and_datatypes() -> None:
             "label": np.array(["cat", "dog"], dtype=object),
         },
     )
+    response = json.loads(dumps(response))  # what goes on the wire
     assert response["model_version"] == "3" and response["id"] == "r"
     y, label = response["outputs"]
     assert y == {"name": "y", "datatype": "FP32", "shape": [2, 3], "data": [0, 1, 2, 3, 4, 5]}
@@ -92,3 +96,15 @@ def test_response_shape_and_datatypes() -> None:
     assert "id" not in encode_infer_response(
         model_name="m", model_version="1", request_id=None, outputs={}
     )
+
+
+def test_fp32_goes_out_as_the_shortest_float32_text() -> None:
+    values = np.array([0.04736905172467232, 1 / 3], dtype=np.float32)
+    wire = dumps(
+        encode_infer_response(
+            model_name="m", model_version="1", request_id=None, outputs={"e": values}
+        )
+    )
+    assert b"0.04736905," in wire and b"0.33333334" in wire
+    decoded = np.asarray(json.loads(wire)["outputs"][0]["data"], dtype=np.float32)
+    np.testing.assert_array_equal(decoded, values)  # exact round trip through float32

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from onnxlift_serving import protocol
 
 from tests.conftest import ROOT
 
@@ -128,7 +129,7 @@ def test_invocations_equals_the_in_process_result(app: wsgi.ContainerApp, artifa
     expected = ModelService(
         ServiceConfig(name="minilm", version="1", model_dir=artifact, threads=1)
     ).infer(json.dumps(BODY), "minilm")
-    assert doc == json.loads(json.dumps(expected))
+    assert doc == json.loads(protocol.dumps(expected))
     assert doc["model_version"] == "1" and doc["id"] == "r1"
 
 
@@ -310,7 +311,7 @@ DOCKERFILE = ROOT / "functions" / "sagemaker" / "Dockerfile"
 def test_requirements_are_the_gpu_serving_runtime_only() -> None:
     lines = (DOCKERFILE.parent / "requirements.txt").read_text().splitlines()
     pins = dict(line.split("==") for line in lines if line.strip() and not line.startswith("#"))
-    assert set(pins) == {"onnxruntime-gpu", "numpy", "tokenizers", "gunicorn"}
+    assert set(pins) == {"onnxruntime-gpu", "numpy", "tokenizers", "orjson", "gunicorn"}
     assert pins["onnxruntime-gpu"] == "1.31.1"  # CUDA 13 + cuDNN 9 wheels
 
 

@@ -42,7 +42,7 @@ def test_handler_requirements_are_the_serving_runtime_only() -> None:
         for line in requirements.splitlines()
         if line.strip() and not line.startswith("#")
     }
-    assert names == {"onnxruntime", "numpy", "tokenizers", "aws-lambda-powertools"}
+    assert names == {"onnxruntime", "numpy", "tokenizers", "orjson", "aws-lambda-powertools"}
 
 
 @pytest.mark.skipif(
