@@ -55,7 +55,8 @@ class LocalContext:
 
 def load_handler(path: Path, attribute: str = "lambda_handler") -> Callable[[dict, Any], Any]:
     """Import the handler file as Lambda does: its folder on sys.path, module scope run once."""
-    sys.path.insert(0, str(path.parent))
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
     spec = importlib.util.spec_from_file_location(path.stem, path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import {path}")

@@ -34,7 +34,8 @@ class Artifact:
 
     @property
     def version(self) -> str:
-        return str(self.manifest["version"])
+        """The published version; "" for a build that has none yet."""
+        return str(self.manifest.get("version") or "")
 
     @property
     def model_path(self) -> Path:
