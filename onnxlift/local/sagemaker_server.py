@@ -34,6 +34,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from onnxlift_serving.artifact import load_artifact
+from onnxlift_serving.errors import ArtifactError
+
 from onnxlift.local.processes import Child, base_env, free_port, start_child, wait_http
 from onnxlift.sagemaker_artifact import pack_model, unpack_model
 
@@ -273,10 +276,20 @@ class _QuietServer(ThreadingHTTPServer):
 
 
 def prepare_model_dir(folder: Path, work: Path) -> Path:
-    """Pack the version into model.tar.gz and unpack it as SageMaker does into /opt/ml/model."""
+    """Pack the version into model.tar.gz and unpack it as SageMaker does into /opt/ml/model.
+
+    A warm start reuses the unpacked copy when it is the same version, byte for byte
+    (sha256-checked), instead of packing 90 MB again.
+    """
+    target = work / "opt-ml-model"
+    try:
+        current, wanted = load_artifact(target).manifest, load_artifact(folder).manifest
+        if (current["sha256"], current.get("version")) == (wanted["sha256"], wanted.get("version")):
+            return target
+    except ArtifactError:
+        pass  # nothing there yet, or a stale copy: unpack afresh
     archive = work / "model.tar.gz"
     pack_model(folder, archive)
-    target = work / "opt-ml-model"
     shutil.rmtree(target, ignore_errors=True)
     unpack_model(archive, target)
     archive.unlink()

@@ -60,6 +60,7 @@ class LocalStack:
     gateway: Gateway | None = None
     registry: Registry | None = None
     sagemaker: LocalSageMaker | None = None
+    _starting: list[tuple[Child, str]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -166,6 +167,7 @@ class LocalStack:
                 }
                 functions[name] = self._start_function(name, PROXY_HANDLER, proxy_env, 256, 29)
 
+        self._wait_for_functions()
         api_key = self._api_key()
         self.gateway = Gateway(
             GatewayConfig(
@@ -203,7 +205,7 @@ class LocalStack:
     def _start_function(
         self, name: str, handler: Path, env: dict[str, str], memory_mb: int, timeout_s: int
     ) -> FunctionTarget:
-        """One local Lambda sandbox for `handler`, configured through its environment."""
+        """Start one local Lambda sandbox for `handler`, configured through its environment."""
         port = free_port(self.options.host)
         child_env = (
             base_env()
@@ -225,8 +227,14 @@ class LocalStack:
             f"function {name}", args, log=self.state / "logs" / f"{name}.log", env=child_env
         )
         self.children.append(child)
-        wait_http(child, f"http://{self.options.host}:{port}{HEALTH_PATH}", timeout=60)
+        self._starting.append((child, f"http://{self.options.host}:{port}{HEALTH_PATH}"))
         return FunctionTarget(name, self.options.host, port)
+
+    def _wait_for_functions(self) -> None:
+        """The sandboxes run their init phases side by side; wait for all of them here."""
+        for child, url in self._starting:
+            wait_http(child, url, timeout=60)
+        self._starting.clear()
 
     def _build_and_publish(self, spec: ModelSpec) -> tuple[str, str]:
         """(the version that serves, its target: lambda or sagemaker)."""
