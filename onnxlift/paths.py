@@ -36,8 +36,3 @@ def models_dir(root: Path | None = None) -> Path:
 
 def build_dir(name: str, fingerprint: str, root: Path | None = None) -> Path:
     return cache_dir(root) / "build" / name / fingerprint
-
-
-def artifacts_dir(name: str, version: str, root: Path | None = None) -> Path:
-    """A published version's files, as the Lambda image bakes them in."""
-    return cache_dir(root) / "artifacts" / name / version

@@ -17,7 +17,7 @@ import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -50,7 +50,6 @@ class GatewayConfig:
     api_id: str = "local"
     max_body: int = API_GATEWAY_MAX_BODY
     timeout_s: float = INTEGRATION_TIMEOUT_S
-    request_count: int = field(default=0)
 
 
 class _Connections(threading.local):
