@@ -102,16 +102,8 @@ def run_coldstart(
 
 
 def handler_env(artifact_folder: Path, event: dict[str, Any], threads: int) -> dict[str, str]:
-    manifest = json.loads((artifact_folder / "manifest.json").read_text())
-    return {
-        "MODEL_NAME": str(manifest["name"]),
-        "MODEL_VERSION": str(manifest["version"]),
-        "MODEL_SOURCE": "image",
-        "MODEL_DIR": str(artifact_folder),
-        "ORT_INTRA_OP_THREADS": str(threads),
-        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "2048",
-        "POWERTOOLS_SERVICE_NAME": f"onnxlift-{manifest['name']}",
-        "POWERTOOLS_METRICS_NAMESPACE": "onnxlift",
-        "POWERTOOLS_TRACE_DISABLED": "true",
-        "ONNXLIFT_BENCH_EVENT": json.dumps(event),
+    from onnxlift.bench.tiers import sandbox_env
+
+    return sandbox_env(artifact_folder, threads=threads) | {
+        "ONNXLIFT_BENCH_EVENT": json.dumps(event)
     }

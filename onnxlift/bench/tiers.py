@@ -81,12 +81,10 @@ def _env(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def load_handler_module(handler_path: Path, artifact_folder: Path, *, threads: int) -> Any:
-    """Import the real handler as a Lambda sandbox would, the model baked in at artifact_folder."""
-    from onnxlift.local.lambda_runtime import load_handler
-
+def sandbox_env(artifact_folder: Path, *, threads: int) -> dict[str, str]:
+    """The environment of a Lambda sandbox at 2,048 MB with this artifact baked in."""
     manifest = json.loads((artifact_folder / "manifest.json").read_text())
-    settings = {
+    return {
         "MODEL_NAME": str(manifest["name"]),
         "MODEL_VERSION": str(manifest["version"]),
         "MODEL_SOURCE": "image",
@@ -99,6 +97,13 @@ def load_handler_module(handler_path: Path, artifact_folder: Path, *, threads: i
         "POWERTOOLS_TRACE_DISABLED": "true",
         "LOG_LEVEL": "INFO",
     }
+
+
+def load_handler_module(handler_path: Path, artifact_folder: Path, *, threads: int) -> Any:
+    """Import the real handler as a Lambda sandbox would, the model baked in at artifact_folder."""
+    from onnxlift.local.lambda_runtime import load_handler
+
+    settings = sandbox_env(artifact_folder, threads=threads)
     sys.modules.pop("handler", None)
     with _env(settings), contextlib.redirect_stdout(_devnull()):
         load_handler(handler_path)
