@@ -13,9 +13,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+RUNTIME = Path(__file__).resolve().parents[1] / "layers" / "runtime"
+
 CHILD = r"""
 import json, sys
-import numpy as np, onnxruntime as ort
+import numpy as np
+sys.path.insert(0, sys.argv[2])  # layers/runtime
+from onnxlift_serving.session import create_session
 
 def rss():
     for line in open("/proc/self/status"):
@@ -24,9 +28,7 @@ def rss():
 
 path = sys.argv[1]
 before = rss()
-options = ort.SessionOptions()
-options.intra_op_num_threads = 1
-session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+session = create_session(path, threads=1)
 after_session = rss()
 ids = np.random.default_rng(0).integers(1000, 2000, size=(8, 64), dtype=np.int64)
 feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
@@ -40,7 +42,10 @@ print(json.dumps({"baseline": before, "session": after_session - before,
 
 def measure(path: Path) -> dict[str, float]:
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(path)], check=True, capture_output=True, text=True
+        [sys.executable, "-c", CHILD, str(path), str(RUNTIME)],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     figures = json.loads(out.stdout.strip().splitlines()[-1])
     size = path.stat().st_size

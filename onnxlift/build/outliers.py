@@ -46,7 +46,7 @@ def _feed_forward_matmuls(model: onnx.ModelProto) -> list[onnx.NodeProto]:
 def _channel_absmax(
     model: onnx.ModelProto, tensors: list[str], feeds: list[Feeds]
 ) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
+    from onnxlift_serving.session import create_session
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -56,7 +56,7 @@ def _channel_absmax(
             probe.graph.output.append(
                 helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
             )
-    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = create_session(probe.SerializeToString())
     names = [o.name for o in session.get_outputs()]
     absmax: dict[str, np.ndarray] = {}
     for feed in feeds:

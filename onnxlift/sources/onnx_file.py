@@ -113,9 +113,9 @@ def onnx_file_source(spec: Any) -> ModelSource:
             parity_inputs = {k: data[k] for k in data.files}
     else:
         parity_inputs = sample_inputs(inputs, model)
-    import onnxruntime as ort
+    from onnxlift_serving.session import create_session
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = create_session(path)
     names = [o.name for o in outputs]
     reference = dict(zip(names, session.run(names, parity_inputs), strict=True))
 

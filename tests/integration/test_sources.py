@@ -199,13 +199,13 @@ def test_keras_savedmodel_and_keras_file_convert_alike(tmp_path: Path) -> None:
     model.save(tmp_path / "m.keras")
     model.export(str(tmp_path / "saved"), verbose=False)
     x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
-    import onnxruntime as ort
+    from onnxlift_serving.session import create_session
 
     results = []
     for source in (tmp_path / "m.keras", tmp_path / "saved"):
         out = tmp_path / f"{source.name}.onnx"
         keras_exporter(source, renames={"output_0": "probabilities"})(out, 17)
-        session = ort.InferenceSession(str(out))
+        session = create_session(out)
         assert [o.name for o in session.get_outputs()] == ["probabilities"]
         results.append(session.run(None, {"features": x})[0])
     np.testing.assert_allclose(results[0], model.predict(x, verbose=0), atol=1e-5)
@@ -225,7 +225,7 @@ def test_sklearn_text_graph_loads_without_en_us_locale() -> None:
     import tempfile
 
     import onnx
-    import onnxruntime as ort
+    from onnxlift_serving.session import create_session
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "m.onnx"
@@ -238,6 +238,6 @@ def test_sklearn_text_graph_loads_without_en_us_locale() -> None:
         assert normalizers and all(
             a.s == b"C.UTF-8" for n in normalizers for a in n.attribute if a.name == "locale"
         )
-        session = ort.InferenceSession(str(out))  # en_US.UTF-8 is absent on this machine
+        session = create_session(out)  # en_US.UTF-8 is absent on this machine
         labels_out = session.run(None, {"text": np.array([["GREAT match"]], dtype=object)})[0]
         assert list(labels_out) == ["s"]
