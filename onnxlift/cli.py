@@ -55,6 +55,23 @@ def _target(row: dict[str, Any]) -> str:
     return f"{row['target']}: {row['target_reason']}" if row.get("target_reason") else "-"
 
 
+def _integer_kernels(manifest: dict[str, Any]) -> str:
+    """How the integer kernels ran parity: weights' width, session setting, the CPU's flags."""
+    kernels = manifest.get("quantization", {}).get("integer_kernels")
+    measured = manifest.get("parity", {}).get("measured_on") or {}
+    if not kernels:
+        return "-"
+    if not kernels.get("integer_weights"):
+        weights = "no integer weights"
+    elif kernels.get("weights_cannot_saturate"):
+        weights = "7-bit weights"
+    else:
+        weights = "8-bit weights"
+    setting = ",".join(f"{k.split('.')[-1]}={v}" for k, v in kernels["session_config"].items())
+    flags = " ".join(measured.get("flags", [])) or measured.get("machine", "?")
+    return f"{weights}; {setting}; parity on {flags}"
+
+
 def _size(count: int) -> str:
     return f"{count / 1e6:.1f} MB" if count >= 1e6 else f"{count / 1e3:.1f} kB"
 
@@ -79,7 +96,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except OnnxliftError as exc:
-            console.print(f"[bold red]error:[/bold red] {exc}")
+            # One line however wide the terminal: scripts and people grep it.
+            console.print(f"[bold red]error:[/bold red] {exc}", soft_wrap=True, markup=True)
             ctx.exit(2)
 
 
@@ -306,6 +324,9 @@ def list_models(bucket: str | None, as_json: bool) -> None:
                     "parity_metric": parity.get("metric"),
                     "parity": parity.get("value"),
                     "threshold": parity.get("threshold"),
+                    "integer_kernels": manifest.get("quantization", {}).get("integer_kernels"),
+                    "parity_measured_on": parity.get("measured_on"),
+                    "integer_kernels_summary": _integer_kernels(manifest),
                     "target": manifest.get("target"),
                     "target_reason": manifest.get("target_reason"),
                     "created_at": manifest.get("created_at"),
@@ -322,6 +343,7 @@ def list_models(bucket: str | None, as_json: bool) -> None:
         "aliases",
         "size",
         "parity",
+        "integer kernels",
         "target (why)",
         "created",
         title=f"s3://{registry.bucket}",
@@ -339,6 +361,7 @@ def list_models(bucket: str | None, as_json: bool) -> None:
             aliases,
             size,
             parity,
+            row["integer_kernels_summary"],
             _target(row),
             row["created_at"] or "-",
         )

@@ -22,12 +22,15 @@ from typing import Any
 import numpy as np
 from onnxlift_serving import layout
 from onnxlift_serving.artifact import load_artifact, sha256_file
+from onnxlift_serving.cpu import cpu_facts
 from onnxlift_serving.pipelines import build_pipeline, load_tokenizer
-from onnxlift_serving.session import create_session
+from onnxlift_serving.session import create_session, integer_kernel_setting
 
 from onnxlift import __version__, paths
 from onnxlift.build import parity
 from onnxlift.build.check import check_model, opset_of
+from onnxlift.build.gate import check_parity_gate
+from onnxlift.build.integer_audit import audit_integer_kernels
 from onnxlift.build.optimize import optimize_transformer
 from onnxlift.build.outliers import SplitReport, split_outlier_channels
 from onnxlift.build.quantize import quantize_dynamic_int8, quantize_static_qdq
@@ -50,6 +53,8 @@ def toolchain() -> dict[str, str]:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             versions[package] = "absent"
+    # Parity is measured through these session settings: a change must rebuild and re-measure.
+    versions["session_config"] = ",".join(f"{k}={v}" for k, v in integer_kernel_setting().items())
     return versions
 
 
@@ -252,6 +257,7 @@ def build_model(
             "exclude_nodes": list(spec.quantization.exclude_nodes),
             "exclude_op_types": list(spec.quantization.exclude_op_types),
             **quant_details,
+            "integer_kernels": audit_integer_kernels(served_path),
         },
         "target": spec.serving.target,
         "memory_mb": spec.serving.memory_mb,
@@ -291,16 +297,10 @@ def build_model(
         "value": gated["value"],
         "inputs": count,
         "reference": f"{spec.framework} {source.framework_version}",
+        "measured_on": cpu_facts(),
         **figures,
     }
-    if not spec.parity.passes(gated["value"]):
-        worst = gated.get("worst_index", 0)
-        example = {k: v[worst].tolist() for k, v in source.parity_inputs.items()}
-        raise BuildError(
-            f"{spec.name}: parity gate failed: {spec.parity.metric} {gated['value']:.4f} "
-            f"{'<' if spec.parity.higher_is_better else '>'} threshold {spec.parity.threshold} "
-            f"(worst input: {str(example)[:100]}); the artifact was not written"
-        )
+    check_parity_gate(spec, gated, source.parity_inputs, "int8" if "int8" in figures else "fp32")
 
     decision = decide_target(
         spec.serving.target, model_bytes=served_path.stat().st_size, requires_gpu=spec.serving.gpu

@@ -27,9 +27,10 @@ from typing import Any
 from onnxlift_serving import layout, protocol
 from onnxlift_serving.aliases import DEFAULT_ALIAS, read_alias
 from onnxlift_serving.artifact import Artifact, fetch_from_registry, load_artifact
+from onnxlift_serving.cpu import cpu_facts
 from onnxlift_serving.errors import ArtifactError, NotFound, ServiceUnavailable
 from onnxlift_serving.pipelines import Pipeline, build_pipeline
-from onnxlift_serving.session import create_session, default_threads
+from onnxlift_serving.session import create_session, default_threads, integer_kernel_setting
 
 # Lambda's synchronous invocation payload limit; API Gateway itself allows 10 MB.
 DEFAULT_MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
@@ -256,6 +257,8 @@ class ModelService:
                 "max_batch": manifest.get("max_batch"),
                 "providers": session.get_providers() if session is not None else [],
                 "intra_op_num_threads": self.config.threads,
+                "session_config": integer_kernel_setting(),
+                "serving_cpu": cpu_facts(),
             },
         }
 
