@@ -79,7 +79,7 @@ def test_python_api_builds_any_module(mode: str, tmp_path: Path) -> None:
 def test_python_api_gate_fails_with_the_figure(tmp_path: Path) -> None:
     from onnxlift.api import build_pytorch
 
-    with pytest.raises(BuildError, match=r"parity gate failed: max_abs_error .* > threshold 1e-09"):
+    with pytest.raises(BuildError, match=r"parity gate failed: int8 max_abs_error .* > threshold 1e-09; worst input #"):
         build_pytorch(
             Scorer(),
             name="scorer",
@@ -241,3 +241,20 @@ def test_sklearn_text_graph_loads_without_en_us_locale() -> None:
         session = create_session(out)  # en_US.UTF-8 is absent on this machine
         labels_out = session.run(None, {"text": np.array([["GREAT match"]], dtype=object)})[0]
         assert list(labels_out) == ["s"]
+
+
+def test_add_with_a_failed_gate_prints_one_line_and_exits_2(project: Path, tmp_path: Path) -> None:
+    from onnxlift.cli import cli
+
+    outside = export_scorer(tmp_path / "elsewhere.onnx")
+    result = CliRunner().invoke(
+        cli,
+        ["add", str(outside), "--name", "scorer", "--quantize", "dynamic", "--max-abs-error",
+         "1e-9", "--no-publish"],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+    (line,) = [x for x in result.output.splitlines() if "parity gate failed" in x]
+    assert line.startswith("error: scorer: parity gate failed: int8 max_abs_error ")
+    assert "> threshold 1e-09; worst input #" in line and "x[16]=[" in line and "try: " in line
+    assert "Traceback" not in result.output
