@@ -4,17 +4,21 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LOCK   := requirements/dev.lock
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup up test test-fast lint synth build clean
+.PHONY: setup up test test-fast lint synth build clean lock
 
 setup: $(STAMP) node_modules/.installed
 
-$(STAMP): pyproject.toml
+# Exact installs: every package from the hashed lock, nothing resolved on the day; then the
+# project itself (no deps, no build isolation: its build backend is in the lock too).
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
@@ -40,6 +44,19 @@ synth: setup                 ## the real cdk CLI, cdk-nag AwsSolutions on
 
 build: setup
 	$(BIN)/onnxlift build --all
+
+# Re-pin deliberately, then commit the locks on their own. torch is the CPU build on this
+# machine's disk (/opt/wheels); the image locks leave out what their base images ship.
+UV_LOCK := $(BIN)/uv pip compile --quiet --generate-hashes --custom-compile-command "make lock"
+BASE_IMAGE_SHIPS := boto3 botocore s3transfer jmespath python-dateutil six urllib3
+lock: setup
+	$(UV_LOCK) pyproject.toml requirements/build-backend.in --extra dev --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --find-links /opt/wheels -o $(LOCK)
+	$(UV_LOCK) functions/inference/requirements.in --python-version 3.12 \
+		--python-platform x86_64-manylinux_2_28 $(BASE_IMAGE_SHIPS:%=--no-emit-package %) \
+		-o functions/inference/requirements.txt
+	$(UV_LOCK) functions/sagemaker/requirements.in --python-version 3.12 \
+		--python-platform x86_64-manylinux_2_28 -o functions/sagemaker/requirements.txt
 
 clean:
 	rm -rf cdk.out .pytest_cache .ruff_cache

@@ -6,7 +6,7 @@ Method (stated in the report):
   --python-version 3.12 --only-binary=:all:. Both platform tags: onnxruntime 1.32 ships only
   manylinux_2_28 wheels, so a manylinux2014-only install finds none. The Lambda Python 3.12
   base image (Amazon Linux 2023, glibc 2.34) takes manylinux_2_28 wheels.
-- onnxlift: functions/inference/requirements.txt, resolved by pip, + the artifact folder
+- onnxlift: functions/inference/requirements.txt, the image's hashed lock, + the artifact folder
   (model.onnx, manifest, tokenizer) + the handler and onnxlift_serving sources.
 - PyTorch: sentence-transformers and its dependency closure at the versions that produced the
   parity reference, each pinned and installed --no-deps, except torch itself: PyPI's Linux
@@ -33,6 +33,8 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+from onnxlift.lockfile import read_pins
 
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux2014_x86_64")
 PYTHON_VERSION = "3.12"
@@ -80,15 +82,6 @@ def dist_bytes(dist: md.Distribution) -> int:
         if located.is_file():
             total += located.stat().st_size
     return total
-
-
-def requirement_lines(path: Path) -> list[str]:
-    lines = []
-    for raw in path.read_text().splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if line:
-            lines.append(line)
-    return lines
 
 
 def local_closure(roots: Iterable[str]) -> dict[str, str]:
@@ -205,7 +198,10 @@ def run_size(
     download: bool,
     report: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    requirements = requirement_lines(root / "functions" / "inference" / "requirements.txt")
+    requirements = [
+        pin.requirement
+        for pin in read_pins(root / "functions" / "inference" / "requirements.txt").values()
+    ]
     code = dir_bytes(root / "functions" / "inference" / "handler.py") + sum(
         p.stat().st_size for p in (root / "layers" / "runtime" / "onnxlift_serving").glob("*.py")
     )
@@ -219,7 +215,7 @@ def run_size(
         if name not in SEPARATE and not NEVER.match(name) and version != "missing"
     ]
     try:
-        serving_deps = pip_target(requirements, no_deps=False, download=download, report=report)
+        serving_deps = pip_target(requirements, no_deps=True, download=download, report=report)
         torch_deps = (
             pip_target(torch_pins, no_deps=True, download=download, report=report)
             if weights_dir is not None

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from onnxlift_serving import protocol
 
+from onnxlift.lockfile import read_pins
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "functions" / "sagemaker"))
@@ -309,10 +310,12 @@ DOCKERFILE = ROOT / "functions" / "sagemaker" / "Dockerfile"
 
 
 def test_requirements_are_the_gpu_serving_runtime_only() -> None:
-    lines = (DOCKERFILE.parent / "requirements.txt").read_text().splitlines()
+    lines = (DOCKERFILE.parent / "requirements.in").read_text().splitlines()
     pins = dict(line.split("==") for line in lines if line.strip() and not line.startswith("#"))
     assert set(pins) == {"onnxruntime-gpu", "numpy", "tokenizers", "orjson", "gunicorn"}
     assert pins["onnxruntime-gpu"] == "1.31.1"  # CUDA 13 + cuDNN 9 wheels
+    locked = read_pins(DOCKERFILE.parent / "requirements.txt")
+    assert locked["onnxruntime-gpu"].version == "1.31.1" and "onnxruntime" not in locked
 
 
 def test_dockerfile_is_the_byoc_contract_on_a_cuda_runtime_base() -> None:

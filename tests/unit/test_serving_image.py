@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from onnxlift.lockfile import read_pins
 from tests.conftest import ROOT
 
 DOCKERFILE = ROOT / "functions" / "inference" / "Dockerfile"
@@ -37,13 +38,15 @@ def test_serving_runtime_imports_no_build_toolchain() -> None:
 
 
 def test_handler_requirements_are_the_serving_runtime_only() -> None:
-    requirements = (DOCKERFILE.parent / "requirements.txt").read_text().lower()
+    requirements = (DOCKERFILE.parent / "requirements.in").read_text().lower()
     names = {
         line.split("==")[0].split("[")[0].strip()
         for line in requirements.splitlines()
         if line.strip() and not line.startswith("#")
     }
     assert names == {"onnxruntime", "numpy", "tokenizers", "orjson", "aws-lambda-powertools"}
+    locked = read_pins(DOCKERFILE.parent / "requirements.txt")
+    assert not {"torch", "transformers", "onnx", "boto3", "botocore"} & set(locked)
 
 
 @pytest.mark.skipif(
