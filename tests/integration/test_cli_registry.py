@@ -25,6 +25,14 @@ def test_publish_then_list_then_refuse_overwrite(registry: Any, minilm_build: An
     assert [(r["name"], r["version"], r["complete"]) for r in rows] == [("minilm", "1", True)]
     assert rows[0]["parity"] >= rows[0]["threshold"] == 0.99
     assert rows[0]["bytes"] == minilm_build.manifest["bytes"]
+    assert rows[0]["integer_kernels"]["session_config"] == {"session.x64quantprecision": "1"}
+    assert rows[0]["integer_kernels"]["weights_cannot_saturate"] is True
+    assert rows[0]["parity_measured_on"] == minilm_build.manifest["parity"]["measured_on"]
+    flags = " ".join(rows[0]["parity_measured_on"]["flags"]) or "x86_64"
+    assert rows[0]["integer_kernels_summary"].startswith("7-bit weights; x64quantprecision=1")
+    assert rows[0]["integer_kernels_summary"].endswith(f"parity on {flags}")
+    table = runner.invoke(cli, ["list"], env=env, terminal_width=250)
+    assert table.exit_code == 0 and "integer kernels" in table.output
 
     again = runner.invoke(cli, ["publish", "minilm", "--version", "1"], env=env)
     assert again.exit_code == 2

@@ -166,6 +166,10 @@ def test_metadata_ready_and_health(handler: Any, lambda_context: Any, published:
     assert meta["outputs"] == [{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]}]
     assert meta["parameters"]["intra_op_num_threads"] == 1
     assert meta["parameters"]["providers"] == ["CPUExecutionProvider"]
+    assert meta["parameters"]["session_config"] == {"session.x64quantprecision": "1"}
+    assert meta["parameters"]["serving_cpu"]["machine"]
+    assert meta["parameters"]["quantization"]["integer_kernels"]["weights_cannot_saturate"]
+    assert "flags" in meta["parameters"]["parity"]["measured_on"]
     for path in (
         "/v2/models/minilm/ready",
         f"/v2/models/minilm/versions/{published}/ready",
