@@ -79,7 +79,10 @@ def test_python_api_builds_any_module(mode: str, tmp_path: Path) -> None:
 def test_python_api_gate_fails_with_the_figure(tmp_path: Path) -> None:
     from onnxlift.api import build_pytorch
 
-    with pytest.raises(BuildError, match=r"parity gate failed: int8 max_abs_error .* > threshold 1e-09; worst input #"):
+    with pytest.raises(
+        BuildError,
+        match=r"parity gate failed: int8 max_abs_error .* > threshold 1e-09; worst input #",
+    ):
         build_pytorch(
             Scorer(),
             name="scorer",
