@@ -13,10 +13,12 @@ export HF_HUB_OFFLINE := 1
 setup: $(STAMP) node_modules/.installed
 
 # Exact installs: every package from the hashed lock, nothing resolved on the day; then the
-# project itself (no deps, no build isolation: its build backend is in the lock too).
+# project itself (no deps, no build isolation: its build backend is in the lock too). Not
+# --no-deps for the lock: pip then installs dependencies first, and aws-cdk-lib must land after
+# aws-cdk.cloud-assembly-schema, whose files it overwrites with its own.
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/pip install --quiet --require-hashes -r $(LOCK)
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	$(BIN)/pip check
 	touch $@

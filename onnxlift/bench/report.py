@@ -332,7 +332,8 @@ def render_markdown(results: dict[str, Any], plots: list[str]) -> str:
         "",
         f"`{meta['command']}`, {meta['mode']} mode, {meta['generated_at']}, commit "
         f"`{meta['git']['commit']}`{dirty}, "
-        f"{meta['duration_s']:.0f} s. Machine: {meta['machine']['cpu']}, "
+        f"{meta['duration_s']:.0f} s. Machine: {meta['machine']['cpu']} "
+        f"({' '.join(meta['machine'].get('cpu_flags', [])) or 'flags not recorded'}), "
         f"{meta['machine']['cores']} cores, Python {meta['machine']['python']}, onnxruntime "
         f"{meta['versions'].get('onnxruntime')}, torch {meta['versions'].get('torch')}.",
         "",

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from onnxlift_serving.cpu import cpu_facts
+
 from onnxlift.bench import report as report_module
 from onnxlift.bench.alternatives import run_alternatives
 from onnxlift.bench.coldstart import handler_env, run_coldstart
@@ -80,16 +82,6 @@ def _versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             versions[package] = "absent"
     return versions
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _git(root: Path) -> dict[str, Any]:
@@ -394,7 +386,8 @@ def run(config: BenchConfig, report: Report = print) -> dict[str, Any]:
             "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "git": git,
             "machine": {
-                "cpu": _cpu(),
+                "cpu": cpu_facts()["model"],
+                "cpu_flags": cpu_facts()["flags"],  # integer kernels differ by these
                 "cores": len(__import__("os").sched_getaffinity(0)),
                 "python": platform.python_version(),
                 "platform": platform.platform(),

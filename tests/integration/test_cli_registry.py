@@ -31,7 +31,7 @@ def test_publish_then_list_then_refuse_overwrite(registry: Any, minilm_build: An
     flags = " ".join(rows[0]["parity_measured_on"]["flags"]) or "x86_64"
     assert rows[0]["integer_kernels_summary"].startswith("7-bit weights; x64quantprecision=1")
     assert rows[0]["integer_kernels_summary"].endswith(f"parity on {flags}")
-    table = runner.invoke(cli, ["list"], env=env, terminal_width=250)
+    table = runner.invoke(cli, ["list"], env=env | {"COLUMNS": "250"})
     assert table.exit_code == 0 and "integer kernels" in table.output
 
     again = runner.invoke(cli, ["publish", "minilm", "--version", "1"], env=env)

@@ -1,8 +1,8 @@
 """Exact installs: the hashed locks agree with what pyproject.toml and the images ask for.
 
-`make setup` installs requirements/dev.lock with --require-hashes --no-deps, so a dependency
-that pyproject.toml gains but the lock lacks would never be installed, and a stale pin would
-stay forever. These tests fail in both cases; `make lock` re-pins.
+`make setup` installs requirements/dev.lock with --require-hashes, so a dependency that
+pyproject.toml gains but the lock lacks fails the install, and a stale pin would stay forever.
+These tests fail in both cases, before an install does; `make lock` re-pins.
 """
 
 from __future__ import annotations
