@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from onnxlift_serving import contract
+
 from onnxlift.errors import SpecError
 
 # text-embedding: strings -> tokenizer -> pooled embedding; classification: tensors or strings
@@ -28,7 +30,7 @@ DEFAULT_METRIC = {"text-embedding": "min_cosine", "classification": "top1_agreem
 DEFAULT_QUANT = {"pytorch": "dynamic", "keras": "static", "sklearn": "none", "onnx": "none"}
 
 # Lambda's own limits (AWS documentation); a spec outside them cannot deploy.
-LAMBDA_MEMORY_MB = (128, 10_240)
+LAMBDA_MEMORY_MB = contract.LAMBDA_MEMORY_MB
 LAMBDA_TIMEOUT_S = (1, 900)
 
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from onnxlift_serving.contract import LAMBDA_MEMORY_MB
 from onnxlift_serving.sizing import MB, estimate_session_bytes
 
-LAMBDA_MAX_MEMORY_MB = 10_240
+LAMBDA_MAX_MEMORY_MB = LAMBDA_MEMORY_MB[1]
 LAMBDA_MEMORY_HEADROOM = 0.8
 LAMBDA_MAX_ARTIFACT_BYTES = 2 * 1024 * MB
 LAMBDA_MAX_SESSION_BYTES = int(LAMBDA_MAX_MEMORY_MB * LAMBDA_MEMORY_HEADROOM) * MB

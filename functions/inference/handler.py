@@ -7,6 +7,7 @@ onnxruntime session created during the init phase, never on the request path.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -15,6 +16,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from onnxlift_serving import protocol
+from onnxlift_serving.contract import JSON_CONTENT_TYPE, ROUTES, Op, error_body
 from onnxlift_serving.errors import InferenceError
 from onnxlift_serving.service import ModelService, ServiceConfig
 
@@ -31,12 +33,13 @@ if service.ready:
 else:
     logger.error("model failed to load", extra={"error": service.load_error})
 
-JSON = "application/json"
-
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
     return Response(
-        status_code=status, content_type=JSON, body=protocol.dumps(body).decode(), headers=headers
+        status_code=status,
+        content_type=JSON_CONTENT_TYPE,
+        body=protocol.dumps(body).decode(),
+        headers=headers,
     )
 
 
@@ -46,7 +49,7 @@ def _inference_error(error: InferenceError) -> Response:
         logger.error("request failed", extra={"status": error.status, "error": error.message})
     else:
         logger.info("client error", extra={"status": error.status, "error": error.message})
-    return _json(error.status, {"error": error.message}, error.headers)
+    return _json(error.status, error_body(error.message), error.headers)
 
 
 @app.exception_handler(Exception)
@@ -54,50 +57,31 @@ def _unexpected(error: Exception) -> Response:
     # A bug on our side, never the client's: log it whole, answer JSON rather than a bare 502.
     logger.exception("unhandled error")
     return _json(
-        500, {"error": f"internal error ({type(error).__name__}); see the function's logs"}
+        500, error_body(f"internal error ({type(error).__name__}); see the function's logs")
     )
 
 
 @app.not_found
 def _not_found(_: Exception) -> Response:
-    return _json(
-        404, {"error": f"no route for {app.current_event.http_method} {app.current_event.path}"}
-    )
+    event = app.current_event
+    return _json(404, error_body(f"no route for {event.http_method} {event.path}"))
 
 
-@app.get("/v2/health/live")
-def live() -> Response:
+def _health_live(name: str | None, version: str | None) -> Response:
     return _json(200, {"live": True})
 
 
-@app.get("/v2/health/ready")
-def health_ready() -> Response:
+def _health_ready(name: str | None, version: str | None) -> Response:
     return _json(200 if service.ready else 503, {"ready": service.ready})
+
+
+def _metadata(name: str, version: str | None) -> Response:
+    return _json(200, service.metadata(name, version))
 
 
 def _ready(name: str, version: str | None) -> Response:
     ready = service.model_ready(name, version)
     return _json(200 if ready else 503, {"name": name, "ready": ready})
-
-
-@app.get("/v2/models/<name>")
-def metadata(name: str) -> Response:
-    return _json(200, service.metadata(name))
-
-
-@app.get("/v2/models/<name>/versions/<version>")
-def version_metadata(name: str, version: str) -> Response:
-    return _json(200, service.metadata(name, version))
-
-
-@app.get("/v2/models/<name>/ready")
-def model_ready(name: str) -> Response:
-    return _ready(name, None)
-
-
-@app.get("/v2/models/<name>/versions/<version>/ready")
-def version_ready(name: str, version: str) -> Response:
-    return _ready(name, version)
 
 
 @tracer.capture_method
@@ -113,14 +97,25 @@ def _infer(name: str, version: str | None) -> Response:
     return _json(200, result)
 
 
-@app.post("/v2/models/<name>/infer")
-def infer(name: str) -> Response:
-    return _infer(name, None)
+OPERATIONS: dict[Op, Callable[..., Response]] = {
+    Op.HEALTH_LIVE: _health_live,
+    Op.HEALTH_READY: _health_ready,
+    Op.METADATA: _metadata,
+    Op.READY: _ready,
+    Op.INFER: _infer,
+}
 
 
-@app.post("/v2/models/<name>/versions/<version>/infer")
-def version_infer(name: str, version: str) -> Response:
-    return _infer(name, version)
+def _endpoint(operation: Callable[..., Response]) -> Callable[..., Response]:
+    def endpoint(name: str | None = None, version: str | None = None) -> Response:
+        return operation(name, version)
+
+    return endpoint
+
+
+# The route table is the contract's (onnxlift_serving.contract.ROUTES), not spelled here.
+for _route in ROUTES:
+    app.route(_route.powertools_rule, method=_route.method)(_endpoint(OPERATIONS[_route.op]))
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxlift_serving import protocol
+from onnxlift_serving.contract import JSON_CONTENT_TYPE, Env, Op, error_body, match_route
 from onnxlift_serving.errors import BadRequest, InferenceError, NotFound, ServiceUnavailable
 from onnxlift_serving.layout import MANIFEST_FILE
 from onnxlift_serving.service import DEFAULT_MAX_PAYLOAD_BYTES, ModelService, ServiceConfig
@@ -40,10 +40,7 @@ log = logging.getLogger("onnxlift.sagemaker")
 DEFAULT_MODEL_DIR = "/opt/ml/model"
 DEFAULT_PROVIDERS = "CUDAExecutionProvider"
 CUSTOM_ATTRIBUTES = "HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES"
-ROUTES = ("infer", "metadata", "ready", "health-ready", "health-live")
-MODEL_PATH = re.compile(
-    r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<op>/ready|/infer)?$"
-)
+ROUTES = tuple(Op)  # what the onnxlift-route custom attribute may name
 StartResponse = Callable[..., Any]
 
 
@@ -58,17 +55,16 @@ def _manifest_name(model_dir: Path) -> str:
 def config_from_env(env: Mapping[str, str] | None = None) -> ServiceConfig:
     """SM_MODEL_DIR (SageMaker's name) or MODEL_DIR, default /opt/ml/model; CUDA preferred."""
     env = os.environ if env is None else env
-    model_dir = Path(env.get("SM_MODEL_DIR") or env.get("MODEL_DIR") or DEFAULT_MODEL_DIR)
-    threads = env.get("ORT_INTRA_OP_THREADS")
+    model_dir = Path(env.get(Env.SM_MODEL_DIR) or env.get(Env.MODEL_DIR) or DEFAULT_MODEL_DIR)
     return ServiceConfig(
-        name=env.get("MODEL_NAME") or _manifest_name(model_dir),
-        version=env.get("MODEL_VERSION", ""),
+        name=env.get(Env.MODEL_NAME) or _manifest_name(model_dir),
+        version=env.get(Env.MODEL_VERSION, ""),
         source="image",
         model_dir=model_dir,
-        threads=max(1, int(threads)) if threads else default_threads(),
-        max_payload_bytes=int(env.get("MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES)),
+        threads=default_threads(env),
+        max_payload_bytes=int(env.get(Env.MAX_PAYLOAD_BYTES, DEFAULT_MAX_PAYLOAD_BYTES)),
         providers=tuple(
-            p for p in env.get("ORT_PROVIDERS", DEFAULT_PROVIDERS).split(",") if p.strip()
+            p for p in env.get(Env.ORT_PROVIDERS, DEFAULT_PROVIDERS).split(",") if p.strip()
         ),
     )
 
@@ -139,29 +135,29 @@ class ContainerApp:
         if self.ready:
             return 200, {"status": "healthy", "model": self.config.name}
         if self.service is None:
-            return 503, {"error": f"model '{self.config.name}' is loading"}
-        return 503, {
-            "error": f"model '{self.config.name}' is not loaded: {self.service.load_error}"
-        }
+            return 503, error_body(f"model '{self.config.name}' is loading")
+        return 503, error_body(
+            f"model '{self.config.name}' is not loaded: {self.service.load_error}"
+        )
 
     def _operation(
         self, route: str, name: str, version: str | None, body: bytes
     ) -> tuple[int, dict[str, Any]]:
-        if route == "health-live":
+        if route == Op.HEALTH_LIVE:
             return 200, {"live": True}
-        if route == "health-ready":
+        if route == Op.HEALTH_READY:
             return (200 if self.ready else 503), {"ready": self.ready}
         service = self._service()
-        if route == "metadata":
+        if route == Op.METADATA:
             return 200, service.metadata(name, version)
-        if route == "ready":
+        if route == Op.READY:
             ready = service.model_ready(name, version)
             return (200 if ready else 503), {"name": name, "ready": ready}
         return 200, service.infer(body, name, version)
 
     def invocations(self, environ: Mapping[str, Any], body: bytes) -> tuple[int, dict[str, Any]]:
         attributes = parse_custom_attributes(environ.get(CUSTOM_ATTRIBUTES))
-        route = attributes.get("onnxlift-route", "infer")
+        route = attributes.get("onnxlift-route", Op.INFER)
         if route not in ROUTES:
             raise BadRequest(f"onnxlift-route '{route}' is not one of {', '.join(ROUTES)}")
         name = attributes.get("onnxlift-model", self.config.name)
@@ -174,18 +170,10 @@ class ContainerApp:
             return self.ping()
         if path == "/invocations" and method == "POST":
             return self.invocations(environ, body)
-        if path == "/v2/health/live" and method == "GET":
-            return self._operation("health-live", self.config.name, None, body)
-        if path == "/v2/health/ready" and method == "GET":
-            return self._operation("health-ready", self.config.name, None, body)
-        match = MODEL_PATH.match(path)
-        if match:
-            op = match["op"]
-            if method == "GET" and op in (None, "/ready"):
-                route = "ready" if op else "metadata"
-                return self._operation(route, match["name"], match["version"], body)
-            if method == "POST" and op == "/infer":
-                return self._operation("infer", match["name"], match["version"], body)
+        found = match_route(method, path)
+        if found is not None:
+            name = found.name or self.config.name  # the health routes name no model
+            return self._operation(found.op, name, found.version, body)
         raise NotFound(f"no route for {method} {path}")
 
     def _read_body(self, environ: Mapping[str, Any]) -> bytes:
@@ -208,16 +196,16 @@ class ContainerApp:
         except InferenceError as error:
             level = logging.ERROR if error.status >= 500 else logging.INFO
             log.log(level, "%s %s -> %d: %s", method, path, error.status, error.message)
-            status, doc, headers = error.status, {"error": error.message}, error.headers
+            status, doc, headers = error.status, error_body(error.message), error.headers
         except Exception as error:  # our bug, never the client's: log it whole, answer JSON
             log.exception("unhandled error on %s %s", method, path)
             status = 500
-            doc = {"error": f"internal error ({type(error).__name__}); see the container's logs"}
+            doc = error_body(f"internal error ({type(error).__name__}); see the container's logs")
         payload = protocol.dumps(doc)
         start_response(
             f"{status} {_REASONS.get(status, 'Error')}",
             [
-                ("Content-Type", "application/json"),
+                ("Content-Type", JSON_CONTENT_TYPE),
                 ("Content-Length", str(len(payload))),
                 *headers.items(),
             ],

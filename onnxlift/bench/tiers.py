@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 from onnxlift_serving import protocol
+from onnxlift_serving.contract import sandbox_environment, serving_environment
 
 from onnxlift.bench.corpus import batch, v2_body
 from onnxlift.bench.timing import measure_interleaved
@@ -84,19 +85,14 @@ def _env(values: dict[str, str]) -> Iterator[None]:
 def sandbox_env(artifact_folder: Path, *, threads: int) -> dict[str, str]:
     """The environment of a Lambda sandbox at 2,048 MB with this artifact baked in."""
     manifest = json.loads((artifact_folder / "manifest.json").read_text())
-    return {
-        "MODEL_NAME": str(manifest["name"]),
-        "MODEL_VERSION": str(manifest["version"]),
-        "MODEL_SOURCE": "image",
-        "MODEL_DIR": str(artifact_folder),
-        "ORT_INTRA_OP_THREADS": str(threads),
-        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "2048",
-        "AWS_LAMBDA_FUNCTION_NAME": f"onnxlift-{manifest['name']}",
-        "POWERTOOLS_SERVICE_NAME": f"onnxlift-{manifest['name']}",
-        "POWERTOOLS_METRICS_NAMESPACE": "onnxlift",
-        "POWERTOOLS_TRACE_DISABLED": "true",
-        "LOG_LEVEL": "INFO",
-    }
+    name = str(manifest["name"])
+    return serving_environment(
+        name=name,
+        version=str(manifest["version"]),
+        source="image",
+        model_dir=str(artifact_folder),
+        threads=threads,
+    ) | sandbox_environment(name, 2048)
 
 
 def load_handler_module(handler_path: Path, artifact_folder: Path, *, threads: int) -> Any:

@@ -23,10 +23,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from onnxlift_serving.contract import API_GATEWAY_MAX_BODY_BYTES, API_GATEWAY_TIMEOUT_S
+
 from onnxlift.local.lambda_runtime import INVOKE_PATH
 
-API_GATEWAY_MAX_BODY = 10 * 1024 * 1024
-INTEGRATION_TIMEOUT_S = 29.0
+API_GATEWAY_MAX_BODY = API_GATEWAY_MAX_BODY_BYTES
+INTEGRATION_TIMEOUT_S = float(API_GATEWAY_TIMEOUT_S)
 MODEL_ROUTE = re.compile(r"^/v2/models/(?P<name>[^/]+)(?P<rest>/.*)?$")
 VERSION_ROUTE = re.compile(r"^/versions/(?P<version>[^/]+)(?:/.*)?$")
 TEXT_TYPES = ("application/json", "text/")

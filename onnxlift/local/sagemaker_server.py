@@ -35,6 +35,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from onnxlift_serving.artifact import load_artifact
+from onnxlift_serving.contract import SAGEMAKER_PAYLOAD_BYTES, SAGEMAKER_VARIANT, Env, endpoint_name
 from onnxlift_serving.errors import ArtifactError
 
 from onnxlift.local.processes import Child, base_env, free_port, start_child, wait_http
@@ -44,17 +45,12 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SERVE = Path("functions/sagemaker/serve")
 RUNTIME_LAYER = Path("layers/runtime")
 INVOKE_PATH = re.compile(r"^/endpoints/(?P<endpoint>[^/]+)/invocations$")
-ENDPOINT_NAME = "onnxlift-{model}"  # the deployed endpoint's name (infra/sagemaker_endpoint.py)
-MAX_PAYLOAD_BYTES = 6 * 1024 * 1024  # SageMaker real-time InvokeEndpoint
+MAX_PAYLOAD_BYTES = SAGEMAKER_PAYLOAD_BYTES
 INVOCATION_TIMEOUT_S = 60.0  # SageMaker's limit for the container's answer
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
-VARIANT = "AllTraffic"
+VARIANT = SAGEMAKER_VARIANT
 FORWARDED = ("Content-Type", "Accept", "X-Amzn-SageMaker-Custom-Attributes")
-
-
-def endpoint_name(model: str) -> str:
-    return ENDPOINT_NAME.format(model=model)
 
 
 @dataclass(frozen=True)
@@ -315,10 +311,10 @@ def start_container(
     child_env = (
         base_env()
         | {
-            "SM_MODEL_DIR": str(model_dir),
+            Env.SM_MODEL_DIR: str(model_dir),
             "PYTHONPATH": python_path,
-            "ORT_PROVIDERS": "CPUExecutionProvider",
-            "ORT_INTRA_OP_THREADS": str(threads),
+            Env.ORT_PROVIDERS: "CPUExecutionProvider",
+            Env.ORT_INTRA_OP_THREADS: str(threads),
             "SAGEMAKER_GRACEFUL_TIMEOUT": "5",
         }
         | dict(env or {})

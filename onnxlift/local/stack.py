@@ -21,6 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from onnxlift_serving.aliases import DEFAULT_ALIAS
+from onnxlift_serving.contract import (
+    API_GATEWAY_TIMEOUT_S,
+    Env,
+    endpoint_name,
+    sandbox_environment,
+    serving_environment,
+)
 
 from onnxlift import paths
 from onnxlift.build.pipeline import build_model
@@ -30,7 +37,7 @@ from onnxlift.local.gateway import FunctionTarget, Gateway, GatewayConfig
 from onnxlift.local.lambda_runtime import HEALTH_PATH
 from onnxlift.local.moto_server import aws_env, start_moto
 from onnxlift.local.processes import Child, base_env, free_port, port_in_use, start_child, wait_http
-from onnxlift.local.sagemaker_server import LocalSageMaker, endpoint_name, start_sagemaker_models
+from onnxlift.local.sagemaker_server import LocalSageMaker, start_sagemaker_models
 from onnxlift.registry import Registry
 from onnxlift.spec import ModelSpec, discover_specs
 
@@ -132,17 +139,16 @@ class LocalStack:
                     spec.name, version, self.state / "sagemaker-cache"
                 )
                 continue
-            model_env = {
-                "MODEL_NAME": spec.name,
-                "MODEL_VERSION": version,
-                "MODEL_ALIAS": DEFAULT_ALIAS,
-                "ALIAS_TTL_S": str(LOCAL_ALIAS_TTL_S),
-                "MODEL_SOURCE": "registry",
-                "MODEL_BUCKET": LOCAL_BUCKET,
-                "MODEL_CACHE_DIR": str(self.state / "lambda-tmp" / spec.name),
-            }
-            if opts.threads:
-                model_env["ORT_INTRA_OP_THREADS"] = str(opts.threads)
+            model_env = serving_environment(
+                name=spec.name,
+                version=version,
+                source="registry",
+                alias=DEFAULT_ALIAS,
+                alias_ttl_s=LOCAL_ALIAS_TTL_S,
+                bucket=LOCAL_BUCKET,
+                cache_dir=str(self.state / "lambda-tmp" / spec.name),
+                threads=opts.threads or None,
+            )
             self.report(f"starting function {spec.name} (version {version})")
             functions[spec.name] = self._start_function(
                 spec.name, HANDLER, env | model_env, spec.serving.memory_mb, spec.serving.timeout_s
@@ -161,11 +167,13 @@ class LocalStack:
             )
             for name in on_sagemaker:  # the API's thin proxy function, as deployed
                 proxy_env = env | {
-                    "MODEL_NAME": name,
-                    "ENDPOINT_NAME": endpoint_name(name),
+                    Env.MODEL_NAME: name,
+                    Env.ENDPOINT_NAME: endpoint_name(name),
                     "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": self.sagemaker.url,
                 }
-                functions[name] = self._start_function(name, PROXY_HANDLER, proxy_env, 256, 29)
+                functions[name] = self._start_function(
+                    name, PROXY_HANDLER, proxy_env, 256, API_GATEWAY_TIMEOUT_S
+                )
 
         self._wait_for_functions()
         api_key = self._api_key()
@@ -207,18 +215,7 @@ class LocalStack:
     ) -> FunctionTarget:
         """Start one local Lambda sandbox for `handler`, configured through its environment."""
         port = free_port(self.options.host)
-        child_env = (
-            base_env()
-            | env
-            | {
-                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(memory_mb),
-                "AWS_LAMBDA_FUNCTION_NAME": f"onnxlift-{name}",
-                "POWERTOOLS_SERVICE_NAME": f"onnxlift-{name}",
-                "POWERTOOLS_METRICS_NAMESPACE": "onnxlift",
-                "POWERTOOLS_TRACE_DISABLED": "true",
-                "LOG_LEVEL": "INFO",
-            }
-        )
+        child_env = base_env() | env | sandbox_environment(name, memory_mb)
         args = ["-m", "onnxlift.local.lambda_runtime", "--handler",
                 str(self.options.root / handler), "--function-name", name,
                 "--host", self.options.host, "--port", str(port),

@@ -10,6 +10,7 @@ from typing import Any
 import boto3
 import pytest
 from moto import mock_aws
+from onnxlift_serving.contract import sandbox_environment, serving_environment
 
 from tests.conftest import ROOT
 
@@ -45,17 +46,18 @@ def load_handler(
     from onnxlift.local.lambda_runtime import load_handler as import_handler
 
     def load(**env: str) -> Any:
-        settings = {
-            "MODEL_NAME": "minilm",
-            "MODEL_VERSION": published,
-            "MODEL_SOURCE": "registry",
-            "MODEL_BUCKET": BUCKET,
-            "MODEL_CACHE_DIR": str(tmp_path / "models"),
-            "POWERTOOLS_SERVICE_NAME": "onnxlift-minilm",
-            "POWERTOOLS_METRICS_NAMESPACE": "onnxlift",
-            "POWERTOOLS_TRACE_DISABLED": "true",
-            "ORT_INTRA_OP_THREADS": "1",
-        } | env
+        settings = (
+            serving_environment(
+                name="minilm",
+                version=published,
+                source="registry",
+                bucket=BUCKET,
+                cache_dir=str(tmp_path / "models"),
+                threads=1,
+            )
+            | sandbox_environment("minilm", 2048)
+            | env
+        )
         for key, value in settings.items():
             monkeypatch.setenv(key, value)
         sys.modules.pop("handler", None)

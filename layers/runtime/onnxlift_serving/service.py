@@ -20,6 +20,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,13 +28,14 @@ from typing import Any
 from onnxlift_serving import layout, protocol
 from onnxlift_serving.aliases import DEFAULT_ALIAS, read_alias
 from onnxlift_serving.artifact import Artifact, fetch_from_registry, load_artifact
+from onnxlift_serving.contract import LAMBDA_PAYLOAD_BYTES, Env
 from onnxlift_serving.cpu import cpu_facts
 from onnxlift_serving.errors import ArtifactError, NotFound, ServiceUnavailable
 from onnxlift_serving.pipelines import Pipeline, build_pipeline
 from onnxlift_serving.session import create_session, default_threads, integer_kernel_setting
 
 # Lambda's synchronous invocation payload limit; API Gateway itself allows 10 MB.
-DEFAULT_MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
+DEFAULT_MAX_PAYLOAD_BYTES = LAMBDA_PAYLOAD_BYTES
 RELOAD_INTERVAL_S = 5.0
 log = logging.getLogger(__name__)
 
@@ -54,22 +56,23 @@ class ServiceConfig:
     max_loaded_versions: int = 2
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> ServiceConfig:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceConfig:
+        """Read once per sandbox; every name is contract.Env's, every value from `env`."""
         env = dict(os.environ if env is None else env)
-        task_root = env.get("LAMBDA_TASK_ROOT", ".")
+        task_root = env.get(Env.LAMBDA_TASK_ROOT, ".")
         return cls(
-            name=env["MODEL_NAME"],
-            version=env.get("MODEL_VERSION", ""),
-            alias=env.get("MODEL_ALIAS", DEFAULT_ALIAS),
-            source=env.get("MODEL_SOURCE", "image"),
-            model_dir=Path(env.get("MODEL_DIR", f"{task_root}/model")),
-            bucket=env.get("MODEL_BUCKET") or None,
-            cache_dir=Path(env.get("MODEL_CACHE_DIR", "/tmp/onnxlift-models")),
-            threads=default_threads(),
-            max_payload_bytes=int(env.get("MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES)),
-            providers=tuple(p for p in env.get("ORT_PROVIDERS", "").split(",") if p),
-            alias_ttl_s=float(env.get("ALIAS_TTL_S", 30)),
-            max_loaded_versions=int(env.get("MAX_LOADED_VERSIONS", 2)),
+            name=env[Env.MODEL_NAME],
+            version=env.get(Env.MODEL_VERSION, ""),
+            alias=env.get(Env.MODEL_ALIAS, DEFAULT_ALIAS),
+            source=env.get(Env.MODEL_SOURCE, "image"),
+            model_dir=Path(env.get(Env.MODEL_DIR, f"{task_root}/model")),
+            bucket=env.get(Env.MODEL_BUCKET) or None,
+            cache_dir=Path(env.get(Env.MODEL_CACHE_DIR, "/tmp/onnxlift-models")),
+            threads=default_threads(env),
+            max_payload_bytes=int(env.get(Env.MAX_PAYLOAD_BYTES, DEFAULT_MAX_PAYLOAD_BYTES)),
+            providers=tuple(p for p in env.get(Env.ORT_PROVIDERS, "").split(",") if p),
+            alias_ttl_s=float(env.get(Env.ALIAS_TTL_S, 30)),
+            max_loaded_versions=int(env.get(Env.MAX_LOADED_VERSIONS, 2)),
         )
 
 

@@ -14,41 +14,33 @@ kernels); on VNNI and arm64 CPUs, whose kernels sum exactly already, it changes 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
 import onnxruntime as ort
 
+from onnxlift_serving.contract import Env, threads_for_memory
+
 __all__ = [
     "INTEGER_KERNEL_CONFIG",
-    "LAMBDA_MAX_VCPUS",
-    "LAMBDA_MB_PER_VCPU",
     "choose_providers",
     "create_session",
     "default_threads",
     "integer_kernel_setting",
     "session_options",
-    "threads_for_memory",
 ]
-
-# Lambda gives one vCPU per 1,769 MB of memory, six at most; onnxruntime would size its pool
-# from the host's cores instead, oversubscribing the sandbox's CPU share.
-LAMBDA_MB_PER_VCPU = 1769
-LAMBDA_MAX_VCPUS = 6
 
 # onnxruntime's kOrtSessionOptionsAvx2PrecisionMode (onnxruntime_session_options_config_keys.h).
 INTEGER_KERNEL_CONFIG: Final[dict[str, str]] = {"session.x64quantprecision": "1"}
 
 
-def threads_for_memory(memory_mb: int) -> int:
-    return max(1, min(LAMBDA_MAX_VCPUS, memory_mb // LAMBDA_MB_PER_VCPU))
-
-
-def default_threads() -> int:
+def default_threads(env: Mapping[str, str] | None = None) -> int:
     """ORT_INTRA_OP_THREADS if set, else what the Lambda memory size buys, else the cores."""
-    if explicit := os.environ.get("ORT_INTRA_OP_THREADS"):
+    env = os.environ if env is None else env
+    if explicit := env.get(Env.ORT_INTRA_OP_THREADS):
         return max(1, int(explicit))
-    if memory := os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE"):
+    if memory := env.get(Env.LAMBDA_MEMORY):
         return threads_for_memory(int(memory))
     return max(1, len(os.sched_getaffinity(0)))
 

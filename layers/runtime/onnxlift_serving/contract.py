@@ -1,0 +1,210 @@
+"""The serving contract, written once: V2 routes, the error body, environment names, limits.
+
+The Lambda handler, the SageMaker container, the local gateway, the toolkit and infra/ import
+these names; tests/unit/test_contract.py checks that the SageMaker proxy (a separate asset with
+no dependencies) matches the same route table.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final
+
+__all__ = [
+    "API_GATEWAY_MAX_BODY_BYTES",
+    "API_GATEWAY_TIMEOUT_S",
+    "JSON_CONTENT_TYPE",
+    "LAMBDA_MAX_VCPUS",
+    "LAMBDA_MB_PER_VCPU",
+    "LAMBDA_MEMORY_MB",
+    "LAMBDA_PAYLOAD_BYTES",
+    "POWERTOOLS_NAMESPACE",
+    "ROUTES",
+    "SAGEMAKER_PAYLOAD_BYTES",
+    "SAGEMAKER_VARIANT",
+    "Env",
+    "Op",
+    "Route",
+    "RouteMatch",
+    "endpoint_name",
+    "error_body",
+    "function_name",
+    "match_route",
+    "sandbox_environment",
+    "serving_environment",
+    "threads_for_memory",
+]
+
+# -- limits (AWS documentation) -------------------------------------------------------------
+LAMBDA_PAYLOAD_BYTES: Final = 6 * 1024 * 1024  # synchronous invocation request and response
+LAMBDA_MEMORY_MB: Final = (128, 10_240)
+LAMBDA_MB_PER_VCPU: Final = 1769  # one vCPU per 1,769 MB ...
+LAMBDA_MAX_VCPUS: Final = 6  # ... six at most
+API_GATEWAY_MAX_BODY_BYTES: Final = 10 * 1024 * 1024
+API_GATEWAY_TIMEOUT_S: Final = 29  # REST integrations stop waiting here
+SAGEMAKER_PAYLOAD_BYTES: Final = 6 * 1024 * 1024  # InvokeEndpoint
+SAGEMAKER_VARIANT: Final = "AllTraffic"
+
+
+def threads_for_memory(memory_mb: int) -> int:
+    """onnxruntime intra-op threads for a Lambda function of `memory_mb`: its vCPU share.
+
+    onnxruntime would size its pool from the host's cores instead, oversubscribing the share."""
+    return max(1, min(LAMBDA_MAX_VCPUS, memory_mb // LAMBDA_MB_PER_VCPU))
+
+
+def function_name(model: str) -> str:
+    """The Lambda function (and powertools service) name of a model."""
+    return f"onnxlift-{model}"
+
+
+def endpoint_name(model: str) -> str:
+    """The SageMaker endpoint name of a model."""
+    return f"onnxlift-{model}"
+
+
+# -- environment of a serving function or container -----------------------------------------
+class Env(StrEnum):
+    """Environment variable names the serving runtime reads (ServiceConfig.from_env)."""
+
+    MODEL_NAME = "MODEL_NAME"
+    MODEL_VERSION = "MODEL_VERSION"  # baked-in (or pinned) version
+    MODEL_ALIAS = "MODEL_ALIAS"  # the alias that answers unversioned routes (default prod)
+    MODEL_SOURCE = "MODEL_SOURCE"  # image | registry
+    MODEL_DIR = "MODEL_DIR"  # where the baked-in version lies
+    MODEL_BUCKET = "MODEL_BUCKET"  # the registry; unset = no registry
+    MODEL_CACHE_DIR = "MODEL_CACHE_DIR"  # where fetched versions are unpacked
+    ORT_INTRA_OP_THREADS = "ORT_INTRA_OP_THREADS"
+    ORT_PROVIDERS = "ORT_PROVIDERS"  # comma-separated preference; CPU is always last
+    MAX_PAYLOAD_BYTES = "MAX_PAYLOAD_BYTES"
+    ALIAS_TTL_S = "ALIAS_TTL_S"
+    MAX_LOADED_VERSIONS = "MAX_LOADED_VERSIONS"
+    SM_MODEL_DIR = "SM_MODEL_DIR"  # SageMaker's name for MODEL_DIR
+    ENDPOINT_NAME = "ENDPOINT_NAME"  # the SageMaker proxy's target
+    LAMBDA_MEMORY = "AWS_LAMBDA_FUNCTION_MEMORY_SIZE"  # set by Lambda itself
+    LAMBDA_TASK_ROOT = "LAMBDA_TASK_ROOT"  # set by Lambda itself
+
+
+POWERTOOLS_NAMESPACE: Final = "onnxlift"  # CloudWatch metrics namespace
+
+
+def serving_environment(
+    *,
+    name: str,
+    version: str = "",
+    source: str = "image",
+    alias: str | None = None,
+    bucket: str | None = None,
+    model_dir: str | None = None,
+    cache_dir: str | None = None,
+    threads: int | None = None,
+    alias_ttl_s: float | None = None,
+    providers: str | None = None,
+) -> dict[str, str]:
+    """How a serving function or container is configured: ServiceConfig.from_env reads it
+    back. Unset arguments are left out, so the runtime's defaults apply."""
+    values = {
+        Env.MODEL_NAME: name,
+        Env.MODEL_VERSION: version,
+        Env.MODEL_SOURCE: source,
+        Env.MODEL_ALIAS: alias,
+        Env.MODEL_BUCKET: bucket,
+        Env.MODEL_DIR: model_dir,
+        Env.MODEL_CACHE_DIR: cache_dir,
+        Env.ORT_INTRA_OP_THREADS: None if threads is None else str(threads),
+        Env.ALIAS_TTL_S: None if alias_ttl_s is None else str(alias_ttl_s),
+        Env.ORT_PROVIDERS: providers,
+    }
+    return {str(key): value for key, value in values.items() if value is not None}
+
+
+def sandbox_environment(name: str, memory_mb: int, *, tracing: bool = False) -> dict[str, str]:
+    """What Lambda itself (and the function's powertools settings) put in a sandbox of model
+    `name`: for the local stack and bench, which run the handler outside Lambda."""
+    return {
+        Env.LAMBDA_MEMORY: str(memory_mb),
+        "AWS_LAMBDA_FUNCTION_NAME": function_name(name),
+        "POWERTOOLS_SERVICE_NAME": function_name(name),
+        "POWERTOOLS_METRICS_NAMESPACE": POWERTOOLS_NAMESPACE,
+        "POWERTOOLS_TRACE_DISABLED": "false" if tracing else "true",
+        "LOG_LEVEL": "INFO",
+    }
+
+
+# -- the error body ---------------------------------------------------------------------------
+JSON_CONTENT_TYPE: Final = "application/json"
+
+
+def error_body(message: str) -> dict[str, str]:
+    """Every error on every path: `{"error": "..."}`, status in the HTTP response."""
+    return {"error": message}
+
+
+# -- routes (Open Inference Protocol V2) -----------------------------------------------------
+class Op(StrEnum):
+    HEALTH_LIVE = "health-live"
+    HEALTH_READY = "health-ready"
+    METADATA = "metadata"
+    READY = "ready"
+    INFER = "infer"
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    template: str  # {name} and {version} are path parameters
+    op: Op
+
+    @property
+    def powertools_rule(self) -> str:
+        """The template in aws-lambda-powertools' resolver syntax (<name>)."""
+        return re.sub(r"\{(\w+)\}", r"<\1>", self.template)
+
+    @property
+    def pattern(self) -> re.Pattern[str]:
+        return re.compile(
+            "^" + re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(self.template)) + "$"
+        )
+
+
+ROUTES: Final[tuple[Route, ...]] = (
+    Route("GET", "/v2/health/live", Op.HEALTH_LIVE),
+    Route("GET", "/v2/health/ready", Op.HEALTH_READY),
+    Route("GET", "/v2/models/{name}", Op.METADATA),
+    Route("GET", "/v2/models/{name}/versions/{version}", Op.METADATA),
+    Route("GET", "/v2/models/{name}/ready", Op.READY),
+    Route("GET", "/v2/models/{name}/versions/{version}/ready", Op.READY),
+    Route("POST", "/v2/models/{name}/infer", Op.INFER),
+    Route("POST", "/v2/models/{name}/versions/{version}/infer", Op.INFER),
+)
+_COMPILED = tuple((route, route.pattern) for route in ROUTES)
+
+
+@dataclass(frozen=True)
+class RouteMatch:
+    route: Route
+    params: Mapping[str, str]
+
+    @property
+    def op(self) -> Op:
+        return self.route.op
+
+    @property
+    def name(self) -> str | None:
+        return self.params.get("name")
+
+    @property
+    def version(self) -> str | None:
+        return self.params.get("version")
+
+
+def match_route(method: str, path: str) -> RouteMatch | None:
+    """The route `method path` takes, or None (a path known under another method is None too:
+    the caller answers 404 with what it was asked, as API Gateway does)."""
+    for route, pattern in _COMPILED:
+        if route.method == method and (found := pattern.match(path)):
+            return RouteMatch(route, found.groupdict())
+    return None

@@ -1,0 +1,128 @@
+"""The serving contract: one route table, one error body, env names read from the env given.
+
+The SageMaker proxy is a separate Lambda asset without dependencies, so it keeps its own
+matcher; it is held here to the contract's table on every route and on near misses.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from typing import Any
+
+import pytest
+from onnxlift_serving.contract import (
+    LAMBDA_PAYLOAD_BYTES,
+    ROUTES,
+    Env,
+    Op,
+    error_body,
+    match_route,
+    sandbox_environment,
+    serving_environment,
+    threads_for_memory,
+)
+from onnxlift_serving.service import ServiceConfig
+
+from tests.conftest import ROOT
+
+PROXY = ROOT / "functions" / "sagemaker" / "proxy" / "proxy_handler.py"
+SAMPLE = {"name": "minilm", "version": "3"}
+NEAR_MISSES = [
+    ("GET", "/v2/models"),
+    ("GET", "/v2/models/"),
+    ("GET", "/v2/models/minilm/infer"),
+    ("POST", "/v2/models/minilm"),
+    ("POST", "/v2/models/minilm/ready"),
+    ("GET", "/v2/models/minilm/versions"),
+    ("GET", "/v2/models/minilm/versions/3/extra"),
+    ("DELETE", "/v2/models/minilm"),
+    ("POST", "/v2/health/live"),
+    ("GET", "/v2/health"),
+    ("GET", "/v2/models/a/b"),
+]
+
+
+def concrete(template: str) -> str:
+    return template.format(**SAMPLE)
+
+
+@pytest.fixture(scope="module")
+def proxy() -> Any:
+    spec = importlib.util.spec_from_file_location("proxy_contract_probe", PROXY)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in {"AWS_DEFAULT_REGION": "us-east-1", "ENDPOINT_NAME": "x"}.items():
+            patch.setenv(key, value)
+        spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("proxy_contract_probe", None)
+
+
+def test_every_route_matches_itself_with_its_parameters() -> None:
+    assert {r.op for r in ROUTES} == set(Op)
+    for route in ROUTES:
+        found = match_route(route.method, concrete(route.template))
+        assert found is not None and found.route == route
+        assert found.name == (SAMPLE["name"] if "{name}" in route.template else None)
+        assert found.version == (SAMPLE["version"] if "{version}" in route.template else None)
+        assert "<name>" in route.powertools_rule or "{name}" not in route.template
+
+
+@pytest.mark.parametrize(("method", "path"), NEAR_MISSES)
+def test_near_misses_match_nothing(method: str, path: str) -> None:
+    assert match_route(method, path) is None
+
+
+def test_the_sagemaker_proxy_follows_the_same_table(proxy: Any) -> None:
+    for route in ROUTES:
+        op, name, version = proxy._route(route.method, concrete(route.template))
+        found = match_route(route.method, concrete(route.template))
+        assert found is not None
+        assert (op, name, version) == (str(found.op), found.name, found.version)
+    for method, path in NEAR_MISSES:
+        assert proxy._route(method, path) is None, (method, path)
+    assert proxy.MAX_PAYLOAD_BYTES == LAMBDA_PAYLOAD_BYTES
+
+
+def test_error_body_is_one_shape() -> None:
+    assert error_body("bad input") == {"error": "bad input"}
+
+
+def test_service_config_reads_only_the_env_it_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(Env.ORT_INTRA_OP_THREADS, "5")  # must not leak into an explicit env
+    given = {Env.MODEL_NAME: "m", Env.LAMBDA_MEMORY: "3538", Env.MODEL_ALIAS: "canary"}
+    config = ServiceConfig.from_env(given)
+    assert (config.name, config.alias, config.threads) == ("m", "canary", 2)
+    assert ServiceConfig.from_env({**given, Env.ORT_INTRA_OP_THREADS: "3"}).threads == 3
+
+
+@pytest.mark.parametrize(("memory", "threads"), [(128, 1), (1769, 1), (3538, 2), (10240, 5)])
+def test_threads_follow_the_lambda_vcpu_share(memory: int, threads: int) -> None:
+    assert threads_for_memory(memory) == threads
+
+
+def test_the_serving_environment_reads_back_into_the_same_config() -> None:
+    env = serving_environment(
+        name="m",
+        version="4",
+        source="registry",
+        alias="canary",
+        bucket="b",
+        cache_dir="/tmp/c",
+        threads=3,
+        alias_ttl_s=1.5,
+        providers="CUDAExecutionProvider",
+    ) | sandbox_environment("m", 1769)
+    config = ServiceConfig.from_env(env)
+    assert (config.name, config.version, config.source, config.alias) == (
+        "m",
+        "4",
+        "registry",
+        "canary",
+    )
+    assert (config.bucket, str(config.cache_dir), config.threads) == ("b", "/tmp/c", 3)
+    assert (config.alias_ttl_s, config.providers) == (1.5, ("CUDAExecutionProvider",))
+    assert env["POWERTOOLS_SERVICE_NAME"] == "onnxlift-m" and env[Env.LAMBDA_MEMORY] == "1769"
+    assert ServiceConfig.from_env(serving_environment(name="m")).threads >= 1
