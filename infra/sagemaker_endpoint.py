@@ -37,12 +37,11 @@ from aws_cdk import aws_sagemaker as sagemaker
 from constructs import Construct
 
 from infra import nag
-from infra.config import APIGW_INTEGRATION_TIMEOUT_S, LOG_RETENTION_DAYS, ConfigError
+from infra.config import APIGW_INTEGRATION_TIMEOUT_S, LOG_RETENTION_DAYS, SageMakerDeployment
 from infra.registry import ModelRegistry
 
 DOCKERFILE = "functions/sagemaker/Dockerfile"
 PROXY_CODE = "functions/sagemaker/proxy"
-ENDPOINT_NAME = "onnxlift-{model}"  # onnxlift/local/sagemaker_server.py uses the same
 VARIANT = "AllTraffic"
 ARCHIVE = "model.tar.gz"  # onnxlift/sagemaker_artifact.py writes it next to the version
 DATA_CAPTURE_PREFIX = "datacapture"
@@ -58,7 +57,6 @@ SCALING_SERVICE_LINKED_ROLE = (
     "aws-service-role/sagemaker.application-autoscaling.amazonaws.com/"
     "AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint"
 )
-_INSTANCE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
 
 REASON_KMS_NVME = (
     "{instance_type} stores the model and its volume on local NVMe instance storage, which "
@@ -86,10 +84,6 @@ KMS_RULES = tuple(
 )
 
 
-def endpoint_name(model: str) -> str:
-    return ENDPOINT_NAME.format(model=model)
-
-
 def instance_family(instance_type: str) -> str:
     return instance_type.split(".")[1]
 
@@ -101,47 +95,6 @@ def has_local_nvme(instance_type: str) -> bool:
 
 def is_gpu(instance_type: str) -> bool:
     return instance_family(instance_type)[0] in ("g", "p")
-
-
-@dataclass(frozen=True, kw_only=True)
-class SageMakerDeployment:
-    """One model served by a SageMaker real-time endpoint (sizing from its spec)."""
-
-    name: str
-    version: str
-    instance_type: str = "ml.g5.xlarge"
-    initial_instance_count: int = 1
-    min_instances: int = 1
-    max_instances: int = 4
-    # SageMakerVariantInvocationsPerInstance is per minute. A MiniLM-class encoder on one A10G
-    # answers a few hundred batch-8 requests a second; 600/min (10/s) leaves room for larger
-    # models and batches before p95 latency climbs. Tune from a load test per model.
-    target_invocations_per_instance: int = 600
-    data_capture: bool = False
-    data_capture_sampling_percent: int = 10
-
-    def __post_init__(self) -> None:
-        if not _INSTANCE.match(self.instance_type):
-            raise ConfigError(f"model {self.name}: instance_type {self.instance_type!r} is invalid")
-        if not 1 <= self.min_instances <= self.initial_instance_count <= self.max_instances:
-            raise ConfigError(
-                f"model {self.name}: need 1 <= min_instances <= initial_instance_count "
-                f"<= max_instances, got {self.min_instances}, {self.initial_instance_count}, "
-                f"{self.max_instances}"
-            )
-        if self.target_invocations_per_instance < 1:
-            raise ConfigError(f"model {self.name}: target_invocations_per_instance must be >= 1")
-        if not 1 <= self.data_capture_sampling_percent <= 100:
-            raise ConfigError(f"model {self.name}: data_capture_sampling_percent in 1..100")
-
-    @property
-    def endpoint_name(self) -> str:
-        return endpoint_name(self.name)
-
-    @property
-    def image_tag(self) -> str:
-        """Tag of the prebuilt container image (one image serves every SageMaker model)."""
-        return "sagemaker"
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,11 @@ from aws_cdk.assertions import Capture, Match, Template
 from cdk_nag import NIST80053R5Checks
 
 from infra import nag
-from infra.config import ConfigError
+from infra.config import ConfigError, SageMakerDeployment
 from infra.registry import ModelRegistry
 from infra.sagemaker_endpoint import (
     GPU_AMI,
     KMS_RULES,
-    SageMakerDeployment,
     SageMakerEndpoint,
     SageMakerImage,
     acknowledge_findings,
