@@ -22,6 +22,7 @@ InferenceApi routes /v2/models/<name>/... to it without knowing it is a proxy.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,7 @@ from constructs import Construct
 
 from infra import nag
 from infra.config import APIGW_INTEGRATION_TIMEOUT_S, LOG_RETENTION_DAYS, SageMakerDeployment
-from infra.registry import ModelRegistry
+from infra.registry import REASON_MODEL_PREFIX, ModelRegistry
 
 DOCKERFILE = "functions/sagemaker/Dockerfile"
 PROXY_CODE = "functions/sagemaker/proxy"
@@ -329,6 +330,23 @@ class SageMakerEndpoint(Construct):
             environment={"ENDPOINT_NAME": name, "MODEL_NAME": model.name, "LOG_LEVEL": "INFO"},
         )
 
+    def acknowledge_findings(self, *, skip: Collection[str] = ()) -> None:
+        """cdk-nag acknowledgements for this endpoint, each with its reason."""
+        policy = self.role.node.find_child("DefaultPolicy")
+        model_objects = nag.resource_finding(self, self.model_objects_arn)
+        nag.ack(policy, f"{nag.PACK}-IAM5[{model_objects}]", REASON_MODEL_PREFIX, skip=skip)
+        nag.ack(policy, f"{nag.PACK}-IAM5[Resource::*]", REASON_EXECUTION_ROLE_STAR, skip=skip)
+        logs_arn = nag.resource_finding(self, f"{self.endpoint_log_group_arn}:*")
+        nag.ack(policy, f"{nag.PACK}-IAM5[{logs_arn}]", REASON_ENDPOINT_LOGS, skip=skip)
+        if self.capture_objects_arn is not None:
+            capture = nag.resource_finding(self, self.capture_objects_arn)
+            nag.ack(policy, f"{nag.PACK}-IAM5[{capture}]", REASON_DATA_CAPTURE, skip=skip)
+        if self.volume_key is None:
+            # Not in the AwsSolutions pack; the HIPAA, NIST 800-53 and PCI packs check it.
+            reason = REASON_KMS_NVME.format(instance_type=self.model.instance_type)
+            for rule in KMS_RULES:
+                nag.ack(self.endpoint_config, rule, reason, skip=skip)
+
     def _data_capture(
         self, model: SageMakerDeployment, registry: ModelRegistry
     ) -> sagemaker.CfnEndpointConfig.DataCaptureConfigProperty:
@@ -346,29 +364,3 @@ class SageMakerEndpoint(Construct):
                 json_content_types=["application/json"]
             ),
         )
-
-
-def acknowledge_findings(endpoint: SageMakerEndpoint, *, skip: tuple[str, ...] = ()) -> None:
-    """cdk-nag acknowledgements for one endpoint, each with its reason (see infra/nag.py)."""
-    from aws_cdk import Acknowledgment, Validations
-
-    def ack(construct: Construct, rule_id: str, reason: str) -> None:
-        if rule_id in skip or rule_id.split("[", 1)[0] in skip:
-            return
-        Validations.of(construct).acknowledge(Acknowledgment(id=rule_id, reason=reason))
-
-    policy = endpoint.role.node.find_child("DefaultPolicy")
-    stack = Stack.of(endpoint)
-    model_objects = f"{nag.PACK}-IAM5[{nag.resource_finding(stack, endpoint.model_objects_arn)}]"
-    ack(policy, model_objects, nag.REASON_MODEL_PREFIX)
-    ack(policy, f"{nag.PACK}-IAM5[Resource::*]", REASON_EXECUTION_ROLE_STAR)
-    logs_arn = f"{endpoint.endpoint_log_group_arn}:*"
-    ack(policy, f"{nag.PACK}-IAM5[{nag.resource_finding(stack, logs_arn)}]", REASON_ENDPOINT_LOGS)
-    if endpoint.capture_objects_arn is not None:
-        capture = nag.resource_finding(stack, endpoint.capture_objects_arn)
-        ack(policy, f"{nag.PACK}-IAM5[{capture}]", REASON_DATA_CAPTURE)
-    if endpoint.volume_key is None:
-        # Not in the AwsSolutions pack; the HIPAA, NIST 800-53 and PCI packs check it.
-        reason = REASON_KMS_NVME.format(instance_type=endpoint.model.instance_type)
-        for rule in KMS_RULES:
-            ack(endpoint.endpoint_config, rule, reason)

@@ -19,7 +19,6 @@ from infra.sagemaker_endpoint import (
     KMS_RULES,
     SageMakerEndpoint,
     SageMakerImage,
-    acknowledge_findings,
     has_local_nvme,
 )
 from tests.infra.conftest import CDK_CONTEXT, ROOT
@@ -49,7 +48,7 @@ def build(model: SageMakerDeployment, *, acknowledge: bool = True) -> Built:
         stack, "Large", model=model, registry=registry, image=image, project_root=ROOT
     )
     if acknowledge:
-        acknowledge_findings(endpoint)
+        endpoint.acknowledge_findings()
     return Built(app, stack, endpoint, Template.from_stack(stack))
 
 
