@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from aws_cdk import ArnFormat, RemovalPolicy, Size, Stack
 from aws_cdk import aws_apigateway as apigw
@@ -12,10 +12,33 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_wafv2 as wafv2
 from constructs import Construct
 
+from infra import nag
 from infra.config import LOG_RETENTION_DAYS, DeploymentConfig
 from infra.inference_function import InferenceFunction
 
 JSON = "application/json"
+
+REASON_API_KEY_AUTH = (
+    "onnxlift is a machine-to-machine inference API: every method requires an API key "
+    "bound to a usage plan (per-key throttle and quota) and the stage sits behind WAF. "
+    "There are no end users to authenticate, so no IAM/Cognito/Lambda authorizer; put one "
+    "in front if per-user identity is ever needed."
+)
+REASON_COGNITO = (
+    "No Cognito user pool by design: callers are services holding an API key (usage plan), "
+    "not end users; see the APIG4 acknowledgement on the same method."
+)
+REASON_APIGW_ACCOUNT_ROLE = (
+    "API Gateway's CloudWatch role is one per account and region, shared by every REST API "
+    "there; it writes execution logs to service-named groups API-Gateway-Execution-Logs_"
+    "<api-id>/<stage> and access logs to each API's own group, so it needs this account and "
+    "region's log groups. Same actions as the AWS managed AmazonAPIGatewayPushToCloudWatchLogs "
+    "minus its read actions, limited to this account and region."
+)
+REASON_NO_WAF = (
+    "WAF switched off in the deployment config (onnxlift.waf_enabled=false); the API still "
+    "requires an API key and a usage plan throttle on every method."
+)
 
 # One line of JSON per request in the access log group.
 ACCESS_LOG_FIELDS = {
@@ -258,6 +281,29 @@ class InferenceApi(Construct):
             self._account_logging_role()
         if config.waf_enabled:
             self._web_acl(config)
+
+    def acknowledge_findings(self, *, skip: Collection[str] = ()) -> None:
+        """cdk-nag acknowledgements for the API, each with its reason."""
+        # APIG4/COG4 only where the compensating control is really there: a method that
+        # does not require an API key stays a finding.
+        for method in self.methods:
+            cfn_method = method.node.default_child
+            assert isinstance(cfn_method, apigw.CfnMethod)
+            if cfn_method.api_key_required is True:
+                nag.ack(method, f"{nag.PACK}-APIG4", REASON_API_KEY_AUTH, skip=skip)
+                nag.ack(method, f"{nag.PACK}-COG4", REASON_COGNITO, skip=skip)
+
+        if self.cloudwatch_role is not None:
+            log_groups = nag.resource_finding(self, self.log_groups_arn)
+            nag.ack(
+                self.cloudwatch_role,
+                f"{nag.PACK}-IAM5[{log_groups}]",
+                REASON_APIGW_ACCOUNT_ROLE,
+                skip=skip,
+            )
+
+        if self.web_acl is None:
+            nag.ack(self.stage, f"{nag.PACK}-APIG3", REASON_NO_WAF, skip=skip)
 
     # -- routes ------------------------------------------------------------------------
 

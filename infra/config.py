@@ -1,5 +1,8 @@
 """The deployment model: which models to serve and how, read from CDK context.
 
+Plain records only (no constructs): every construct module imports from here, never the
+other way round.
+
 `cdk.json` holds the defaults under `context.onnxlift`; any field can be overridden on the
 command line with a dotted key, e.g. `npx cdk deploy -c onnxlift.image_source=ecr`.
 Per-model sizing (memory, timeout, concurrency) comes from the model specs, not from here.
@@ -33,6 +36,8 @@ LOG_RETENTION_DAYS = {
     2192: "SIX_YEARS", 2557: "SEVEN_YEARS", 2922: "EIGHT_YEARS", 3288: "NINE_YEARS",
     3653: "TEN_YEARS",
 }  # fmt: skip
+# SageMaker endpoint names; onnxlift/local/sagemaker_server.py uses the same.
+SAGEMAKER_ENDPOINT_NAME = "onnxlift-{model}"
 IMAGE_SOURCES = ("asset", "ecr")
 MODEL_SOURCES = ("image", "registry")
 
@@ -41,6 +46,7 @@ _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _STAGE = re.compile(r"^[A-Za-z0-9_]{1,128}$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _ECR_REPO = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
+_INSTANCE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
 
 
 class ConfigError(ValueError):
@@ -86,11 +92,56 @@ class ModelDeployment:
         return f"{self.name}-{self.version}"
 
 
+def endpoint_name(model: str) -> str:
+    """The SageMaker endpoint that serves `model`."""
+    return SAGEMAKER_ENDPOINT_NAME.format(model=model)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SageMakerDeployment:
+    """One model served by a SageMaker real-time endpoint (sizing from its spec)."""
+
+    name: str
+    version: str
+    instance_type: str = "ml.g5.xlarge"
+    initial_instance_count: int = 1
+    min_instances: int = 1
+    max_instances: int = 4
+    # SageMakerVariantInvocationsPerInstance is per minute. A MiniLM-class encoder on one A10G
+    # answers a few hundred batch-8 requests a second; 600/min (10/s) leaves room for larger
+    # models and batches before p95 latency climbs. Tune from a load test per model.
+    target_invocations_per_instance: int = 600
+    data_capture: bool = False
+    data_capture_sampling_percent: int = 10
+
+    def __post_init__(self) -> None:
+        if not _INSTANCE.match(self.instance_type):
+            raise ConfigError(f"model {self.name}: instance_type {self.instance_type!r} is invalid")
+        if not 1 <= self.min_instances <= self.initial_instance_count <= self.max_instances:
+            raise ConfigError(
+                f"model {self.name}: need 1 <= min_instances <= initial_instance_count "
+                f"<= max_instances, got {self.min_instances}, {self.initial_instance_count}, "
+                f"{self.max_instances}"
+            )
+        if self.target_invocations_per_instance < 1:
+            raise ConfigError(f"model {self.name}: target_invocations_per_instance must be >= 1")
+        if not 1 <= self.data_capture_sampling_percent <= 100:
+            raise ConfigError(f"model {self.name}: data_capture_sampling_percent in 1..100")
+
+    @property
+    def endpoint_name(self) -> str:
+        return endpoint_name(self.name)
+
+    @property
+    def image_tag(self) -> str:
+        """Tag of the prebuilt container image (one image serves every SageMaker model)."""
+        return "sagemaker"
+
+
 @dataclass(frozen=True, kw_only=True)
 class DeploymentConfig:
     models: tuple[ModelDeployment, ...]
-    # Models on SageMaker endpoints (infra.sagemaker_endpoint.SageMakerDeployment).
-    sagemaker_models: tuple[Any, ...] = ()
+    sagemaker_models: tuple[SageMakerDeployment, ...] = ()
     registry_bucket_name: str | None = None
     stage_name: str = "v1"
     throttle_rate_limit: float = 50
@@ -178,7 +229,7 @@ def read_context(node: Any) -> dict[str, Any]:
 def config_from_context(
     context: Mapping[str, Any],
     models: list[ModelDeployment],
-    sagemaker_models: Sequence[Any] = (),
+    sagemaker_models: Sequence[SageMakerDeployment] = (),
 ) -> DeploymentConfig:
     """Build the config from the `onnxlift` context dict; unknown keys are an error."""
     unknown = set(context) - set(_FIELDS) - {"models"}
@@ -258,10 +309,8 @@ def models_from_specs(
 
 def sagemaker_from_specs(
     specs: Iterable[Any], context: Mapping[str, Any], project_root: Path | None = None
-) -> list[Any]:
+) -> list[SageMakerDeployment]:
     """SageMaker-served models (target sagemaker, or auto decided so) with their sizing."""
-    from infra.sagemaker_endpoint import SageMakerDeployment
-
     return [
         SageMakerDeployment(
             name=spec.name,

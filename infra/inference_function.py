@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 from aws_cdk import Annotations, Duration, IgnoreMode, RemovalPolicy
@@ -12,16 +13,23 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from infra import nag
 from infra.config import (
     APIGW_INTEGRATION_TIMEOUT_S,
     LOG_RETENTION_DAYS,
     DeploymentConfig,
     ModelDeployment,
 )
-from infra.registry import ModelRegistry
+from infra.registry import REASON_MODEL_PREFIX, ModelRegistry
 
 DOCKERFILE = "functions/inference/Dockerfile"
 ARTIFACTS_DIR = ".onnxlift/artifacts"
+
+REASON_XRAY = (
+    "Active X-Ray tracing: xray:PutTraceSegments and xray:PutTelemetryRecords do not "
+    "support resource-level permissions, so their statement must use Resource '*'. "
+    "A test asserts those two are the only actions on '*'."
+)
 
 
 def image_build_excludes(model: ModelDeployment) -> list[str]:
@@ -76,6 +84,7 @@ class InferenceFunction(Construct):
         )
         self.log_group.grant_write(self.role)
         registry.grant_model_read(self.role, model.name)
+        self.model_objects_arn = registry.model_objects_arn(model.name)
 
         self.function = lambda_.DockerImageFunction(
             self,
@@ -108,6 +117,13 @@ class InferenceFunction(Construct):
                 f"{APIGW_INTEGRATION_TIMEOUT_S} s API Gateway integration timeout; callers get "
                 "504 after 29 s while the function may keep running.",
             )
+
+    def acknowledge_findings(self, *, skip: Collection[str] = ()) -> None:
+        """cdk-nag acknowledgements for this function's role, each with its reason."""
+        policy = self.role.node.find_child("DefaultPolicy")
+        nag.ack(policy, f"{nag.PACK}-IAM5[Resource::*]", REASON_XRAY, skip=skip)
+        model_objects = nag.resource_finding(self, self.model_objects_arn)
+        nag.ack(policy, f"{nag.PACK}-IAM5[{model_objects}]", REASON_MODEL_PREFIX, skip=skip)
 
     def _image_code(
         self, model: ModelDeployment, config: DeploymentConfig, project_root: Path

@@ -9,6 +9,14 @@ from constructs import Construct
 
 ACCESS_LOG_EXPIRY_DAYS = 365
 
+# The IAM5 finding that `grant_model_read` brings; every role it is granted to
+# (inference functions, SageMaker execution roles) acknowledges it with this reason.
+REASON_MODEL_PREFIX = (
+    "Read-only (s3:GetObject, s3:GetObjectVersion) on this model's own registry prefix "
+    "models/<name>/*: the wildcard is the object key under the prefix (versions, manifest, "
+    "assets); other models' prefixes are not covered."
+)
+
 
 class ModelRegistry(Construct):
     """`models/<name>/<version>/...` objects; see onnxlift_serving.layout for the key layout."""

@@ -22,6 +22,7 @@ InferenceApi routes /v2/models/<name>/... to it without knowing it is a proxy.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,12 +38,11 @@ from aws_cdk import aws_sagemaker as sagemaker
 from constructs import Construct
 
 from infra import nag
-from infra.config import APIGW_INTEGRATION_TIMEOUT_S, LOG_RETENTION_DAYS, ConfigError
-from infra.registry import ModelRegistry
+from infra.config import APIGW_INTEGRATION_TIMEOUT_S, LOG_RETENTION_DAYS, SageMakerDeployment
+from infra.registry import REASON_MODEL_PREFIX, ModelRegistry
 
 DOCKERFILE = "functions/sagemaker/Dockerfile"
 PROXY_CODE = "functions/sagemaker/proxy"
-ENDPOINT_NAME = "onnxlift-{model}"  # onnxlift/local/sagemaker_server.py uses the same
 VARIANT = "AllTraffic"
 ARCHIVE = "model.tar.gz"  # onnxlift/sagemaker_artifact.py writes it next to the version
 DATA_CAPTURE_PREFIX = "datacapture"
@@ -58,7 +58,6 @@ SCALING_SERVICE_LINKED_ROLE = (
     "aws-service-role/sagemaker.application-autoscaling.amazonaws.com/"
     "AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint"
 )
-_INSTANCE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
 
 REASON_KMS_NVME = (
     "{instance_type} stores the model and its volume on local NVMe instance storage, which "
@@ -86,10 +85,6 @@ KMS_RULES = tuple(
 )
 
 
-def endpoint_name(model: str) -> str:
-    return ENDPOINT_NAME.format(model=model)
-
-
 def instance_family(instance_type: str) -> str:
     return instance_type.split(".")[1]
 
@@ -101,47 +96,6 @@ def has_local_nvme(instance_type: str) -> bool:
 
 def is_gpu(instance_type: str) -> bool:
     return instance_family(instance_type)[0] in ("g", "p")
-
-
-@dataclass(frozen=True, kw_only=True)
-class SageMakerDeployment:
-    """One model served by a SageMaker real-time endpoint (sizing from its spec)."""
-
-    name: str
-    version: str
-    instance_type: str = "ml.g5.xlarge"
-    initial_instance_count: int = 1
-    min_instances: int = 1
-    max_instances: int = 4
-    # SageMakerVariantInvocationsPerInstance is per minute. A MiniLM-class encoder on one A10G
-    # answers a few hundred batch-8 requests a second; 600/min (10/s) leaves room for larger
-    # models and batches before p95 latency climbs. Tune from a load test per model.
-    target_invocations_per_instance: int = 600
-    data_capture: bool = False
-    data_capture_sampling_percent: int = 10
-
-    def __post_init__(self) -> None:
-        if not _INSTANCE.match(self.instance_type):
-            raise ConfigError(f"model {self.name}: instance_type {self.instance_type!r} is invalid")
-        if not 1 <= self.min_instances <= self.initial_instance_count <= self.max_instances:
-            raise ConfigError(
-                f"model {self.name}: need 1 <= min_instances <= initial_instance_count "
-                f"<= max_instances, got {self.min_instances}, {self.initial_instance_count}, "
-                f"{self.max_instances}"
-            )
-        if self.target_invocations_per_instance < 1:
-            raise ConfigError(f"model {self.name}: target_invocations_per_instance must be >= 1")
-        if not 1 <= self.data_capture_sampling_percent <= 100:
-            raise ConfigError(f"model {self.name}: data_capture_sampling_percent in 1..100")
-
-    @property
-    def endpoint_name(self) -> str:
-        return endpoint_name(self.name)
-
-    @property
-    def image_tag(self) -> str:
-        """Tag of the prebuilt container image (one image serves every SageMaker model)."""
-        return "sagemaker"
 
 
 @dataclass(frozen=True)
@@ -376,6 +330,23 @@ class SageMakerEndpoint(Construct):
             environment={"ENDPOINT_NAME": name, "MODEL_NAME": model.name, "LOG_LEVEL": "INFO"},
         )
 
+    def acknowledge_findings(self, *, skip: Collection[str] = ()) -> None:
+        """cdk-nag acknowledgements for this endpoint, each with its reason."""
+        policy = self.role.node.find_child("DefaultPolicy")
+        model_objects = nag.resource_finding(self, self.model_objects_arn)
+        nag.ack(policy, f"{nag.PACK}-IAM5[{model_objects}]", REASON_MODEL_PREFIX, skip=skip)
+        nag.ack(policy, f"{nag.PACK}-IAM5[Resource::*]", REASON_EXECUTION_ROLE_STAR, skip=skip)
+        logs_arn = nag.resource_finding(self, f"{self.endpoint_log_group_arn}:*")
+        nag.ack(policy, f"{nag.PACK}-IAM5[{logs_arn}]", REASON_ENDPOINT_LOGS, skip=skip)
+        if self.capture_objects_arn is not None:
+            capture = nag.resource_finding(self, self.capture_objects_arn)
+            nag.ack(policy, f"{nag.PACK}-IAM5[{capture}]", REASON_DATA_CAPTURE, skip=skip)
+        if self.volume_key is None:
+            # Not in the AwsSolutions pack; the HIPAA, NIST 800-53 and PCI packs check it.
+            reason = REASON_KMS_NVME.format(instance_type=self.model.instance_type)
+            for rule in KMS_RULES:
+                nag.ack(self.endpoint_config, rule, reason, skip=skip)
+
     def _data_capture(
         self, model: SageMakerDeployment, registry: ModelRegistry
     ) -> sagemaker.CfnEndpointConfig.DataCaptureConfigProperty:
@@ -393,29 +364,3 @@ class SageMakerEndpoint(Construct):
                 json_content_types=["application/json"]
             ),
         )
-
-
-def acknowledge_findings(endpoint: SageMakerEndpoint, *, skip: tuple[str, ...] = ()) -> None:
-    """cdk-nag acknowledgements for one endpoint, each with its reason (see infra/nag.py)."""
-    from aws_cdk import Acknowledgment, Validations
-
-    def ack(construct: Construct, rule_id: str, reason: str) -> None:
-        if rule_id in skip or rule_id.split("[", 1)[0] in skip:
-            return
-        Validations.of(construct).acknowledge(Acknowledgment(id=rule_id, reason=reason))
-
-    policy = endpoint.role.node.find_child("DefaultPolicy")
-    stack = Stack.of(endpoint)
-    model_objects = f"{nag.PACK}-IAM5[{nag.resource_finding(stack, endpoint.model_objects_arn)}]"
-    ack(policy, model_objects, nag.REASON_MODEL_PREFIX)
-    ack(policy, f"{nag.PACK}-IAM5[Resource::*]", REASON_EXECUTION_ROLE_STAR)
-    logs_arn = f"{endpoint.endpoint_log_group_arn}:*"
-    ack(policy, f"{nag.PACK}-IAM5[{nag.resource_finding(stack, logs_arn)}]", REASON_ENDPOINT_LOGS)
-    if endpoint.capture_objects_arn is not None:
-        capture = nag.resource_finding(stack, endpoint.capture_objects_arn)
-        ack(policy, f"{nag.PACK}-IAM5[{capture}]", REASON_DATA_CAPTURE)
-    if endpoint.volume_key is None:
-        # Not in the AwsSolutions pack; the HIPAA, NIST 800-53 and PCI packs check it.
-        reason = REASON_KMS_NVME.format(instance_type=endpoint.model.instance_type)
-        for rule in KMS_RULES:
-            ack(endpoint.endpoint_config, rule, reason)

@@ -87,7 +87,7 @@ def test_each_acknowledgement_is_needed(
     skip: str, expected: set[str], build_app, project_root: Path, tmp_path: Path
 ) -> None:
     app, stack = fresh(build_app, project_root, tmp_path, acknowledge_nag_findings=False)
-    nag.acknowledge_findings(stack, skip={skip})
+    stack.acknowledge_findings(skip={skip})
     assert rule_ids(nag.findings(app)) == expected
 
 
@@ -95,7 +95,7 @@ def test_api_key_acknowledgements_cover_every_method(
     build_app, project_root: Path, tmp_path: Path
 ) -> None:
     app, stack = fresh(build_app, project_root, tmp_path, acknowledge_nag_findings=False)
-    nag.acknowledge_findings(stack, skip={"AwsSolutions-APIG4"})
+    stack.acknowledge_findings(skip={"AwsSolutions-APIG4"})
     paths = {f.construct_path for f in nag.findings(app)}
     assert len(paths) == len(stack.api.methods) == 10
 

@@ -12,15 +12,13 @@ from aws_cdk.assertions import Capture, Match, Template
 from cdk_nag import NIST80053R5Checks
 
 from infra import nag
-from infra.config import ConfigError
+from infra.config import ConfigError, SageMakerDeployment
 from infra.registry import ModelRegistry
 from infra.sagemaker_endpoint import (
     GPU_AMI,
     KMS_RULES,
-    SageMakerDeployment,
     SageMakerEndpoint,
     SageMakerImage,
-    acknowledge_findings,
     has_local_nvme,
 )
 from tests.infra.conftest import CDK_CONTEXT, ROOT
@@ -50,7 +48,7 @@ def build(model: SageMakerDeployment, *, acknowledge: bool = True) -> Built:
         stack, "Large", model=model, registry=registry, image=image, project_root=ROOT
     )
     if acknowledge:
-        acknowledge_findings(endpoint)
+        endpoint.acknowledge_findings()
     return Built(app, stack, endpoint, Template.from_stack(stack))
 
 
