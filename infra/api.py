@@ -11,6 +11,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_wafv2 as wafv2
 from constructs import Construct
+from onnxlift_serving.contract import ROUTES, Op
 
 from infra import nag
 from infra.config import LOG_RETENTION_DAYS, DeploymentConfig
@@ -330,30 +331,30 @@ class InferenceApi(Construct):
         return method
 
     def _routes(self, functions: Sequence[InferenceFunction]) -> None:
-        v2 = self.api.root.add_resource("v2")
-
+        """The contract's V2 route table: health on the first function, each model's routes
+        under its literal name on its own function."""
         health_backend = apigw.LambdaIntegration(functions[0].function, allow_test_invoke=False)
-        health = v2.add_resource("health")
-        for probe in ("live", "ready"):
-            self._method(health.add_resource(probe), "GET", health_backend)
+        health = [r for r in ROUTES if "{name}" not in r.template]
+        for route in health:
+            self._method(
+                self.api.root.resource_for_path(route.template), route.method, health_backend
+            )
 
-        models = v2.add_resource("models")
         for fn in functions:
             backend = apigw.LambdaIntegration(fn.function, allow_test_invoke=False)
-            model = models.add_resource(fn.model.name)
-            self._method(model, "GET", backend)
-            self._method(model.add_resource("ready"), "GET", backend)
-            self._method(model.add_resource("infer"), "POST", backend, body_model=self.infer_model)
-            version = model.add_resource("versions").add_resource("{version}")
-            self._method(version, "GET", backend, path_params=["version"])
-            self._method(version.add_resource("ready"), "GET", backend, path_params=["version"])
-            self._method(
-                version.add_resource("infer"),
-                "POST",
-                backend,
-                path_params=["version"],
-                body_model=self.infer_model,
-            )
+            for route in ROUTES:
+                if route in health:
+                    continue
+                self._method(
+                    self.api.root.resource_for_path(
+                        route.template.replace("{name}", fn.model.name)
+                    ),
+                    route.method,
+                    backend,
+                    path_params=["version"] if "{version}" in route.template else (),
+                    body_model=self.infer_model if route.op is Op.INFER else None,
+                )
+        models = self.api.root.resource_for_path("/v2/models")
 
         # Any other model name: literal resources win over {name}, so this only answers
         # for models that are not deployed.

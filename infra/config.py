@@ -18,15 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from onnxlift_serving import contract
+
 CONTEXT_KEY = "onnxlift"
 
-# Lambda gives a function one vCPU per 1,769 MB of memory, up to 6 vCPUs at 10,240 MB.
-MB_PER_VCPU = 1769
-MAX_VCPUS = 6
-LAMBDA_MEMORY_MB = (128, 10_240)
+# The AWS limits are the serving contract's (onnxlift_serving.contract); infra adds its own.
+LAMBDA_MEMORY_MB = contract.LAMBDA_MEMORY_MB
 LAMBDA_MAX_TIMEOUT_S = 900
 # API Gateway REST integrations time out after 29 s (raisable by quota for regional APIs only).
-APIGW_INTEGRATION_TIMEOUT_S = 29
+APIGW_INTEGRATION_TIMEOUT_S = contract.API_GATEWAY_TIMEOUT_S
 # The retention periods CloudWatch Logs accepts, with their aws_logs.RetentionDays member.
 LOG_RETENTION_DAYS = {
     1: "ONE_DAY", 3: "THREE_DAYS", 5: "FIVE_DAYS", 7: "ONE_WEEK", 14: "TWO_WEEKS",
@@ -36,8 +36,6 @@ LOG_RETENTION_DAYS = {
     2192: "SIX_YEARS", 2557: "SEVEN_YEARS", 2922: "EIGHT_YEARS", 3288: "NINE_YEARS",
     3653: "TEN_YEARS",
 }  # fmt: skip
-# SageMaker endpoint names; onnxlift/local/sagemaker_server.py uses the same.
-SAGEMAKER_ENDPOINT_NAME = "onnxlift-{model}"
 IMAGE_SOURCES = ("asset", "ecr")
 MODEL_SOURCES = ("image", "registry")
 
@@ -84,7 +82,7 @@ class ModelDeployment:
     @property
     def ort_threads(self) -> int:
         """onnxruntime intra-op threads: the vCPUs Lambda gives this much memory."""
-        return max(1, min(MAX_VCPUS, self.memory_mb // MB_PER_VCPU))
+        return contract.threads_for_memory(self.memory_mb)
 
     @property
     def image_tag(self) -> str:
@@ -93,8 +91,8 @@ class ModelDeployment:
 
 
 def endpoint_name(model: str) -> str:
-    """The SageMaker endpoint that serves `model`."""
-    return SAGEMAKER_ENDPOINT_NAME.format(model=model)
+    """The SageMaker endpoint that serves `model` (the local stack names it the same way)."""
+    return contract.endpoint_name(model)
 
 
 @dataclass(frozen=True, kw_only=True)

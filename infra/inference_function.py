@@ -12,6 +12,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
+from onnxlift_serving import contract
 
 from infra import nag
 from infra.config import (
@@ -98,14 +99,16 @@ class InferenceFunction(Construct):
             tracing=lambda_.Tracing.ACTIVE,
             role=self.role,
             log_group=self.log_group,
-            environment={
-                "MODEL_NAME": model.name,
-                "MODEL_VERSION": model.version,
-                "MODEL_SOURCE": config.model_source,
-                "MODEL_BUCKET": registry.bucket.bucket_name,
-                "ORT_INTRA_OP_THREADS": str(model.ort_threads),
-                "POWERTOOLS_SERVICE_NAME": f"onnxlift-{model.name}",
-                "POWERTOOLS_METRICS_NAMESPACE": "onnxlift",
+            environment=contract.serving_environment(
+                name=model.name,
+                version=model.version,
+                source=config.model_source,
+                bucket=registry.bucket.bucket_name,
+                threads=model.ort_threads,
+            )
+            | {
+                "POWERTOOLS_SERVICE_NAME": contract.function_name(model.name),
+                "POWERTOOLS_METRICS_NAMESPACE": contract.POWERTOOLS_NAMESPACE,
                 "LOG_LEVEL": "INFO",
             },
         )

@@ -36,6 +36,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sagemaker as sagemaker
 from constructs import Construct
+from onnxlift_serving import contract
 
 from infra import nag
 from infra.config import APIGW_INTEGRATION_TIMEOUT_S, LOG_RETENTION_DAYS, SageMakerDeployment
@@ -43,7 +44,7 @@ from infra.registry import REASON_MODEL_PREFIX, ModelRegistry
 
 DOCKERFILE = "functions/sagemaker/Dockerfile"
 PROXY_CODE = "functions/sagemaker/proxy"
-VARIANT = "AllTraffic"
+VARIANT = contract.SAGEMAKER_VARIANT
 ARCHIVE = "model.tar.gz"  # onnxlift/sagemaker_artifact.py writes it next to the version
 DATA_CAPTURE_PREFIX = "datacapture"
 # NVIDIA driver 580 / CUDA 13.0: what onnxruntime-gpu 1.31 in the image needs.
@@ -215,11 +216,9 @@ class SageMakerEndpoint(Construct):
                 image=image.uri,
                 model_data_url=self.model_data_url,
                 mode="SingleModel",
-                environment={
-                    "MODEL_NAME": model.name,
-                    "MODEL_VERSION": model.version,
-                    "ORT_PROVIDERS": "CUDAExecutionProvider",
-                },
+                environment=contract.serving_environment(
+                    name=model.name, version=model.version, providers="CUDAExecutionProvider"
+                ),
             ),
         )
         self.cfn_model.node.add_dependency(self.role)  # its policy must exist before CreateModel
@@ -327,7 +326,11 @@ class SageMakerEndpoint(Construct):
             timeout=Duration.seconds(APIGW_INTEGRATION_TIMEOUT_S),
             role=self.proxy_role,
             log_group=self.log_group,
-            environment={"ENDPOINT_NAME": name, "MODEL_NAME": model.name, "LOG_LEVEL": "INFO"},
+            environment={
+                str(contract.Env.ENDPOINT_NAME): name,
+                str(contract.Env.MODEL_NAME): model.name,
+                "LOG_LEVEL": "INFO",
+            },
         )
 
     def acknowledge_findings(self, *, skip: Collection[str] = ()) -> None:

@@ -95,7 +95,7 @@ def serving_environment(
     *,
     name: str,
     version: str = "",
-    source: str = "image",
+    source: str | None = None,  # image (the default) | registry
     alias: str | None = None,
     bucket: str | None = None,
     model_dir: str | None = None,
