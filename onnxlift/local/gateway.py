@@ -23,7 +23,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from onnxlift_serving.contract import API_GATEWAY_MAX_BODY_BYTES, API_GATEWAY_TIMEOUT_S
+from onnxlift_serving.contract import (
+    API_GATEWAY_MAX_BODY_BYTES,
+    API_GATEWAY_TIMEOUT_S,
+    JSON_CONTENT_TYPE,
+    error_body,
+)
 
 from onnxlift.local.lambda_runtime import INVOKE_PATH
 
@@ -289,6 +294,6 @@ def _error(
 ) -> tuple[int, dict[str, str], bytes]:
     return (
         status,
-        {"Content-Type": "application/json", **(headers or {})},
-        json.dumps({"error": message}).encode(),
+        {"Content-Type": JSON_CONTENT_TYPE, **(headers or {})},
+        json.dumps(error_body(message)).encode(),
     )
