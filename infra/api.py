@@ -11,7 +11,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_wafv2 as wafv2
 from constructs import Construct
-from onnxlift_serving.contract import ROUTES, Op
+from onnxlift_serving.contract import MODELS_PREFIX, ROUTES, Op
 
 from infra import nag
 from infra.config import LOG_RETENTION_DAYS, DeploymentConfig
@@ -354,7 +354,7 @@ class InferenceApi(Construct):
                     path_params=["version"] if "{version}" in route.template else (),
                     body_model=self.infer_model if route.op is Op.INFER else None,
                 )
-        models = self.api.root.resource_for_path("/v2/models")
+        models = self.api.root.resource_for_path(MODELS_PREFIX.rstrip("/"))
 
         # Any other model name: literal resources win over {name}, so this only answers
         # for models that are not deployed.

@@ -24,7 +24,7 @@ CONTEXT_KEY = "onnxlift"
 
 # The AWS limits are the serving contract's (onnxlift_serving.contract); infra adds its own.
 LAMBDA_MEMORY_MB = contract.LAMBDA_MEMORY_MB
-LAMBDA_MAX_TIMEOUT_S = 900
+LAMBDA_MAX_TIMEOUT_S = contract.LAMBDA_TIMEOUT_S[1]
 # API Gateway REST integrations time out after 29 s (raisable by quota for regional APIs only).
 APIGW_INTEGRATION_TIMEOUT_S = contract.API_GATEWAY_TIMEOUT_S
 # The retention periods CloudWatch Logs accepts, with their aws_logs.RetentionDays member.

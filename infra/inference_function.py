@@ -149,7 +149,10 @@ class InferenceFunction(Construct):
         return lambda_.DockerImageCode.from_image_asset(
             str(project_root),
             file=DOCKERFILE,
-            build_args={"MODEL_NAME": model.name, "MODEL_VERSION": model.version},
+            build_args={
+                str(contract.Env.MODEL_NAME): model.name,
+                str(contract.Env.MODEL_VERSION): model.version,
+            },
             platform=ecr_assets.Platform.LINUX_AMD64,
             display_name=f"onnxlift-{model.name}-{model.version}",
             ignore_mode=IgnoreMode.DOCKER,

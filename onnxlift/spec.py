@@ -31,7 +31,7 @@ DEFAULT_QUANT = {"pytorch": "dynamic", "keras": "static", "sklearn": "none", "on
 
 # Lambda's own limits (AWS documentation); a spec outside them cannot deploy.
 LAMBDA_MEMORY_MB = contract.LAMBDA_MEMORY_MB
-LAMBDA_TIMEOUT_S = (1, 900)
+LAMBDA_TIMEOUT_S = contract.LAMBDA_TIMEOUT_S
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,7 +74,7 @@ class ParitySpec:
 class ServingSpec:
     target: str = "lambda"
     memory_mb: int = 2048
-    timeout_s: int = 29
+    timeout_s: int = contract.API_GATEWAY_TIMEOUT_S
     reserved_concurrency: int = 10
     max_batch: int = 64
     # SageMaker (target sagemaker, or auto deciding so)

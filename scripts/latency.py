@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from onnxlift_serving.contract import MODELS_PREFIX, infer_path
+
 
 def example(tensor: dict, batch: int) -> dict:
     """A request tensor of `batch` rows shaped like the model's input signature."""
@@ -44,10 +46,10 @@ def main() -> None:
         raise SystemExit(f"refusing to load a non-loopback URL: {info['url']}")
     headers = {"x-api-key": info["api_key"], "content-type": "application/json"}
     connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
-    connection.request("GET", f"/v2/models/{args.model}", headers=headers)
+    connection.request("GET", f"{MODELS_PREFIX}{args.model}", headers=headers)
     metadata = json.loads(connection.getresponse().read())
     body = json.dumps({"inputs": [example(t, args.batch) for t in metadata["inputs"]]})
-    path = f"/v2/models/{args.model}/infer"
+    path = infer_path(args.model)
     timings = []
     for i in range(args.warmup + args.requests):
         started = time.perf_counter()

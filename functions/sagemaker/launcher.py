@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from onnxlift_serving.contract import Env
 from onnxlift_serving.sizing import cpu_worker_plan
 
 DEFAULT_BIND = "0.0.0.0:8080"  # the contract: SageMaker sends /ping and /invocations to 8080
@@ -98,13 +99,13 @@ def plan_workers(
         gpus = 0
     if explicit:
         reason = "SAGEMAKER_WORKERS"
-    if env.get("ORT_INTRA_OP_THREADS"):
-        ort_threads = int(env["ORT_INTRA_OP_THREADS"])
+    if env.get(Env.ORT_INTRA_OP_THREADS):
+        ort_threads = int(env[Env.ORT_INTRA_OP_THREADS])
     return Plan(max(1, workers), max(1, threads), max(1, ort_threads), gpus, reason)
 
 
 def _model_bytes(env: Mapping[str, str]) -> int:
-    model_dir = Path(env.get("SM_MODEL_DIR") or env.get("MODEL_DIR") or "/opt/ml/model")
+    model_dir = Path(env.get(Env.SM_MODEL_DIR) or env.get(Env.MODEL_DIR) or "/opt/ml/model")
     try:
         return (model_dir / "model.onnx").stat().st_size
     except OSError:
@@ -195,10 +196,10 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> No
         model_bytes=_model_bytes(env),
     )
     # Read in each worker by wsgi.config_from_env and the pre_fork hook.
-    env["ORT_INTRA_OP_THREADS"] = str(plan.ort_threads)
+    env[Env.ORT_INTRA_OP_THREADS] = str(plan.ort_threads)
     env["ONNXLIFT_GPUS"] = str(plan.gpus)
     if not cuda:
-        env.setdefault("ORT_PROVIDERS", "CPUExecutionProvider")
+        env.setdefault(Env.ORT_PROVIDERS, "CPUExecutionProvider")
     logging.getLogger("onnxlift.sagemaker").info(
         "serving on %s: %d worker(s) x %d threads, %d onnxruntime threads each (%s); "
         "CUDA provider %s",

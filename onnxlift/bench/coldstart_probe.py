@@ -42,7 +42,9 @@ def main() -> None:
         sys.modules["handler"] = module
         spec.loader.exec_module(module)  # imports + model load: the Lambda init phase
         marks["imports"] = marks["load"] = time.perf_counter()
-        name = os.environ["MODEL_NAME"]
+        from onnxlift_serving.contract import Env  # already loaded by the handler
+
+        name = os.environ[Env.MODEL_NAME]
         event = json.loads(os.environ["ONNXLIFT_BENCH_EVENT"])  # built by the parent
 
         class Context:

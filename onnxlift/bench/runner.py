@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from onnxlift_serving.contract import infer_path
 from onnxlift_serving.cpu import cpu_facts
 
 from onnxlift.bench import report as report_module
@@ -306,7 +307,7 @@ def run_cold_and_size(
     timings = model["section_seconds"]
     started = time.perf_counter()
     report(f"{name}: cold start")
-    path = f"/v2/models/{name}/infer"
+    path = infer_path(name)
     event = build_event(
         method="POST",
         path=path,

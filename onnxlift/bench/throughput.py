@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from onnxlift_serving.contract import infer_path
+
 from onnxlift.bench.corpus import v2_body
 from onnxlift.bench.tiers import GatewayClient
 from onnxlift.bench.timing import summarize
@@ -180,7 +182,7 @@ def run_throughput(
     max_seconds: float = 30.0,
     report: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    path, body = f"/v2/models/{name}/infer", v2_body([text])
+    path, body = infer_path(name), v2_body([text])
     limit = cores() * 1000.0 / floor_ms
     results: dict[str, Any] = {
         "cores": cores(),

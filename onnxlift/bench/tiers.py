@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 from onnxlift_serving import protocol
-from onnxlift_serving.contract import sandbox_environment, serving_environment
+from onnxlift_serving.contract import infer_path, sandbox_environment, serving_environment
 
 from onnxlift.bench.corpus import batch, v2_body
 from onnxlift.bench.timing import measure_interleaved
@@ -114,7 +114,7 @@ def handler_call(module: Any, name: str, texts: list[str]) -> Callable[[], dict[
     from onnxlift.local.gateway import FunctionTarget, GatewayConfig, build_event
     from onnxlift.local.lambda_runtime import LocalContext
 
-    path = f"/v2/models/{name}/infer"
+    path = infer_path(name)
     config = GatewayConfig(
         api_key="bench",
         functions={name: FunctionTarget(name, "127.0.0.1", 0)},
@@ -196,7 +196,7 @@ def run_tiers(
             calls["v2"] = lambda body=body: protocol.dumps(module.service.infer(body, name))
             calls["handler"] = invoke
             if client is not None:
-                path = f"/v2/models/{name}/infer"
+                path = infer_path(name)
                 calls["http"] = lambda body=body, path=path: client.post(path, body)
             row: dict[str, Any] = {
                 "texts": size,

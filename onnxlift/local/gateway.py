@@ -26,7 +26,9 @@ from urllib.parse import parse_qs, urlsplit
 from onnxlift_serving.contract import (
     API_GATEWAY_MAX_BODY_BYTES,
     API_GATEWAY_TIMEOUT_S,
+    HEALTH_PATHS,
     JSON_CONTENT_TYPE,
+    MODELS_PREFIX,
     error_body,
 )
 
@@ -34,7 +36,7 @@ from onnxlift.local.lambda_runtime import INVOKE_PATH
 
 API_GATEWAY_MAX_BODY = API_GATEWAY_MAX_BODY_BYTES
 INTEGRATION_TIMEOUT_S = float(API_GATEWAY_TIMEOUT_S)
-MODEL_ROUTE = re.compile(r"^/v2/models/(?P<name>[^/]+)(?P<rest>/.*)?$")
+MODEL_ROUTE = re.compile(rf"^{re.escape(MODELS_PREFIX)}(?P<name>[^/]+)(?P<rest>/.*)?$")
 VERSION_ROUTE = re.compile(r"^/versions/(?P<version>[^/]+)(?:/.*)?$")
 TEXT_TYPES = ("application/json", "text/")
 
@@ -128,19 +130,19 @@ def build_event(
 
 def resolve_route(path: str, config: GatewayConfig) -> tuple[str, str, dict[str, str]] | None:
     """(function, resource, path parameters) for a path, like the deployed API's resources."""
-    if path in ("/v2/health/live", "/v2/health/ready"):
+    if path in HEALTH_PATHS:
         return config.default_function, path, {}
     match = MODEL_ROUTE.match(path)
     if not match:
         return None
     name, rest = match["name"], match["rest"] or ""
     if name not in config.functions:
-        return "", "/v2/models/{name}/{proxy+}", {"name": name}
+        return "", f"{MODELS_PREFIX}{{name}}/{{proxy+}}", {"name": name}
     version = VERSION_ROUTE.match(rest)
     if version:
-        resource = f"/v2/models/{name}" + rest.replace(version["version"], "{version}", 1)
+        resource = f"{MODELS_PREFIX}{name}" + rest.replace(version["version"], "{version}", 1)
         return name, resource, {"version": version["version"]}
-    return name, f"/v2/models/{name}{rest}", {}
+    return name, f"{MODELS_PREFIX}{name}{rest}", {}
 
 
 class Gateway:

@@ -28,6 +28,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from onnxlift_serving.contract import Env
+
 INVOKE_PATH = "/2015-03-31/functions/function/invocations"
 HEALTH_PATH = "/2015-03-31/functions/function/health"
 
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--memory-mb",
         type=int,
-        default=int(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", 2048)),
+        default=int(os.environ.get(Env.LAMBDA_MEMORY, 2048)),
     )
     parser.add_argument("--timeout-s", type=int, default=30)
     args = parser.parse_args(argv)

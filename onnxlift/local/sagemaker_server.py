@@ -35,7 +35,13 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from onnxlift_serving.artifact import load_artifact
-from onnxlift_serving.contract import SAGEMAKER_PAYLOAD_BYTES, SAGEMAKER_VARIANT, Env, endpoint_name
+from onnxlift_serving.contract import (
+    SAGEMAKER_INVOCATION_TIMEOUT_S,
+    SAGEMAKER_PAYLOAD_BYTES,
+    SAGEMAKER_VARIANT,
+    Env,
+    endpoint_name,
+)
 from onnxlift_serving.errors import ArtifactError
 
 from onnxlift.local.processes import Child, base_env, free_port, start_child, wait_http
@@ -46,7 +52,7 @@ SERVE = Path("functions/sagemaker/serve")
 RUNTIME_LAYER = Path("layers/runtime")
 INVOKE_PATH = re.compile(r"^/endpoints/(?P<endpoint>[^/]+)/invocations$")
 MAX_PAYLOAD_BYTES = SAGEMAKER_PAYLOAD_BYTES
-INVOCATION_TIMEOUT_S = 60.0  # SageMaker's limit for the container's answer
+INVOCATION_TIMEOUT_S = float(SAGEMAKER_INVOCATION_TIMEOUT_S)
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
 VARIANT = SAGEMAKER_VARIANT

@@ -25,6 +25,7 @@ from onnxlift_serving.contract import (
     API_GATEWAY_TIMEOUT_S,
     Env,
     endpoint_name,
+    infer_path,
     sandbox_environment,
     serving_environment,
 )
@@ -192,7 +193,7 @@ class LocalStack:
             "aws_endpoint_url": endpoint,
             "registry_bucket": LOCAL_BUCKET,
             "models": {
-                name: {"version": v, "infer_url": f"{self.gateway.url}/v2/models/{name}/infer"}
+                name: {"version": v, "infer_url": f"{self.gateway.url}{infer_path(name)}"}
                 for name, v in served.items()
             },
             "logs": str(logs),
@@ -203,7 +204,7 @@ class LocalStack:
         self.info_path.write_text(json.dumps(self.info, indent=2))
         self.info_path.chmod(0o600)
         self.info["curl"] = (
-            f"curl -s {self.gateway.url}/v2/models/{first}/infer -H 'x-api-key: {api_key}' "
+            f"curl -s {self.gateway.url}{infer_path(first)} -H 'x-api-key: {api_key}' "
             "-H 'content-type: application/json' "
             '-d \'{"inputs":[{"name":"text","shape":[2],"datatype":"BYTES",'
             '"data":["first sentence","second one"]}]}\''

@@ -6,8 +6,10 @@ matcher; it is held here to the contract's table on every route and on near miss
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -126,3 +128,50 @@ def test_the_serving_environment_reads_back_into_the_same_config() -> None:
     assert (config.alias_ttl_s, config.providers) == (1.5, ("CUDAExecutionProvider",))
     assert env["POWERTOOLS_SERVICE_NAME"] == "onnxlift-m" and env[Env.LAMBDA_MEMORY] == "1769"
     assert ServiceConfig.from_env(serving_environment(name="m")).threads >= 1
+
+
+# -- nothing else spells the contract ---------------------------------------------------------
+SPELLERS = ["onnxlift", "layers", "functions", "infra", "scripts", "app.py"]
+CONTRACT = ROOT / "layers" / "runtime" / "onnxlift_serving" / "contract.py"
+# The proxy is a dependency-free asset: its own matcher is held to ROUTES above.
+OWN_COPY = {PROXY}
+
+
+def contract_spellings(source: str) -> list[str]:
+    """String literals (docstrings aside) that spell a V2 route or a contract env name."""
+    tree = ast.parse(source)
+    docstrings = {
+        id(body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and (body := node.body)
+        and isinstance(body[0], ast.Expr)
+        and isinstance(body[0].value, ast.Constant)
+    }
+    names = {str(e) for e in Env}
+    return [
+        f"{node.lineno}: {node.value!r}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docstrings
+        and (node.value.startswith("/v2") or node.value in names)
+    ]
+
+
+def test_the_speller_finds_routes_and_env_names() -> None:
+    sample = 'def f():\n    """/v2 is prose here."""\n    return f"/v2/models/{x}", "MODEL_NAME"\n'
+    assert sorted(contract_spellings(sample)) == ["3: '/v2/models/'", "3: 'MODEL_NAME'"]
+
+
+def test_no_file_but_the_contract_spells_a_route_or_an_env_name() -> None:
+    files: list[Path] = []
+    for entry in SPELLERS:
+        path = ROOT / entry
+        files += [path] if path.is_file() else sorted(path.rglob("*.py"))
+    spelled = {
+        str(f.relative_to(ROOT)): hits
+        for f in files
+        if f not in OWN_COPY | {CONTRACT} and (hits := contract_spellings(f.read_text()))
+    }
+    assert spelled == {}

@@ -16,13 +16,17 @@ from typing import Final
 __all__ = [
     "API_GATEWAY_MAX_BODY_BYTES",
     "API_GATEWAY_TIMEOUT_S",
+    "HEALTH_PATHS",
     "JSON_CONTENT_TYPE",
     "LAMBDA_MAX_VCPUS",
     "LAMBDA_MB_PER_VCPU",
     "LAMBDA_MEMORY_MB",
     "LAMBDA_PAYLOAD_BYTES",
+    "LAMBDA_TIMEOUT_S",
+    "MODELS_PREFIX",
     "POWERTOOLS_NAMESPACE",
     "ROUTES",
+    "SAGEMAKER_INVOCATION_TIMEOUT_S",
     "SAGEMAKER_PAYLOAD_BYTES",
     "SAGEMAKER_VARIANT",
     "Env",
@@ -32,6 +36,7 @@ __all__ = [
     "endpoint_name",
     "error_body",
     "function_name",
+    "infer_path",
     "match_route",
     "sandbox_environment",
     "serving_environment",
@@ -41,11 +46,13 @@ __all__ = [
 # -- limits (AWS documentation) -------------------------------------------------------------
 LAMBDA_PAYLOAD_BYTES: Final = 6 * 1024 * 1024  # synchronous invocation request and response
 LAMBDA_MEMORY_MB: Final = (128, 10_240)
+LAMBDA_TIMEOUT_S: Final = (1, 900)
 LAMBDA_MB_PER_VCPU: Final = 1769  # one vCPU per 1,769 MB ...
 LAMBDA_MAX_VCPUS: Final = 6  # ... six at most
 API_GATEWAY_MAX_BODY_BYTES: Final = 10 * 1024 * 1024
 API_GATEWAY_TIMEOUT_S: Final = 29  # REST integrations stop waiting here
 SAGEMAKER_PAYLOAD_BYTES: Final = 6 * 1024 * 1024  # InvokeEndpoint
+SAGEMAKER_INVOCATION_TIMEOUT_S: Final = 60  # the container's answer
 SAGEMAKER_VARIANT: Final = "AllTraffic"
 
 
@@ -181,6 +188,14 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("POST", "/v2/models/{name}/versions/{version}/infer", Op.INFER),
 )
 _COMPILED = tuple((route, route.pattern) for route in ROUTES)
+HEALTH_PATHS: Final = tuple(r.template for r in ROUTES if "{name}" not in r.template)
+MODELS_PREFIX: Final = "/v2/models/"
+
+
+def infer_path(name: str, version: str | None = None) -> str:
+    """Where a client POSTs an inference request for `name` (and `version`)."""
+    versioned = "/versions/{version}" if version else ""
+    return f"{MODELS_PREFIX}{{name}}{versioned}/infer".format(name=name, version=version)
 
 
 @dataclass(frozen=True)
