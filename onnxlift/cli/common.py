@@ -1,0 +1,117 @@
+"""What every command group shares: the console, the project root, the registry, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from onnxlift import paths
+from onnxlift.errors import OnnxliftError
+
+__all__ = [
+    "BUCKET_OPTION",
+    "OnnxliftGroup",
+    "console",
+    "human_size",
+    "integer_kernels_text",
+    "local_stack_info",
+    "open_registry",
+    "project_root",
+    "select_specs",
+    "target_text",
+]
+
+console = Console(stderr=True, highlight=False)
+
+
+def project_root() -> Path:
+    return paths.project_root()
+
+
+def local_stack_info(root: Path) -> dict[str, Any] | None:
+    info = paths.state_dir(root) / "local.json"
+    return json.loads(info.read_text()) if info.is_file() else None
+
+
+def open_registry(bucket: str | None) -> Any:
+    """The registry named by --bucket / ONNXLIFT_BUCKET; else the running local stack's."""
+    from onnxlift.registry import Registry
+
+    if bucket:
+        return Registry(bucket)
+    local = local_stack_info(project_root())
+    if local is None:
+        raise OnnxliftError(
+            "no registry given: pass --bucket (or set ONNXLIFT_BUCKET), or start `onnxlift up`"
+        )
+    import boto3
+
+    from onnxlift.local.moto_server import LOCAL_CREDENTIALS
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=local["aws_endpoint_url"],
+        region_name=LOCAL_CREDENTIALS["AWS_DEFAULT_REGION"],
+        aws_access_key_id=LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    )
+    return Registry(local["registry_bucket"], client)
+
+
+def target_text(row: dict[str, Any]) -> str:
+    return f"{row['target']}: {row['target_reason']}" if row.get("target_reason") else "-"
+
+
+def integer_kernels_text(manifest: dict[str, Any]) -> str:
+    """How the integer kernels ran parity: weights' width, session setting, the CPU's flags."""
+    kernels = manifest.get("quantization", {}).get("integer_kernels")
+    measured = manifest.get("parity", {}).get("measured_on") or {}
+    if not kernels:
+        return "-"
+    if not kernels.get("integer_weights"):
+        weights = "no integer weights"
+    elif kernels.get("weights_cannot_saturate"):
+        weights = "7-bit weights"
+    else:
+        weights = "8-bit weights"
+    setting = ",".join(f"{k.split('.')[-1]}={v}" for k, v in kernels["session_config"].items())
+    flags = " ".join(measured.get("flags", [])) or measured.get("machine", "?")
+    return f"{weights}; {setting}; parity on {flags}"
+
+
+def human_size(count: int) -> str:
+    return f"{count / 1e6:.1f} MB" if count >= 1e6 else f"{count / 1e3:.1f} kB"
+
+
+def select_specs(names: tuple[str, ...], all_models: bool) -> list[Any]:
+    from onnxlift.spec import discover_specs
+
+    specs = discover_specs(paths.models_dir(project_root()))
+    if all_models or not names:
+        return specs
+    by_name = {s.name: s for s in specs}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise OnnxliftError(f"unknown model(s): {', '.join(missing)}; known: {', '.join(by_name)}")
+    return [by_name[n] for n in names]
+
+
+class OnnxliftGroup(click.Group):
+    """Turns the toolkit's user-facing errors into a clean message and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OnnxliftError as exc:
+            # One line however wide the terminal: scripts and people grep it.
+            console.print(f"[bold red]error:[/bold red] {exc}", soft_wrap=True, markup=True)
+            ctx.exit(2)
+
+
+BUCKET_OPTION = click.option(
+    "--bucket", envvar="ONNXLIFT_BUCKET", help="Registry bucket (default: the local stack's)."
+)

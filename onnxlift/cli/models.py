@@ -1,0 +1,155 @@
+"""Model commands: build models from their specs, add an ONNX file you already have."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from onnxlift import paths
+from onnxlift.cli.common import (
+    BUCKET_OPTION,
+    console,
+    open_registry,
+    project_root,
+    select_specs,
+)
+from onnxlift.errors import OnnxliftError
+
+__all__ = ["add", "build"]
+
+
+@click.command()
+@click.argument("names", nargs=-1)
+@click.option("--all", "all_models", is_flag=True, help="Build every model under models/.")
+@click.option("--force", is_flag=True, help="Rebuild even when an identical build exists.")
+def build(names: tuple[str, ...], all_models: bool, force: bool) -> None:
+    """Export, quantize and verify models (all of them when no NAME is given)."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from onnxlift.build.pipeline import build_model
+
+    specs = select_specs(names, all_models)
+    table = Table(
+        "model",
+        "source",
+        "parity metric",
+        "FP32",
+        "INT8",
+        "threshold",
+        "FP32 MB",
+        "served MB",
+        "seconds",
+        title="onnxlift build",
+    )
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        overall = progress.add_task(f"building {len(specs)} model(s)", total=len(specs))
+        for spec in specs:
+            step = progress.add_task(f"{spec.name}: starting", total=None)
+
+            def report(message: str, step: Any = step) -> None:
+                progress.update(step, description=message)
+
+            result = build_model(spec, root=project_root(), force=force, report=report)
+            progress.update(
+                step, description=f"[green]{spec.name}: done[/green]", total=1, completed=1
+            )
+            progress.advance(overall)
+            parity = result.manifest["parity"]
+            int8 = parity.get("int8")
+            table.add_row(
+                spec.name,
+                spec.framework,
+                parity["metric"],
+                f"{parity['fp32']['value']:.4f}",
+                f"{int8['value']:.4f}" if int8 else "-",
+                f"{parity['threshold']}",
+                f"{parity['fp32']['bytes'] / 1e6:.2f}",
+                f"{result.manifest['bytes'] / 1e6:.2f}",
+                "cached" if result.skipped else f"{result.seconds:.1f}",
+            )
+    console.print(table)
+
+
+@click.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", required=True, help="Model name (a new folder models/NAME).")
+@click.option(
+    "--quantize",
+    type=click.Choice(["none", "dynamic", "static"]),
+    default="none",
+    show_default=True,
+    help="INT8 mode; static calibrates on the samples.",
+)
+@click.option(
+    "--max-abs-error",
+    type=float,
+    help="Parity gate vs the original file [default: 1e-5 unquantized, 0.05 quantized].",
+)
+@click.option(
+    "--samples",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="An .npz of inputs for parity (and calibration); else seeded random inputs.",
+)
+@click.option("--memory-mb", type=int, default=1024, show_default=True)
+@click.option(
+    "--publish/--no-publish",
+    default=True,
+    show_default=True,
+    help="Publish to the registry (--bucket, or the running local stack).",
+)
+@BUCKET_OPTION
+def add(
+    path: Path,
+    name: str,
+    quantize: str,
+    max_abs_error: float | None,
+    samples: Path | None,
+    memory_mb: int,
+    publish: bool,
+    bucket: str | None,
+) -> None:
+    """Bring an ONNX file you already have: check it, optionally quantize it, publish it."""
+    import shutil
+
+    from onnxlift.build.pipeline import build_model
+    from onnxlift.sources.onnx_file import check_onnx_file, external_data_files
+    from onnxlift.spec import load_spec
+
+    model = check_onnx_file(path)  # before anything is written
+    folder = paths.models_dir(project_root()) / name
+    if folder.exists():
+        raise OnnxliftError(f"{folder} exists: pick another --name (nothing was changed)")
+    threshold = (
+        max_abs_error if max_abs_error is not None else (1e-5 if quantize == "none" else 0.05)
+    )
+    try:
+        folder.mkdir(parents=True)
+        shutil.copyfile(path, folder / "model.onnx")
+        for location in external_data_files(model):
+            (folder / location).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path.parent / location, folder / location)
+        if samples is not None:
+            shutil.copyfile(samples, folder / "samples.npz")
+        (folder / "model.toml").write_text(
+            f"# Added with `onnxlift add {path.name} --name {name}`.\n"
+            f'name = "{name}"\ntask = "tensor"\n\n[source]\nframework = "onnx"\n'
+            f'file = "model.onnx"\n\n[quantization]\nmode = "{quantize}"\n\n'
+            f'[parity]\nmetric = "max_abs_error"\nthreshold = {threshold}\n\n'
+            f'[serving]\ntarget = "lambda"\nmemory_mb = {memory_mb}\n'
+        )
+        result = build_model(
+            load_spec(folder), root=project_root(), report=lambda m: console.print(f"  {m}")
+        )
+    except Exception:
+        shutil.rmtree(folder, ignore_errors=True)  # a failed add leaves nothing behind
+        raise
+    figure = result.manifest["parity"]
+    console.print(f"{name}: max abs error {figure['value']:.2e} (gate {threshold}) -> {folder}")
+    if publish:
+        registry = open_registry(bucket)
+        version = registry.publish(result.folder, name=name)
+        click.echo(f"published {name} version {version} to s3://{registry.bucket}")
