@@ -180,6 +180,123 @@ def _quantize(
     return target, details
 
 
+def _load_source(spec: ModelSpec, report: Report) -> ModelSource:
+    if spec.framework == "onnx":
+        from onnxlift.sources.onnx_file import onnx_file_source
+
+        return onnx_file_source(spec)
+    report(f"{spec.name}: loading the {spec.framework} source")
+    return load_source_module(spec).load(spec)
+
+
+def _export_and_check(
+    spec: ModelSpec, source: ModelSource, work: Path, report: Report
+) -> tuple[Path, list[str], list[str]]:
+    """The FP32 export, checked as a graph and as something onnxruntime can load."""
+    report(f"{spec.name}: exporting {spec.framework} to ONNX (opset {spec.opset})")
+    fp32_path = work / "model.fp32.onnx"
+    source.export(fp32_path, spec.opset)
+    graph_inputs, graph_outputs = graph_names(spec, source)
+    report(f"{spec.name}: checking graph")
+    check_model(
+        fp32_path,
+        expected_inputs=graph_inputs,
+        expected_outputs=graph_outputs,
+        optional_outputs=("label",),
+    )
+    try:  # catches what only session creation sees, e.g. a locale the image lacks
+        create_session(fp32_path, threads=1)
+    except Exception as exc:
+        raise BuildError(f"{spec.name}: onnxruntime cannot load the export: {exc}") from exc
+    return fp32_path, graph_inputs, graph_outputs
+
+
+def _draft_manifest(
+    spec: ModelSpec,
+    source: ModelSource,
+    served_path: Path,
+    graph_inputs: list[str],
+    quant_details: dict[str, Any],
+    fingerprint: str,
+    chain: dict[str, str],
+) -> dict[str, Any]:
+    """Everything the manifest says before parity is measured and the target decided."""
+    graph = check_model(
+        served_path,
+        expected_inputs=graph_inputs,
+        expected_outputs=graph_names(spec, source)[1],
+        optional_outputs=("label",),
+    )
+    quant = spec.quantization
+    manifest: dict[str, Any] = {
+        "name": spec.name,
+        "version": None,
+        "task": spec.task,
+        "description": spec.description,
+        "opset": opset_of(graph),
+        "inputs": [t.to_json() for t in source.inputs],
+        "outputs": [t.to_json() for t in source.outputs],
+        "graph": {"inputs": graph_inputs, "outputs": [o.name for o in graph.graph.output]},
+        "source": {
+            "framework": spec.framework,
+            "framework_version": source.framework_version,
+            "toolchain": chain,
+        },
+        "quantization": {
+            "mode": quant.mode,
+            "weights": None if quant.mode == "none" else "int8",
+            "per_channel": quant.per_channel,
+            "reduce_range": quant.reduce_range,
+            "exclude_nodes": list(quant.exclude_nodes),
+            "exclude_op_types": list(quant.exclude_op_types),
+            **quant_details,
+            "integer_kernels": audit_integer_kernels(served_path),
+        },
+        "target": spec.serving.target,
+        "memory_mb": spec.serving.memory_mb,
+        "max_batch": spec.serving.max_batch,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "toolkit_version": __version__,
+        "build_fingerprint": fingerprint,
+    }
+    if spec.task == "text-embedding":
+        manifest["preprocess"] = {"tokenizer": "tokenizer.json", "max_length": spec.max_length}
+    if source.labels:
+        manifest["labels"] = list(source.labels)
+    return manifest
+
+
+def _measure_parity(
+    spec: ModelSpec,
+    source: ModelSource,
+    candidates: dict[str, Path],
+    manifest: dict[str, Any],
+    work: Path,
+    *,
+    threads: int,
+    report: Report,
+) -> dict[str, dict[str, Any]]:
+    """Each candidate (FP32, INT8) through the real serving pipeline against the source."""
+    count = len(next(iter(source.parity_inputs.values())))
+    report(f"{spec.name}: parity ({spec.parity.metric}) on {count} inputs vs {spec.framework}")
+    figures: dict[str, dict[str, Any]] = {}
+    for label, path in candidates.items():
+        draft = work / f"draft-{label}"
+        _write_artifact(draft, path, source.assets, dict(manifest, version="draft"))
+        served = serve_batched(
+            draft, source.parity_inputs, threads=threads, batch=min(16, spec.serving.max_batch)
+        )
+        figure = parity.measure(spec.parity.metric, served, source.reference, source.truth)
+        figures[label] = figure | {"bytes": path.stat().st_size}
+        report(
+            f"{spec.name}: {label} {spec.parity.metric} {figure['value']:.4f}"
+            + (f" (accuracy {figure['accuracy']:.4f})" if "accuracy" in figure else "")
+            + f", {path.stat().st_size / 1e6:.2f} MB"
+        )
+        shutil.rmtree(draft, ignore_errors=True)
+    return figures
+
+
 def build_model(
     spec: ModelSpec,
     *,
@@ -202,105 +319,28 @@ def build_model(
     shutil.rmtree(folder, ignore_errors=True)
     work = folder / "work"
     work.mkdir(parents=True)
-    if source is None and spec.framework == "onnx":
-        from onnxlift.sources.onnx_file import onnx_file_source
-
-        source = onnx_file_source(spec)
-    elif source is None:
-        report(f"{spec.name}: loading the {spec.framework} source")
-        source = load_source_module(spec).load(spec)
-
-    report(f"{spec.name}: exporting {spec.framework} to ONNX (opset {spec.opset})")
-    fp32_path = work / "model.fp32.onnx"
-    source.export(fp32_path, spec.opset)
-    graph_inputs, graph_outputs = graph_names(spec, source)
-    report(f"{spec.name}: checking graph")
-    check_model(
-        fp32_path,
-        expected_inputs=graph_inputs,
-        expected_outputs=graph_outputs,
-        optional_outputs=("label",),
-    )
-    try:  # catches what only session creation sees, e.g. a locale the image lacks
-        create_session(fp32_path, threads=1)
-    except Exception as exc:
-        raise BuildError(f"{spec.name}: onnxruntime cannot load the export: {exc}") from exc
-
+    source = source or _load_source(spec, report)
+    fp32_path, graph_inputs, _ = _export_and_check(spec, source, work, report)
     served_path, quant_details = _quantize(spec, source, fp32_path, work, report)
-    graph = check_model(
-        served_path,
-        expected_inputs=graph_inputs,
-        expected_outputs=graph_outputs,
-        optional_outputs=("label",),
+    manifest = _draft_manifest(
+        spec, source, served_path, graph_inputs, quant_details, fingerprint, chain
     )
-    graph_outputs = [o.name for o in graph.graph.output]
 
-    manifest: dict[str, Any] = {
-        "name": spec.name,
-        "version": None,
-        "task": spec.task,
-        "description": spec.description,
-        "opset": opset_of(graph),
-        "inputs": [t.to_json() for t in source.inputs],
-        "outputs": [t.to_json() for t in source.outputs],
-        "graph": {"inputs": graph_inputs, "outputs": graph_outputs},
-        "source": {
-            "framework": spec.framework,
-            "framework_version": source.framework_version,
-            "toolchain": chain,
-        },
-        "quantization": {
-            "mode": spec.quantization.mode,
-            "weights": None if spec.quantization.mode == "none" else "int8",
-            "per_channel": spec.quantization.per_channel,
-            "reduce_range": spec.quantization.reduce_range,
-            "exclude_nodes": list(spec.quantization.exclude_nodes),
-            "exclude_op_types": list(spec.quantization.exclude_op_types),
-            **quant_details,
-            "integer_kernels": audit_integer_kernels(served_path),
-        },
-        "target": spec.serving.target,
-        "memory_mb": spec.serving.memory_mb,
-        "max_batch": spec.serving.max_batch,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "toolkit_version": __version__,
-        "build_fingerprint": fingerprint,
-    }
-    if spec.task == "text-embedding":
-        manifest["preprocess"] = {"tokenizer": "tokenizer.json", "max_length": spec.max_length}
-    if source.labels:
-        manifest["labels"] = list(source.labels)
-
-    count = len(next(iter(source.parity_inputs.values())))
-    report(f"{spec.name}: parity ({spec.parity.metric}) on {count} inputs vs {spec.framework}")
-    figures: dict[str, dict[str, Any]] = {}
     candidates = {"fp32": fp32_path} | ({"int8": served_path} if served_path != fp32_path else {})
-    for label, path in candidates.items():
-        draft = work / f"draft-{label}"
-        _write_artifact(draft, path, source.assets, dict(manifest, version="draft"))
-        served = serve_batched(
-            draft, source.parity_inputs, threads=threads, batch=min(16, spec.serving.max_batch)
-        )
-        figure = parity.measure(spec.parity.metric, served, source.reference, source.truth)
-        figures[label] = figure | {"bytes": path.stat().st_size}
-        report(
-            f"{spec.name}: {label} {spec.parity.metric} {figure['value']:.4f}"
-            + (f" (accuracy {figure['accuracy']:.4f})" if "accuracy" in figure else "")
-            + f", {path.stat().st_size / 1e6:.2f} MB"
-        )
-        shutil.rmtree(draft, ignore_errors=True)
-
-    gated = figures["int8" if "int8" in figures else "fp32"]
+    figures = _measure_parity(
+        spec, source, candidates, manifest, work, threads=threads, report=report
+    )
+    gated_label = "int8" if "int8" in figures else "fp32"
     manifest["parity"] = {
         "metric": spec.parity.metric,
         "threshold": spec.parity.threshold,
-        "value": gated["value"],
-        "inputs": count,
+        "value": figures[gated_label]["value"],
+        "inputs": len(next(iter(source.parity_inputs.values()))),
         "reference": f"{spec.framework} {source.framework_version}",
         "measured_on": cpu_facts(),
         **figures,
     }
-    check_parity_gate(spec, gated, source.parity_inputs, "int8" if "int8" in figures else "fp32")
+    check_parity_gate(spec, figures[gated_label], source.parity_inputs, gated_label)
 
     decision = decide_target(
         spec.serving.target, model_bytes=served_path.stat().st_size, requires_gpu=spec.serving.gpu
