@@ -68,5 +68,5 @@ def check_parity_gate(
         f"{spec.name}: parity gate failed: {label} {spec.parity.metric} {value:.4f} {relation} "
         f"threshold {spec.parity.threshold}; worst input #{worst}: "
         f"{describe_input(parity_inputs, worst)}; try: {remedies(spec)}. "
-        "Nothing was written."
+        "The artifact was not written."
     )

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from onnxlift import paths
 from onnxlift.errors import OnnxliftError
@@ -108,7 +109,7 @@ class OnnxliftGroup(click.Group):
             return super().invoke(ctx)
         except OnnxliftError as exc:
             # One line however wide the terminal: scripts and people grep it.
-            console.print(f"[bold red]error:[/bold red] {exc}", soft_wrap=True, markup=True)
+            console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", soft_wrap=True)
             ctx.exit(2)
 
 

@@ -260,4 +260,5 @@ def test_add_with_a_failed_gate_prints_one_line_and_exits_2(project: Path, tmp_p
     (line,) = [x for x in result.output.splitlines() if "parity gate failed" in x]
     assert line.startswith("error: scorer: parity gate failed: int8 max_abs_error ")
     assert "> threshold 1e-09; worst input #" in line and "x[16]=[" in line and "try: " in line
+    assert "([quantization] exclude_nodes" in line  # square brackets survive the console
     assert "Traceback" not in result.output
