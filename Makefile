@@ -33,8 +33,8 @@ up: setup                    ## build, publish and serve every model on 127.0.0.
 test: setup                  ## the whole suite: unit, infra, integration (moto), e2e (HTTP)
 	$(BIN)/python -m pytest
 
-test-fast: setup             ## everything but the tests that start the local stack
-	$(BIN)/python -m pytest -m "not e2e"
+test-fast: setup             ## no model build, no servers: unit, infra, contract (under 2 minutes)
+	$(BIN)/python -m pytest -m "not e2e and not slow"
 
 lint: setup
 	$(BIN)/ruff check .

@@ -88,3 +88,11 @@ def clean_env() -> Iterator[None]:
     yield
     os.environ.clear()
     os.environ.update(saved)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`slow` is true by construction: any test that needs the real MiniLM build (directly or
+    through another fixture) is marked, so `make test-fast` never builds a model."""
+    for item in items:
+        if "minilm_build" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
