@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,16 @@ def reference_embeddings(minilm_spec: Any) -> Any:
         return source.reference(texts)
 
     return embed
+
+
+def published_copy(build_folder: Path, target: Path, version: str = "1") -> Path:
+    """A build as a published version looks: the artifact files, the manifest's version set."""
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy(build_folder / "model.onnx", target / "model.onnx")
+    shutil.copytree(build_folder / "assets", target / "assets", dirs_exist_ok=True)
+    manifest = json.loads((build_folder / "manifest.json").read_text())
+    (target / "manifest.json").write_text(json.dumps(manifest | {"version": version}))
+    return target
 
 
 def load_event(name: str, **overrides: Any) -> dict[str, Any]:

@@ -22,8 +22,7 @@ from onnxlift.local.gateway import FunctionTarget, Gateway, GatewayConfig
 from onnxlift.local.lambda_runtime import HEALTH_PATH
 from onnxlift.local.processes import base_env, free_port, start_child, wait_http
 from onnxlift.local.sagemaker_server import LocalSageMaker, start_sagemaker_models
-from tests.conftest import ROOT
-from tests.unit.test_sagemaker_container import published_copy
+from tests.conftest import ROOT, published_copy
 
 PROXY = ROOT / "functions" / "sagemaker" / "proxy" / "proxy_handler.py"
 API_KEY = "local-test-key"

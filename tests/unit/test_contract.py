@@ -7,7 +7,6 @@ matcher; it is held here to the contract's table on every route and on near miss
 from __future__ import annotations
 
 import ast
-import importlib.util
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from onnxlift_serving.contract import (
 )
 from onnxlift_serving.service import ServiceConfig
 
+from onnxlift.local.lambda_runtime import load_handler
 from tests.conftest import ROOT
 
 PROXY = ROOT / "functions" / "sagemaker" / "proxy" / "proxy_handler.py"
@@ -51,15 +51,12 @@ def concrete(template: str) -> str:
 
 @pytest.fixture(scope="module")
 def proxy() -> Any:
-    spec = importlib.util.spec_from_file_location("proxy_contract_probe", PROXY)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
     with pytest.MonkeyPatch.context() as patch:
         for key, value in {"AWS_DEFAULT_REGION": "us-east-1", "ENDPOINT_NAME": "x"}.items():
             patch.setenv(key, value)
-        spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("proxy_contract_probe", None)
+        load_handler(PROXY)  # as Lambda imports it
+    yield sys.modules["proxy_handler"]
+    sys.modules.pop("proxy_handler", None)
 
 
 def test_every_route_matches_itself_with_its_parameters() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import sys
 import tarfile
 import time
@@ -16,7 +15,7 @@ import pytest
 from onnxlift_serving import protocol
 
 from onnxlift.lockfile import read_pins
-from tests.conftest import ROOT
+from tests.conftest import ROOT, published_copy
 
 sys.path.insert(0, str(ROOT / "functions" / "sagemaker"))
 
@@ -29,16 +28,6 @@ BODY = {
     "id": "r1",
     "inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["a cat", "a dog"]}],
 }
-
-
-def published_copy(build_folder: Path, target: Path, version: str = "1") -> Path:
-    """A build as a published version looks: the artifact files, the manifest's version set."""
-    target.mkdir(parents=True, exist_ok=True)
-    shutil.copy(build_folder / "model.onnx", target / "model.onnx")
-    shutil.copytree(build_folder / "assets", target / "assets", dirs_exist_ok=True)
-    manifest = json.loads((build_folder / "manifest.json").read_text())
-    (target / "manifest.json").write_text(json.dumps(manifest | {"version": version}))
-    return target
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import sys
@@ -12,6 +11,7 @@ import pytest
 from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
 
+from onnxlift.local.lambda_runtime import load_handler
 from tests.conftest import ROOT
 
 PROXY = ROOT / "functions" / "sagemaker" / "proxy" / "proxy_handler.py"
@@ -21,10 +21,8 @@ PROXY = ROOT / "functions" / "sagemaker" / "proxy" / "proxy_handler.py"
 def proxy(aws_credentials: None, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("ENDPOINT_NAME", "onnxlift-minilm")
     monkeypatch.setenv("MODEL_NAME", "minilm")
-    spec = importlib.util.spec_from_file_location("proxy_handler", PROXY)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    load_handler(PROXY)  # as Lambda imports it (and as the local stack does)
+    module = sys.modules["proxy_handler"]
     with Stubber(module.runtime) as stubber:
         module.stubber = stubber
         yield module
