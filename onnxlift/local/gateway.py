@@ -11,16 +11,13 @@ concurrently, one thread each, with keep-alive.
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import re
-import threading
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 from onnxlift_serving.contract import (
@@ -32,6 +29,14 @@ from onnxlift_serving.contract import (
     error_body,
 )
 
+from onnxlift.local.http import (
+    BackendUnreachable,
+    KeepAliveClient,
+    LoopbackHandler,
+    LoopbackServer,
+    Reply,
+    json_reply,
+)
 from onnxlift.local.lambda_runtime import INVOKE_PATH
 
 API_GATEWAY_MAX_BODY = API_GATEWAY_MAX_BODY_BYTES
@@ -39,6 +44,8 @@ INTEGRATION_TIMEOUT_S = float(API_GATEWAY_TIMEOUT_S)
 MODEL_ROUTE = re.compile(rf"^{re.escape(MODELS_PREFIX)}(?P<name>[^/]+)(?P<rest>/.*)?$")
 VERSION_ROUTE = re.compile(r"^/versions/(?P<version>[^/]+)(?:/.*)?$")
 TEXT_TYPES = ("application/json", "text/")
+# (function, resource, path parameters); function "" is a model the API does not serve
+ResolvedRoute = tuple[str, str, dict[str, str]]
 
 
 @dataclass(frozen=True)
@@ -59,13 +66,6 @@ class GatewayConfig:
     api_id: str = "local"
     max_body: int = API_GATEWAY_MAX_BODY
     timeout_s: float = INTEGRATION_TIMEOUT_S
-
-
-class _Connections(threading.local):
-    """One keep-alive connection per gateway thread and function."""
-
-    def __init__(self) -> None:
-        self.pool: dict[str, http.client.HTTPConnection] = {}
 
 
 def build_event(
@@ -128,7 +128,7 @@ def build_event(
     }
 
 
-def resolve_route(path: str, config: GatewayConfig) -> tuple[str, str, dict[str, str]] | None:
+def resolve_route(path: str, config: GatewayConfig) -> ResolvedRoute | None:
     """(function, resource, path parameters) for a path, like the deployed API's resources."""
     if path in HEALTH_PATHS:
         return config.default_function, path, {}
@@ -148,154 +148,122 @@ def resolve_route(path: str, config: GatewayConfig) -> tuple[str, str, dict[str,
 class Gateway:
     def __init__(self, config: GatewayConfig, *, host: str = "127.0.0.1", port: int = 8080) -> None:
         self.config = config
-        self._connections = _Connections()
-        self.server = ThreadingHTTPServer((host, port), self._handler_class())
-        self.server.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        self._client = KeepAliveClient(timeout_s=config.timeout_s)
+        handler = type("GatewayHandler", (_GatewayHandler,), {"gateway": self})
+        self.server = LoopbackServer(handler, host=host, port=port, name="gateway")
 
     @property
     def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self.server.url
 
     def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, name="gateway", daemon=True
-        )
-        self._thread.start()
+        self.server.start()
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
 
-    def invoke(self, function: str, event: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
+    def invoke(self, function: str, event: dict[str, Any]) -> Reply:
+        """Invoke the function as the Lambda proxy integration does; the reply it stands for."""
         target = self.config.functions[function]
-        payload = json.dumps(event).encode()
-        for attempt in (1, 2):  # a kept-alive connection the runtime closed: reconnect once
-            connection = self._connections.pool.get(function)
-            if connection is None:
-                connection = http.client.HTTPConnection(
-                    target.host, target.port, timeout=self.config.timeout_s
-                )
-                self._connections.pool[function] = connection
-            try:
-                connection.request(
-                    "POST", INVOKE_PATH, payload, {"Content-Type": "application/json"}
-                )
-                response = connection.getresponse()
-                raw = response.read()
-                function_error = response.getheader("X-Amz-Function-Error")
-                break
-            except TimeoutError:
-                self._connections.pool.pop(function, None).close()
-                return _error(504, "Endpoint request timed out")
-            except (ConnectionError, http.client.HTTPException, OSError):
-                self._connections.pool.pop(function, None).close()
-                if attempt == 2:
-                    return _error(
-                        503, f"function '{function}' is not reachable", {"Retry-After": "5"}
-                    )
-        if function_error:
-            return _error(502, "Internal server error: the function raised an unhandled error")
         try:
-            result = json.loads(raw)
-            status = int(result["statusCode"])
-        except (ValueError, KeyError, TypeError):
-            return _error(502, "Malformed Lambda proxy response")
-        headers = dict(result.get("headers") or {})
-        for key, values in (result.get("multiValueHeaders") or {}).items():
-            headers[key] = ", ".join(values)
-        body = result.get("body") or ""
-        data = base64.b64decode(body) if result.get("isBase64Encoded") else body.encode()
-        return status, headers, data
+            response = self._client.request(
+                target.host,
+                target.port,
+                "POST",
+                INVOKE_PATH,
+                json.dumps(event).encode(),
+                {"Content-Type": JSON_CONTENT_TYPE},
+            )
+        except TimeoutError:
+            return _error(504, "Endpoint request timed out")
+        except BackendUnreachable:
+            return _error(503, f"function '{function}' is not reachable", {"Retry-After": "5"})
+        if response.headers.get("X-Amz-Function-Error"):
+            return _error(502, "Internal server error: the function raised an unhandled error")
+        return proxy_reply(response.body)
 
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        gateway = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            # Headers and body go out as two writes; with Nagle on, the body waits for the
-            # client's delayed ACK (~40 ms per keep-alive request).
-            disable_nagle_algorithm = True
-            server_version = "onnxlift-gateway"
+def proxy_reply(raw: bytes) -> Reply:
+    """The HTTP reply a Lambda proxy result stands for (502 when it is not one)."""
+    try:
+        result = json.loads(raw)
+        status = int(result["statusCode"])
+    except (ValueError, KeyError, TypeError):
+        return _error(502, "Malformed Lambda proxy response")
+    headers = dict(result.get("headers") or {})
+    for key, values in (result.get("multiValueHeaders") or {}).items():
+        headers[key] = ", ".join(values)
+    body = result.get("body") or ""
+    data = base64.b64decode(body) if result.get("isBase64Encoded") else body.encode()
+    return status, headers, data
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
 
-            def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
-                self.send_response(status)
-                headers = {
-                    k: v
-                    for k, v in headers.items()
-                    if k.lower() not in ("content-length", "connection")
-                }
-                headers.setdefault("Content-Type", "application/json")
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
+class _GatewayHandler(LoopbackHandler):
+    """One API request: body limit, route, API key, model, then the function."""
 
-            def _serve(self) -> None:
-                started = time.perf_counter()
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > gateway.config.max_body:
-                    self.close_connection = True  # the body is left unread
-                    self._send(
-                        *_error(
-                            413,
-                            f"Request too large: {length} bytes; the limit is "
-                            f"{gateway.config.max_body}",
-                        )
-                    )
-                    return
-                body = self.rfile.read(length) if length else b""
-                url = urlsplit(self.path)
-                route = resolve_route(url.path, gateway.config)
-                if route is None:
-                    self._send(*_error(404, f"no route for {self.command} {url.path}"))
-                    return
-                function, resource, path_parameters = route
-                api_key = self.headers.get("x-api-key")
-                if api_key != gateway.config.api_key:
-                    reason = (
-                        "Forbidden: missing API key"
-                        if api_key is None
-                        else "Forbidden: invalid API key"
-                    )
-                    self._send(*_error(403, reason))
-                    return
-                if not function:
-                    self._send(*_error(404, f"model '{path_parameters['name']}' not found"))
-                    return
-                event = build_event(
-                    method=self.command,
-                    path=url.path,
-                    query=url.query,
-                    headers={k: v for k, v in self.headers.items()},
-                    body=body,
-                    resource=resource,
-                    path_parameters=path_parameters,
-                    config=gateway.config,
-                    source_ip=self.client_address[0],
-                    api_key=api_key,
+    gateway: ClassVar[Gateway]  # set on the subclass each Gateway makes
+    server_version = "onnxlift-gateway"
+
+    def _serve(self) -> None:
+        started = time.perf_counter()
+        config = self.gateway.config
+        body = self.read_body(config.max_body)
+        if body is None:
+            self._send(
+                *_error(
+                    413,
+                    f"Request too large: {self.body_length()} bytes; the limit is "
+                    f"{config.max_body}",
                 )
-                status, headers, data = gateway.invoke(function, event)
-                headers["x-onnxlift-gateway-ms"] = f"{(time.perf_counter() - started) * 1000:.2f}"
-                self._send(status, headers, data)
+            )
+            return
+        url = urlsplit(self.path)
+        route = resolve_route(url.path, config)
+        if route is None:
+            self._send(*_error(404, f"no route for {self.command} {url.path}"))
+            return
+        refusal = self._refusal(route)
+        if refusal is not None:
+            self._send(*refusal)
+            return
+        function, resource, path_parameters = route
+        event = build_event(
+            method=self.command,
+            path=url.path,
+            query=url.query,
+            headers={k: v for k, v in self.headers.items()},
+            body=body,
+            resource=resource,
+            path_parameters=path_parameters,
+            config=config,
+            source_ip=self.client_address[0],
+            api_key=self.headers.get("x-api-key"),
+        )
+        status, headers, data = self.gateway.invoke(function, event)
+        headers["x-onnxlift-gateway-ms"] = f"{(time.perf_counter() - started) * 1000:.2f}"
+        self._send(status, headers, data)
 
-            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _serve
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _serve
 
-        return Handler
+    def _refusal(self, route: ResolvedRoute) -> Reply | None:
+        """The API key is checked before the model is looked up, as API Gateway does: without
+        the key nobody learns which models exist."""
+        api_key = self.headers.get("x-api-key")
+        if api_key != self.gateway.config.api_key:
+            reason = (
+                "Forbidden: missing API key" if api_key is None else "Forbidden: invalid API key"
+            )
+            return _error(403, reason)
+        function, _, path_parameters = route
+        if not function:
+            return _error(404, f"model '{path_parameters['name']}' not found")
+        return None
+
+    def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        headers = {**headers, "x-amzn-RequestId": str(uuid.uuid4())}
+        headers.setdefault("Content-Type", JSON_CONTENT_TYPE)
+        self.send_reply(status, headers, body)
 
 
-def _error(
-    status: int, message: str, headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], bytes]:
-    return (
-        status,
-        {"Content-Type": JSON_CONTENT_TYPE, **(headers or {})},
-        json.dumps(error_body(message)).encode(),
-    )
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Reply:
+    return json_reply(status, error_body(message), headers)

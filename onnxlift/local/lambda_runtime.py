@@ -24,14 +24,16 @@ import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from onnxlift_serving.contract import Env
+from onnxlift_serving.contract import Env, error_body
+
+from onnxlift.local.http import LoopbackHandler, LoopbackServer, Reply, json_reply
 
 INVOKE_PATH = "/2015-03-31/functions/function/invocations"
 HEALTH_PATH = "/2015-03-31/functions/function/health"
+_NOT_FOUND = json_reply(404, error_body("not found"))
 
 
 @dataclass
@@ -68,6 +70,49 @@ def load_handler(path: Path, attribute: str = "lambda_handler") -> Callable[[dic
     return getattr(module, attribute)
 
 
+@dataclass(frozen=True)
+class Sandbox:
+    """One function's handler and the configuration its context reports."""
+
+    handler: Callable[[dict, Any], Any]
+    function_name: str
+    memory_mb: int
+    timeout_s: int
+
+    def invoke(self, raw_event: bytes) -> Reply:
+        """The invoke API's reply: the result, or the error as Lambda reports it."""
+        try:
+            event = json.loads(raw_event or b"{}")
+        except json.JSONDecodeError as exc:
+            return json_reply(400, {"errorMessage": f"event is not JSON: {exc}"})
+        context = LocalContext(self.function_name, self.memory_mb, self.timeout_s)
+        try:
+            result = self.handler(event, context)
+        except Exception as exc:  # Lambda reports an unhandled error as a function error
+            traceback.print_exc()
+            payload = {"errorMessage": str(exc), "errorType": type(exc).__name__}
+            return json_reply(200, payload, {"X-Amz-Function-Error": "Unhandled"})
+        return json_reply(200, result)
+
+
+class _InvocationsHandler(LoopbackHandler):
+    """The RIE's two routes; make_server subclasses it with the sandbox to run."""
+
+    sandbox: ClassVar[Sandbox]
+
+    def do_GET(self) -> None:
+        if self.path == HEALTH_PATH:
+            self.send_reply(*json_reply(200, {"status": "ready"}))
+        else:
+            self.send_reply(*_NOT_FOUND)
+
+    def do_POST(self) -> None:
+        if self.path != INVOKE_PATH:
+            self.send_reply(*_NOT_FOUND)
+            return
+        self.send_reply(*self.sandbox.invoke(self.read_body() or b""))
+
+
 def make_server(
     handler: Callable[[dict, Any], Any],
     *,
@@ -76,54 +121,10 @@ def make_server(
     function_name: str,
     memory_mb: int,
     timeout_s: int,
-) -> ThreadingHTTPServer:
-    class Invocations(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True  # see gateway.py: no 40 ms delayed-ACK stalls
-
-        def log_message(self, format: str, *args: Any) -> None:  # access logs stay quiet
-            pass
-
-        def _reply(self, status: int, body: bytes, extra: dict[str, str] | None = None) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            for key, value in (extra or {}).items():
-                self.send_header(key, value)
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self) -> None:
-            if self.path == HEALTH_PATH:
-                self._reply(200, b'{"status": "ready"}')
-            else:
-                self._reply(404, b'{"error": "not found"}')
-
-        def do_POST(self) -> None:
-            if self.path != INVOKE_PATH:
-                self._reply(404, b'{"error": "not found"}')
-                return
-            length = int(self.headers.get("Content-Length", 0))
-            try:
-                event = json.loads(self.rfile.read(length) or b"{}")
-            except json.JSONDecodeError as exc:
-                self._reply(400, json.dumps({"errorMessage": f"event is not JSON: {exc}"}).encode())
-                return
-            context = LocalContext(function_name, memory_mb, timeout_s)
-            try:
-                result = handler(event, context)
-            except Exception as exc:  # Lambda reports an unhandled error as a function error
-                traceback.print_exc()
-                payload = {"errorMessage": str(exc), "errorType": type(exc).__name__}
-                self._reply(
-                    200, json.dumps(payload).encode(), {"X-Amz-Function-Error": "Unhandled"}
-                )
-                return
-            self._reply(200, json.dumps(result).encode())
-
-    server = ThreadingHTTPServer((host, port), Invocations)
-    server.daemon_threads = True
-    return server
+) -> LoopbackServer:
+    sandbox = Sandbox(handler, function_name, memory_mb, timeout_s)
+    invocations = type("Invocations", (_InvocationsHandler,), {"sandbox": sandbox})
+    return LoopbackServer(invocations, host=host, port=port, name=f"function {function_name}")
 
 
 def main(argv: list[str] | None = None) -> None:

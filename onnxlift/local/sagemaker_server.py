@@ -20,22 +20,19 @@ Errors carry `x-amzn-ErrorType`, which is what botocore reads the error code fro
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import re
 import shutil
-import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
 from onnxlift_serving.artifact import load_artifact
 from onnxlift_serving.contract import (
+    JSON_CONTENT_TYPE,
     SAGEMAKER_INVOCATION_TIMEOUT_S,
     SAGEMAKER_PAYLOAD_BYTES,
     SAGEMAKER_VARIANT,
@@ -44,6 +41,15 @@ from onnxlift_serving.contract import (
 )
 from onnxlift_serving.errors import ArtifactError
 
+from onnxlift.local.http import (
+    BackendResponse,
+    BackendUnreachable,
+    KeepAliveClient,
+    LoopbackHandler,
+    LoopbackServer,
+    Reply,
+    json_reply,
+)
 from onnxlift.local.processes import Child, base_env, free_port, start_child, wait_http
 from onnxlift.sagemaker_artifact import pack_model, unpack_model
 
@@ -77,16 +83,14 @@ class ContainerTarget:
 class LocalSageMaker:
     """Handle on the running containers and the runtime front."""
 
-    server: ThreadingHTTPServer
+    server: LoopbackServer
     containers: dict[str, ContainerTarget]
     children: list[Child] = field(default_factory=list)
-    thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         """AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME for boto3."""
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self.server.url
 
     @property
     def endpoints(self) -> dict[str, str]:
@@ -109,24 +113,20 @@ class LocalSageMaker:
         }
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
         for child in reversed(self.children):
             child.stop()
         self.children.clear()
 
 
-def _error(status: int, error_type: str, body: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
-    return (
-        status,
-        {"Content-Type": "application/json", "x-amzn-ErrorType": error_type},
-        json.dumps(body).encode(),
-    )
+def _error(status: int, error_type: str, body: dict[str, Any]) -> Reply:
+    return json_reply(status, body, {"x-amzn-ErrorType": error_type})
 
 
-def model_error(
-    endpoint: str, status: int | None, message: str
-) -> tuple[int, dict[str, str], bytes]:
+_NOT_FOUND = _error(404, "UnknownOperationException", {"message": "not found"})
+
+
+def model_error(endpoint: str, status: int | None, message: str) -> Reply:
     """SageMaker's answer when the container answers with an error (or not at all)."""
     log_stream = f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/sagemaker/Endpoints/{endpoint}"
     if status is None:
@@ -150,131 +150,95 @@ def model_error(
     )
 
 
-class _Connections(threading.local):
-    def __init__(self) -> None:
-        self.pool: dict[str, http.client.HTTPConnection] = {}
+class Endpoints:
+    """InvokeEndpoint's semantics: find the endpoint, forward to its container, and answer
+    what SageMaker answers for the container's reply. Endpoint and bare model names resolve."""
+
+    def __init__(self, containers: Mapping[str, ContainerTarget]) -> None:
+        self.by_name = {t.endpoint_name: t for t in containers.values()}
+        self.by_name.update({t.name: t for t in containers.values()})
+        self._client = KeepAliveClient(timeout_s=INVOCATION_TIMEOUT_S)
+
+    def invoke(self, name: str, body: bytes, headers: dict[str, str]) -> Reply:
+        target = self.by_name.get(name)
+        if target is None:
+            return _error(
+                400,
+                "ValidationError",
+                {"message": f"Endpoint {name} of account {ACCOUNT} not found."},
+            )
+        try:
+            response = self._client.request(
+                target.host, target.port, "POST", "/invocations", body, headers
+            )
+        except TimeoutError:
+            return model_error(target.endpoint_name, None, "")
+        except BackendUnreachable:
+            return _error(
+                503,
+                "ServiceUnavailable",
+                {"message": f"Endpoint {target.endpoint_name} is not available. Try again."},
+            )
+        return _invocation_reply(target, response)
+
+
+def _invocation_reply(target: ContainerTarget, response: BackendResponse) -> Reply:
+    """A 2xx from the container is InvokeEndpoint's 200; anything else is a ModelError."""
+    if not 200 <= response.status < 300:
+        message = response.body.decode(errors="replace")
+        return model_error(target.endpoint_name, response.status, message)
+    headers = dict(response.headers.items())
+    out = {
+        "Content-Type": headers.get("Content-Type", JSON_CONTENT_TYPE),
+        "x-Amzn-Invoked-Production-Variant": VARIANT,
+    }
+    attributes = {k.lower(): v for k, v in headers.items()}.get(
+        "x-amzn-sagemaker-custom-attributes"
+    )
+    if attributes:
+        out["X-Amzn-SageMaker-Custom-Attributes"] = attributes
+    return 200, out, response.body
+
+
+class _RuntimeHandler(LoopbackHandler):
+    """The runtime API over HTTP; make_front subclasses it with the endpoints it serves."""
+
+    endpoints: ClassVar[Endpoints]
+    server_version = "onnxlift-sagemaker-runtime"
+    own_headers = LoopbackHandler.own_headers | {"date", "server"}
+
+    def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.send_reply(status, {**headers, "x-amzn-RequestId": str(uuid.uuid4())}, body)
+
+    def do_POST(self) -> None:
+        body = self.read_body(MAX_PAYLOAD_BYTES)
+        if body is None:
+            length = self.body_length()
+            self._send(
+                *_error(
+                    400,
+                    "ValidationError",
+                    {"message": f"Request payload of {length} bytes is over the 6 MB limit."},
+                )
+            )
+            return
+        match = INVOKE_PATH.match(urlsplit(self.path).path)
+        if not match:
+            self._send(*_NOT_FOUND)
+            return
+        headers = {k: v for k in FORWARDED if (v := self.headers.get(k)) is not None}
+        self._send(*self.endpoints.invoke(unquote(match["endpoint"]), body, headers))
+
+    def do_GET(self) -> None:
+        self._send(*_NOT_FOUND)
 
 
 def make_front(
     containers: Mapping[str, ContainerTarget], *, host: str, port: int
-) -> ThreadingHTTPServer:
-    """The runtime API server; endpoint names and bare model names both resolve."""
-    by_endpoint = {t.endpoint_name: t for t in containers.values()}
-    by_endpoint.update({t.name: t for t in containers.values()})
-    connections = _Connections()
-
-    def forward(
-        target: ContainerTarget, body: bytes, headers: dict[str, str]
-    ) -> tuple[int, dict[str, str], bytes]:
-        for attempt in (1, 2):  # a kept-alive connection the container closed: once more
-            connection = connections.pool.get(target.name)
-            if connection is None:
-                connection = http.client.HTTPConnection(
-                    target.host, target.port, timeout=INVOCATION_TIMEOUT_S
-                )
-                connections.pool[target.name] = connection
-            try:
-                connection.request("POST", "/invocations", body, headers)
-                response = connection.getresponse()
-                data = response.read()
-                return response.status, dict(response.getheaders()), data
-            except TimeoutError:
-                connections.pool.pop(target.name).close()
-                return model_error(target.endpoint_name, None, "")
-            except (ConnectionError, http.client.HTTPException, OSError):
-                connections.pool.pop(target.name).close()
-                if attempt == 2:
-                    break
-        return _error(
-            503,
-            "ServiceUnavailable",
-            {"message": f"Endpoint {target.endpoint_name} is not available. Try again."},
-        )
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True  # see gateway.py
-        server_version = "onnxlift-sagemaker-runtime"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def _send(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
-            self.send_response(status)
-            for key, value in headers.items():
-                if key.lower() not in ("content-length", "connection", "date", "server"):
-                    self.send_header(key, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_PAYLOAD_BYTES:
-                self.close_connection = True  # the body is left unread
-                self._send(
-                    *_error(
-                        400,
-                        "ValidationError",
-                        {"message": f"Request payload of {length} bytes is over the 6 MB limit."},
-                    )
-                )
-                return
-            body = self.rfile.read(length) if length else b""
-            match = INVOKE_PATH.match(urlsplit(self.path).path)
-            if not match:
-                self._send(*_error(404, "UnknownOperationException", {"message": "not found"}))
-                return
-            name = unquote(match["endpoint"])
-            target = by_endpoint.get(name)
-            if target is None:
-                self._send(
-                    *_error(
-                        400,
-                        "ValidationError",
-                        {"message": f"Endpoint {name} of account {ACCOUNT} not found."},
-                    )
-                )
-                return
-            headers = {k: v for k in FORWARDED if (v := self.headers.get(k)) is not None}
-            status, reply_headers, data = forward(target, body, headers)
-            if "x-amzn-ErrorType" in reply_headers:
-                self._send(status, reply_headers, data)
-            elif 200 <= status < 300:
-                out = {
-                    "Content-Type": reply_headers.get("Content-Type", "application/json"),
-                    "x-Amzn-Invoked-Production-Variant": VARIANT,
-                }
-                attributes = {k.lower(): v for k, v in reply_headers.items()}.get(
-                    "x-amzn-sagemaker-custom-attributes"
-                )
-                if attributes:
-                    out["X-Amzn-SageMaker-Custom-Attributes"] = attributes
-                self._send(200, out, data)
-            else:
-                self._send(
-                    *model_error(target.endpoint_name, status, data.decode(errors="replace"))
-                )
-
-        def do_GET(self) -> None:
-            self._send(*_error(404, "UnknownOperationException", {"message": "not found"}))
-
-    server = _QuietServer((host, port), Handler)
-    server.daemon_threads = True
-    return server
-
-
-class _QuietServer(ThreadingHTTPServer):
-    """A client that drops its connection (a boto3 pool discarding an unread response) is
-    routine, not a traceback on the console."""
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        import sys
-
-        if isinstance(sys.exc_info()[1], ConnectionError):
-            return
-        super().handle_error(request, client_address)
+) -> LoopbackServer:
+    """The runtime API server, not started yet."""
+    handler = type("RuntimeHandler", (_RuntimeHandler,), {"endpoints": Endpoints(containers)})
+    return LoopbackServer(handler, host=host, port=port, name="sagemaker-runtime")
 
 
 def prepare_model_dir(folder: Path, work: Path) -> Path:
@@ -372,6 +336,5 @@ def start_sagemaker_models(
         for child in reversed(children):
             child.stop()
         raise
-    thread = threading.Thread(target=server.serve_forever, name="sagemaker-runtime", daemon=True)
-    thread.start()
-    return LocalSageMaker(server=server, containers=containers, children=children, thread=thread)
+    server.start()
+    return LocalSageMaker(server=server, containers=containers, children=children)

@@ -79,6 +79,14 @@ class LocalStack:
     def info_path(self) -> Path:
         return self.state / "local.json"
 
+    @property
+    def logs(self) -> Path:
+        return self.state / "logs"
+
+    @property
+    def aws_endpoint(self) -> str:
+        return f"http://{self.options.host}:{self.options.aws_port}"
+
     def _api_key(self) -> str:
         if self.options.api_key:
             return self.options.api_key
@@ -101,27 +109,48 @@ class LocalStack:
         return specs
 
     def start(self) -> dict[str, Any]:
+        """Bring everything up in order; the info `.onnxlift/local.json` now holds."""
         started = time.perf_counter()
+        self._check_ports()
+        aws = self._start_moto()
+        self._open_registry(aws)
+        functions, served = self._start_models(aws)
+        self._wait_for_functions()
+        api_key = self._api_key()
+        self._start_gateway(api_key, functions)
+        self.info = self._describe(api_key, served, time.perf_counter() - started)
+        self.info_path.write_text(json.dumps(self.info, indent=2))
+        self.info_path.chmod(0o600)
+        self.info["curl"] = self._curl_example(api_key, next(iter(functions)))
+        return self.info
+
+    def _check_ports(self) -> None:
         opts = self.options
         for port in (opts.port, opts.aws_port):
             if port_in_use(port, opts.host):
                 raise OnnxliftError(
                     f"port {port} on {opts.host} is in use (choose another with --port/--aws-port)"
                 )
-        logs = self.state / "logs"
-        endpoint = f"http://{opts.host}:{opts.aws_port}"
 
-        self.report(f"starting moto server (embedded AWS) on {endpoint}")
-        self.children.append(start_moto(port=opts.aws_port, host=opts.host, log=logs / "moto.log"))
-        env = aws_env(endpoint)
+    def _start_moto(self) -> dict[str, str]:
+        """Start the embedded AWS; the environment that points clients at it."""
+        self.report(f"starting moto server (embedded AWS) on {self.aws_endpoint}")
+        opts = self.options
+        self.children.append(
+            start_moto(port=opts.aws_port, host=opts.host, log=self.logs / "moto.log")
+        )
+        return aws_env(self.aws_endpoint)
+
+    def _open_registry(self, aws: dict[str, str]) -> None:
+        """The registry bucket in moto, with what the last run kept restored into it."""
         import boto3
 
         s3 = boto3.client(
             "s3",
-            endpoint_url=endpoint,
-            region_name=env["AWS_DEFAULT_REGION"],
-            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            endpoint_url=self.aws_endpoint,
+            region_name=aws["AWS_DEFAULT_REGION"],
+            aws_access_key_id=aws["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=aws["AWS_SECRET_ACCESS_KEY"],
         )
         self.registry = Registry(LOCAL_BUCKET, s3)
         self.registry.ensure_bucket()
@@ -129,6 +158,14 @@ class LocalStack:
         if restored:
             self.report(f"restored {restored} registry objects from {self.state / 'registry'}")
 
+    def _start_models(
+        self, aws: dict[str, str]
+    ) -> tuple[dict[str, FunctionTarget], dict[str, str]]:
+        """Build, publish and start every model: (the API's functions, model -> version).
+
+        A Lambda model's sandbox starts as soon as it is built, so its init phase runs while
+        the next model builds; SageMaker models start together once all are built."""
+        assert self.registry is not None
         functions: dict[str, FunctionTarget] = {}
         served: dict[str, str] = {}
         on_sagemaker: dict[str, Path] = {}
@@ -139,77 +176,93 @@ class LocalStack:
                 on_sagemaker[spec.name] = self.registry.download(
                     spec.name, version, self.state / "sagemaker-cache"
                 )
-                continue
-            model_env = serving_environment(
-                name=spec.name,
-                version=version,
-                source="registry",
-                alias=DEFAULT_ALIAS,
-                alias_ttl_s=LOCAL_ALIAS_TTL_S,
-                bucket=LOCAL_BUCKET,
-                cache_dir=str(self.state / "lambda-tmp" / spec.name),
-                threads=opts.threads or None,
-            )
-            self.report(f"starting function {spec.name} (version {version})")
-            functions[spec.name] = self._start_function(
-                spec.name, HANDLER, env | model_env, spec.serving.memory_mb, spec.serving.timeout_s
-            )
-
+            else:
+                functions[spec.name] = self._start_lambda_model(spec, version, aws)
         if on_sagemaker:
-            self.report(f"starting the local SageMaker runtime for {', '.join(on_sagemaker)}")
-            self.sagemaker = start_sagemaker_models(
-                on_sagemaker,
-                host=opts.host,
-                port=0,
-                log_dir=logs,
-                work_dir=self.state / "sagemaker",
-                threads=opts.threads or 1,
-                root=opts.root,
-            )
-            for name in on_sagemaker:  # the API's thin proxy function, as deployed
-                proxy_env = env | {
-                    Env.MODEL_NAME: name,
-                    Env.ENDPOINT_NAME: endpoint_name(name),
-                    "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": self.sagemaker.url,
-                }
-                functions[name] = self._start_function(
-                    name, PROXY_HANDLER, proxy_env, 256, API_GATEWAY_TIMEOUT_S
-                )
+            functions |= self._start_sagemaker_models(on_sagemaker, aws)
+        return functions, served
 
-        self._wait_for_functions()
-        api_key = self._api_key()
-        self.gateway = Gateway(
-            GatewayConfig(
-                api_key=api_key, functions=functions, default_function=next(iter(functions))
-            ),
-            host=opts.host,
-            port=opts.port,
+    def _start_lambda_model(
+        self, spec: ModelSpec, version: str, aws: dict[str, str]
+    ) -> FunctionTarget:
+        """The inference function, fetching its versions from the registry as deployed."""
+        model_env = serving_environment(
+            name=spec.name,
+            version=version,
+            source="registry",
+            alias=DEFAULT_ALIAS,
+            alias_ttl_s=LOCAL_ALIAS_TTL_S,
+            bucket=LOCAL_BUCKET,
+            cache_dir=str(self.state / "lambda-tmp" / spec.name),
+            threads=self.options.threads or None,
         )
+        self.report(f"starting function {spec.name} (version {version})")
+        return self._start_function(
+            spec.name, HANDLER, aws | model_env, spec.serving.memory_mb, spec.serving.timeout_s
+        )
+
+    def _start_sagemaker_models(
+        self, models: dict[str, Path], aws: dict[str, str]
+    ) -> dict[str, FunctionTarget]:
+        """The containers and the runtime front, then the API's thin proxy function for each
+        model, as deployed."""
+        self.report(f"starting the local SageMaker runtime for {', '.join(models)}")
+        self.sagemaker = start_sagemaker_models(
+            models,
+            host=self.options.host,
+            port=0,
+            log_dir=self.logs,
+            work_dir=self.state / "sagemaker",
+            threads=self.options.threads or 1,
+            root=self.options.root,
+        )
+        functions: dict[str, FunctionTarget] = {}
+        for name in models:
+            proxy_env = aws | {
+                Env.MODEL_NAME: name,
+                Env.ENDPOINT_NAME: endpoint_name(name),
+                "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": self.sagemaker.url,
+            }
+            functions[name] = self._start_function(
+                name, PROXY_HANDLER, proxy_env, 256, API_GATEWAY_TIMEOUT_S
+            )
+        return functions
+
+    def _start_gateway(self, api_key: str, functions: dict[str, FunctionTarget]) -> None:
+        """The API in front of every function; the first one answers the health routes."""
+        config = GatewayConfig(
+            api_key=api_key, functions=functions, default_function=next(iter(functions))
+        )
+        self.gateway = Gateway(config, host=self.options.host, port=self.options.port)
         self.gateway.start()
-        first = next(iter(functions))
-        self.info = {
-            "url": self.gateway.url,
+
+    def _describe(self, api_key: str, served: dict[str, str], seconds: float) -> dict[str, Any]:
+        """What `.onnxlift/local.json` tells scripts: where everything is, and the key."""
+        assert self.gateway is not None
+        url = self.gateway.url
+        return {
+            "url": url,
             "api_key": api_key,
-            "aws_endpoint_url": endpoint,
+            "aws_endpoint_url": self.aws_endpoint,
             "registry_bucket": LOCAL_BUCKET,
             "models": {
-                name: {"version": v, "infer_url": f"{self.gateway.url}{infer_path(name)}"}
+                name: {"version": v, "infer_url": f"{url}{infer_path(name)}"}
                 for name, v in served.items()
             },
-            "logs": str(logs),
+            "logs": str(self.logs),
             "pid": os.getpid(),
             **({"sagemaker": self.sagemaker.info()} if self.sagemaker else {}),
-            "started_in_seconds": round(time.perf_counter() - started, 2),
+            "started_in_seconds": round(seconds, 2),
         }
-        self.info_path.write_text(json.dumps(self.info, indent=2))
-        self.info_path.chmod(0o600)
-        self.info["curl"] = (
-            f"curl -s {self.gateway.url}{infer_path(first)} -H 'x-api-key: {api_key}' "
+
+    def _curl_example(self, api_key: str, model: str) -> str:
+        assert self.gateway is not None
+        return (
+            f"curl -s {self.gateway.url}{infer_path(model)} -H 'x-api-key: {api_key}' "
             "-H 'content-type: application/json' "
             '-d \'{"inputs":[{"name":"text","shape":[2],"datatype":"BYTES",'
             '"data":["first sentence","second one"]}]}\''
         )
-        return self.info
 
     def _start_function(
         self, name: str, handler: Path, env: dict[str, str], memory_mb: int, timeout_s: int
@@ -221,9 +274,7 @@ class LocalStack:
                 str(self.options.root / handler), "--function-name", name,
                 "--host", self.options.host, "--port", str(port),
                 "--memory-mb", str(memory_mb), "--timeout-s", str(timeout_s)]  # fmt: skip
-        child = start_child(
-            f"function {name}", args, log=self.state / "logs" / f"{name}.log", env=child_env
-        )
+        child = start_child(f"function {name}", args, log=self.logs / f"{name}.log", env=child_env)
         self.children.append(child)
         self._starting.append((child, f"http://{self.options.host}:{port}{HEALTH_PATH}"))
         return FunctionTarget(name, self.options.host, port)

@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
-from onnxlift.local.gateway import FunctionTarget, GatewayConfig, build_event, resolve_route
+import base64
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from onnxlift.local.gateway import (
+    FunctionTarget,
+    Gateway,
+    GatewayConfig,
+    build_event,
+    resolve_route,
+)
+from onnxlift.local.lambda_runtime import make_server
+from onnxlift.local.processes import free_port
 
 CONFIG = GatewayConfig(
     api_key="k",
@@ -68,3 +84,100 @@ def test_binary_bodies_travel_base64() -> None:
         api_key=None,
     )
     assert event["isBase64Encoded"] is True and event["body"] == "AP8="
+
+
+# -- over HTTP: the gateway in front of a local Lambda runtime, both on 127.0.0.1 -------------
+
+
+def fake_function(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """A proxy-integration function: echoes the method, answers binary, fails on request."""
+    if event["path"].endswith("/boom"):
+        raise RuntimeError("boom")
+    if event["path"].endswith("/slow"):
+        time.sleep(0.6)
+    return {
+        "statusCode": 201,
+        "headers": {"X-Method": event["httpMethod"], "Content-Length": "999"},
+        "multiValueHeaders": {"X-Multi": ["a", "b"]},
+        "body": base64.b64encode(b"\x00\x01").decode(),
+        "isBase64Encoded": True,
+    }
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[str]:
+    function = make_server(
+        fake_function,
+        host="127.0.0.1",
+        port=0,
+        function_name="minilm",
+        memory_mb=128,
+        timeout_s=3,
+    )
+    function.start()
+    port = function.port
+    config = GatewayConfig(
+        api_key="k",
+        functions={
+            "minilm": FunctionTarget("minilm", "127.0.0.1", port),
+            "gone": FunctionTarget("gone", "127.0.0.1", free_port()),
+        },
+        default_function="minilm",
+        max_body=64,
+        timeout_s=0.3,
+    )
+    gateway = Gateway(config, port=0)
+    gateway.start()
+    try:
+        yield gateway.url
+    finally:
+        gateway.stop()
+        function.stop()
+
+
+def call(
+    api: str, path: str, *, key: str | None = "k", method: str = "POST", body: bytes = b"{}"
+) -> requests.Response:
+    headers = {} if key is None else {"x-api-key": key}
+    return requests.request(method, api + path, data=body, headers=headers, timeout=5)
+
+
+def test_the_functions_reply_comes_back_as_it_made_it(api: str) -> None:
+    response = call(api, "/v2/models/minilm/infer")
+    assert response.status_code == 201 and response.content == b"\x00\x01"
+    assert response.headers["X-Method"] == "POST" and response.headers["X-Multi"] == "a, b"
+    assert response.headers["Content-Type"] == "application/json"  # the gateway's default
+    assert response.headers["Content-Length"] == "2"  # the function's own is not copied
+    assert response.headers["x-amzn-RequestId"] and response.headers["x-onnxlift-gateway-ms"]
+    head = call(api, "/v2/models/minilm", method="HEAD", body=b"")
+    assert head.status_code == 201 and head.content == b""
+
+
+def test_the_api_key_is_checked_after_the_route_and_before_the_model(api: str) -> None:
+    cases = [
+        (call(api, "/metrics", key=None), 404, "no route for POST /metrics"),
+        (call(api, "/v2/models/nope/infer", key=None), 403, "Forbidden: missing API key"),
+        (call(api, "/v2/models/nope/infer", key="wrong"), 403, "Forbidden: invalid API key"),
+        (call(api, "/v2/models/nope/infer"), 404, "model 'nope' not found"),
+    ]
+    for response, status, message in cases:
+        assert response.status_code == status, response.text
+        assert response.json() == {"error": message}
+        assert response.headers["Content-Type"] == "application/json"
+
+
+def test_a_body_over_the_limit_is_413_before_anything_else(api: str) -> None:
+    response = call(api, "/v2/models/minilm/infer", key=None, body=b"x" * 65)
+    assert response.status_code == 413
+    assert response.json() == {"error": "Request too large: 65 bytes; the limit is 64"}
+
+
+def test_function_failures_are_api_gateway_errors(api: str) -> None:
+    boom = call(api, "/v2/models/minilm/boom")
+    assert boom.status_code == 502 and "unhandled error" in boom.json()["error"]
+    gone = call(api, "/v2/models/gone/infer")
+    assert gone.status_code == 503 and gone.headers["Retry-After"] == "5"
+    assert gone.json() == {"error": "function 'gone' is not reachable"}
+    slow = call(api, "/v2/models/minilm/slow")
+    assert slow.status_code == 504 and slow.json() == {"error": "Endpoint request timed out"}
+    assert call(api, "/v2/models/minilm/infer").status_code == 201  # and it recovers

@@ -1,0 +1,140 @@
+"""The server base and keep-alive client the local servers share: real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from onnxlift.local.http import (
+    BackendResponse,
+    BackendUnreachable,
+    KeepAliveClient,
+    LoopbackHandler,
+    LoopbackServer,
+    json_reply,
+)
+from onnxlift.local.processes import free_port, port_in_use
+
+LIMIT = 16
+
+
+class Echo(LoopbackHandler):
+    """Answers who asked (the client's port tells connections apart) and what it sent."""
+
+    server_version = "echo"
+
+    def do_POST(self) -> None:
+        body = self.read_body(LIMIT)
+        if body is None:
+            self.send_reply(*json_reply(413, {"error": "too large"}))
+            return
+        nodelay = self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        payload = {"body": body.decode(), "peer": self.client_address[1], "nodelay": nodelay}
+        self.send_reply(*json_reply(200, payload, {"Connection": "dropped by own_headers"}))
+
+    def do_GET(self) -> None:
+        if self.path == "/close":
+            self.close_connection = True  # answer, then hang up without saying so
+        elif self.path == "/slow":
+            time.sleep(0.6)
+        self.send_reply(*json_reply(200, {"peer": self.client_address[1]}))
+
+    do_HEAD = do_GET
+
+
+@pytest.fixture
+def server() -> Iterator[LoopbackServer]:
+    server = LoopbackServer(Echo, port=0, name="echo")
+    server.start()
+    yield server
+    server.stop()
+
+
+def peer(response: BackendResponse) -> int:
+    """The client port the server saw: a new one means a new connection."""
+    return int(json.loads(response.body)["peer"])
+
+
+def test_server_listens_on_loopback_until_stopped() -> None:
+    server = LoopbackServer(Echo, port=0)
+    host, port = server.host, server.port
+    assert host == "127.0.0.1" and port != 0 and server.url == f"http://127.0.0.1:{port}"
+    server.start()
+    assert KeepAliveClient(timeout_s=2).request(host, port, "GET", "/").status == 200
+    server.stop()
+    assert not port_in_use(port)
+
+
+def test_one_kept_alive_connection_per_thread_with_nagle_off(server: LoopbackServer) -> None:
+    client = KeepAliveClient(timeout_s=2)
+    host, port = server.host, server.port
+    first = client.request(host, port, "POST", "/", b"hello")
+    second = client.request(host, port, "POST", "/", b"again")
+    assert first.status == second.status == 200
+    assert json.loads(first.body)["body"] == "hello" and json.loads(second.body)["nodelay"]
+    assert peer(first) == peer(second)  # the same connection carried both
+    assert first.headers["Content-Type"] == "application/json"
+    assert first.headers["Content-Length"] == str(len(first.body))
+    assert first.headers["Server"].startswith("echo") and "Connection" not in first.headers
+
+
+def test_a_connection_the_server_closed_is_reopened_once(server: LoopbackServer) -> None:
+    client = KeepAliveClient(timeout_s=2)
+    host, port = server.host, server.port
+    closed = client.request(host, port, "GET", "/close")
+    reopened = client.request(host, port, "GET", "/")
+    assert closed.status == reopened.status == 200
+    assert peer(closed) != peer(reopened)
+
+
+def test_a_body_over_the_limit_is_left_unread_and_the_connection_closed(
+    server: LoopbackServer,
+) -> None:
+    client = KeepAliveClient(timeout_s=2)
+    host, port = server.host, server.port
+    before = client.request(host, port, "POST", "/", b"x" * LIMIT)
+    refused = client.request(host, port, "POST", "/", b"x" * (LIMIT + 1))
+    after = client.request(host, port, "POST", "/", b"x" * LIMIT)
+    assert (before.status, refused.status, after.status) == (200, 413, 200)
+    assert peer(before) != peer(after)  # the refusal closed the kept-alive connection
+
+
+def test_head_gets_the_headers_without_the_body(server: LoopbackServer) -> None:
+    host, port = server.host, server.port
+    response = KeepAliveClient(timeout_s=2).request(host, port, "HEAD", "/")
+    assert response.status == 200 and response.body == b""
+    assert int(response.headers["Content-Length"]) > 0
+
+
+def test_a_slow_backend_is_a_timeout(server: LoopbackServer) -> None:
+    host, port = server.host, server.port
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        KeepAliveClient(timeout_s=0.2).request(host, port, "GET", "/slow")
+    assert time.monotonic() - started < 0.5
+
+
+def test_a_closed_port_is_unreachable() -> None:
+    with pytest.raises(BackendUnreachable):
+        KeepAliveClient(timeout_s=2).request("127.0.0.1", free_port(), "GET", "/")
+
+
+def test_clients_that_hang_up_are_no_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    server = LoopbackServer(Echo, port=0)
+    try:
+        try:
+            raise ConnectionResetError("client went away")
+        except ConnectionResetError:
+            server.handle_error(None, ("127.0.0.1", 1))
+        assert capsys.readouterr().err == ""
+        try:
+            raise ValueError("a real bug")
+        except ValueError:
+            server.handle_error(None, ("127.0.0.1", 1))
+        assert "a real bug" in capsys.readouterr().err
+    finally:
+        server.stop()
