@@ -157,6 +157,60 @@ WAF_COUNT_ONLY_RULES = (
 WAF_RATE_WINDOW_S = 300
 
 
+def _waf_visibility(metric: str) -> wafv2.CfnWebACL.VisibilityConfigProperty:
+    return wafv2.CfnWebACL.VisibilityConfigProperty(
+        cloud_watch_metrics_enabled=True,
+        metric_name=metric,
+        sampled_requests_enabled=True,
+    )
+
+
+def _waf_rate_limit_rule(limit: int, *, priority: int) -> wafv2.CfnWebACL.RuleProperty:
+    """Block an address above `limit` requests per window with a JSON 429."""
+    return wafv2.CfnWebACL.RuleProperty(
+        name="RateLimitPerIp",
+        priority=priority,
+        action=wafv2.CfnWebACL.RuleActionProperty(
+            block=wafv2.CfnWebACL.BlockActionProperty(
+                custom_response=wafv2.CfnWebACL.CustomResponseProperty(
+                    response_code=429, custom_response_body_key="rate-limited"
+                )
+            )
+        ),
+        statement=wafv2.CfnWebACL.StatementProperty(
+            rate_based_statement=wafv2.CfnWebACL.RateBasedStatementProperty(
+                aggregate_key_type="IP",
+                limit=limit,
+                evaluation_window_sec=WAF_RATE_WINDOW_S,
+            )
+        ),
+        visibility_config=_waf_visibility("onnxlift-rate-limit"),
+    )
+
+
+def _waf_common_rules(*, priority: int) -> wafv2.CfnWebACL.RuleProperty:
+    """The AWS common rule set, its body rules counting only (WAF_COUNT_ONLY_RULES)."""
+    return wafv2.CfnWebACL.RuleProperty(
+        name="AWSManagedRulesCommonRuleSet",
+        priority=priority,
+        override_action=wafv2.CfnWebACL.OverrideActionProperty(none={}),
+        statement=wafv2.CfnWebACL.StatementProperty(
+            managed_rule_group_statement=wafv2.CfnWebACL.ManagedRuleGroupStatementProperty(
+                vendor_name="AWS",
+                name="AWSManagedRulesCommonRuleSet",
+                rule_action_overrides=[
+                    wafv2.CfnWebACL.RuleActionOverrideProperty(
+                        name=rule,
+                        action_to_use=wafv2.CfnWebACL.RuleActionProperty(count={}),
+                    )
+                    for rule in WAF_COUNT_ONLY_RULES
+                ],
+            )
+        ),
+        visibility_config=_waf_visibility("onnxlift-common-rules"),
+    )
+
+
 def _json_schema_infer_request() -> apigw.JsonSchema:
     """Structure of a V2 infer request; the handler checks it against the model (422)."""
     S, T = apigw.JsonSchema, apigw.JsonSchemaType
@@ -205,76 +259,21 @@ class InferenceApi(Construct):
         if not functions:
             raise ValueError("the API needs at least one model function")
 
-        self.access_log_group = logs.LogGroup(
-            self,
-            "AccessLogs",
-            retention=logs.RetentionDays[LOG_RETENTION_DAYS[config.log_retention_days]],
-            removal_policy=RemovalPolicy.DESTROY,
-        )
-
-        self.api = apigw.RestApi(
-            self,
-            "RestApi",
-            description="onnxlift: ONNX model inference (Open Inference Protocol V2)",
-            endpoint_types=[apigw.EndpointType.REGIONAL],
-            # Set below, region-wide, with our own least-privilege role (or not at all).
-            cloud_watch_role=False,
-            api_key_source_type=apigw.ApiKeySourceType.HEADER,
-            min_compression_size=Size.kibibytes(1),
-            default_method_options=apigw.MethodOptions(api_key_required=True),
-            deploy_options=apigw.StageOptions(
-                stage_name=config.stage_name,
-                access_log_destination=apigw.LogGroupLogDestination(self.access_log_group),
-                access_log_format=apigw.AccessLogFormat.custom(json.dumps(ACCESS_LOG_FIELDS)),
-                tracing_enabled=True,
-                metrics_enabled=True,
-                logging_level=apigw.MethodLoggingLevel.ERROR,
-                # Never log request/response bodies: they carry callers' data.
-                data_trace_enabled=False,
-            ),
-        )
+        # The steps run in this order: each reads what the ones before it set on self.
+        self.access_log_group = self._access_log_group(config)
+        self.api = self._rest_api(config)
         self.stage = self.api.deployment_stage
-        # The RestApi's own "Endpoint" output duplicates the stack's ApiUrl output.
-        self.api.node.try_remove_child("Endpoint")
-
-        self.validator = self.api.add_request_validator(
-            "Validator",
-            request_validator_name="body-and-parameters",
-            validate_request_body=True,
-            validate_request_parameters=True,
-        )
-        self.infer_model = self.api.add_model(
-            "InferRequestModel",
-            content_type=JSON,
-            model_name="V2InferRequest",
-            description="Open Inference Protocol V2 inference request",
-            schema=_json_schema_infer_request(),
-        )
+        self.validator = self._validator()
+        self.infer_model = self._infer_request_model()
 
         self.methods: list[apigw.Method] = []
         self._routes(functions)
-        for gateway_id, (response_type, status, templates) in GATEWAY_RESPONSES.items():
-            self.api.add_gateway_response(
-                gateway_id, type=response_type, status_code=status, templates=templates
-            )
+        self._gateway_responses()
 
         self.api_key = self.api.add_api_key(
             "ApiKey", description="onnxlift inference API key (value: aws apigateway get-api-key)"
         )
-        self.usage_plan = self.api.add_usage_plan(
-            "UsagePlan",
-            description="onnxlift: per-key throttle and quota",
-            throttle=apigw.ThrottleSettings(
-                rate_limit=config.throttle_rate_limit, burst_limit=config.throttle_burst_limit
-            ),
-            quota=(
-                apigw.QuotaSettings(limit=config.quota_per_day, period=apigw.Period.DAY)
-                if config.quota_per_day is not None
-                else None
-            ),
-            api_stages=[apigw.UsagePlanPerApiStage(api=self.api, stage=self.stage)],
-        )
-        self.usage_plan.add_api_key(self.api_key)
+        self.usage_plan = self._usage_plan(config)
 
         self.cloudwatch_role: iam.Role | None = None
         self.web_acl: wafv2.CfnWebACL | None = None
@@ -306,6 +305,84 @@ class InferenceApi(Construct):
         if self.web_acl is None:
             nag.ack(self.stage, f"{nag.PACK}-APIG3", REASON_NO_WAF, skip=skip)
 
+    # -- the API, its stage and what every request is checked against ----------------------
+
+    def _access_log_group(self, config: DeploymentConfig) -> logs.LogGroup:
+        return logs.LogGroup(
+            self,
+            "AccessLogs",
+            retention=logs.RetentionDays[LOG_RETENTION_DAYS[config.log_retention_days]],
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+
+    def _rest_api(self, config: DeploymentConfig) -> apigw.RestApi:
+        api = apigw.RestApi(
+            self,
+            "RestApi",
+            description="onnxlift: ONNX model inference (Open Inference Protocol V2)",
+            endpoint_types=[apigw.EndpointType.REGIONAL],
+            # Set in _account_logging_role, region-wide, with our own least-privilege role
+            # (or not at all).
+            cloud_watch_role=False,
+            api_key_source_type=apigw.ApiKeySourceType.HEADER,
+            min_compression_size=Size.kibibytes(1),
+            default_method_options=apigw.MethodOptions(api_key_required=True),
+            deploy_options=apigw.StageOptions(
+                stage_name=config.stage_name,
+                access_log_destination=apigw.LogGroupLogDestination(self.access_log_group),
+                access_log_format=apigw.AccessLogFormat.custom(json.dumps(ACCESS_LOG_FIELDS)),
+                tracing_enabled=True,
+                metrics_enabled=True,
+                logging_level=apigw.MethodLoggingLevel.ERROR,
+                # Never log request/response bodies: they carry callers' data.
+                data_trace_enabled=False,
+            ),
+        )
+        # The RestApi's own "Endpoint" output duplicates the stack's ApiUrl output.
+        api.node.try_remove_child("Endpoint")
+        return api
+
+    def _validator(self) -> apigw.RequestValidator:
+        return self.api.add_request_validator(
+            "Validator",
+            request_validator_name="body-and-parameters",
+            validate_request_body=True,
+            validate_request_parameters=True,
+        )
+
+    def _infer_request_model(self) -> apigw.Model:
+        return self.api.add_model(
+            "InferRequestModel",
+            content_type=JSON,
+            model_name="V2InferRequest",
+            description="Open Inference Protocol V2 inference request",
+            schema=_json_schema_infer_request(),
+        )
+
+    def _gateway_responses(self) -> None:
+        for gateway_id, (response_type, status, templates) in GATEWAY_RESPONSES.items():
+            self.api.add_gateway_response(
+                gateway_id, type=response_type, status_code=status, templates=templates
+            )
+
+    def _usage_plan(self, config: DeploymentConfig) -> apigw.UsagePlan:
+        """Per-key throttle and quota on the stage, bound to the API key."""
+        usage_plan = self.api.add_usage_plan(
+            "UsagePlan",
+            description="onnxlift: per-key throttle and quota",
+            throttle=apigw.ThrottleSettings(
+                rate_limit=config.throttle_rate_limit, burst_limit=config.throttle_burst_limit
+            ),
+            quota=(
+                apigw.QuotaSettings(limit=config.quota_per_day, period=apigw.Period.DAY)
+                if config.quota_per_day is not None
+                else None
+            ),
+            api_stages=[apigw.UsagePlanPerApiStage(api=self.api, stage=self.stage)],
+        )
+        usage_plan.add_api_key(self.api_key)
+        return usage_plan
+
     # -- routes ------------------------------------------------------------------------
 
     def _method(
@@ -332,7 +409,7 @@ class InferenceApi(Construct):
 
     def _routes(self, functions: Sequence[InferenceFunction]) -> None:
         """The contract's V2 route table: health on the first function, each model's routes
-        under its literal name on its own function."""
+        under its literal name on its own function, a JSON 404 for any other name."""
         health_backend = apigw.LambdaIntegration(functions[0].function, allow_test_invoke=False)
         health = [r for r in ROUTES if "{name}" not in r.template]
         for route in health:
@@ -354,10 +431,15 @@ class InferenceApi(Construct):
                     path_params=["version"] if "{version}" in route.template else (),
                     body_model=self.infer_model if route.op is Op.INFER else None,
                 )
-        models = self.api.root.resource_for_path(MODELS_PREFIX.rstrip("/"))
+        self._unknown_model_routes()
 
-        # Any other model name: literal resources win over {name}, so this only answers
-        # for models that are not deployed.
+    def _unknown_model_routes(self) -> None:
+        """Any other model name gets a JSON 404 from a mock integration.
+
+        Literal resources win over {name}, so this only answers for models that are not
+        deployed.
+        """
+        models = self.api.root.resource_for_path(MODELS_PREFIX.rstrip("/"))
         unknown = models.add_resource("{name}")
         not_found = apigw.MockIntegration(
             passthrough_behavior=apigw.PassthroughBehavior.NEVER,
@@ -441,13 +523,6 @@ class InferenceApi(Construct):
     # -- WAF -------------------------------------------------------------------------------
 
     def _web_acl(self, config: DeploymentConfig) -> None:
-        def visibility(metric: str) -> wafv2.CfnWebACL.VisibilityConfigProperty:
-            return wafv2.CfnWebACL.VisibilityConfigProperty(
-                cloud_watch_metrics_enabled=True,
-                metric_name=metric,
-                sampled_requests_enabled=True,
-            )
-
         # A single client may send at most the whole usage plan's sustained rate.
         rate_limit = max(100, int(config.throttle_rate_limit * WAF_RATE_WINDOW_S))
         self.web_acl = wafv2.CfnWebACL(
@@ -455,53 +530,14 @@ class InferenceApi(Construct):
             "WebAcl",
             scope="REGIONAL",
             default_action=wafv2.CfnWebACL.DefaultActionProperty(allow={}),
-            visibility_config=visibility("onnxlift-api"),
+            visibility_config=_waf_visibility("onnxlift-api"),
             custom_response_bodies={
                 "rate-limited": wafv2.CfnWebACL.CustomResponseBodyProperty(
                     content_type="APPLICATION_JSON",
                     content=json.dumps({"error": "too many requests from this address"}),
                 )
             },
-            rules=[
-                wafv2.CfnWebACL.RuleProperty(
-                    name="RateLimitPerIp",
-                    priority=0,
-                    action=wafv2.CfnWebACL.RuleActionProperty(
-                        block=wafv2.CfnWebACL.BlockActionProperty(
-                            custom_response=wafv2.CfnWebACL.CustomResponseProperty(
-                                response_code=429, custom_response_body_key="rate-limited"
-                            )
-                        )
-                    ),
-                    statement=wafv2.CfnWebACL.StatementProperty(
-                        rate_based_statement=wafv2.CfnWebACL.RateBasedStatementProperty(
-                            aggregate_key_type="IP",
-                            limit=rate_limit,
-                            evaluation_window_sec=WAF_RATE_WINDOW_S,
-                        )
-                    ),
-                    visibility_config=visibility("onnxlift-rate-limit"),
-                ),
-                wafv2.CfnWebACL.RuleProperty(
-                    name="AWSManagedRulesCommonRuleSet",
-                    priority=1,
-                    override_action=wafv2.CfnWebACL.OverrideActionProperty(none={}),
-                    statement=wafv2.CfnWebACL.StatementProperty(
-                        managed_rule_group_statement=wafv2.CfnWebACL.ManagedRuleGroupStatementProperty(
-                            vendor_name="AWS",
-                            name="AWSManagedRulesCommonRuleSet",
-                            rule_action_overrides=[
-                                wafv2.CfnWebACL.RuleActionOverrideProperty(
-                                    name=rule,
-                                    action_to_use=wafv2.CfnWebACL.RuleActionProperty(count={}),
-                                )
-                                for rule in WAF_COUNT_ONLY_RULES
-                            ],
-                        )
-                    ),
-                    visibility_config=visibility("onnxlift-common-rules"),
-                ),
-            ],
+            rules=[_waf_rate_limit_rule(rate_limit, priority=0), _waf_common_rules(priority=1)],
         )
         self.web_acl_association = wafv2.CfnWebACLAssociation(
             self,

@@ -67,27 +67,50 @@ class InferenceFunction(Construct):
     ) -> None:
         super().__init__(scope, id)
         self.model = model
+        # The steps run in this order: each reads what the ones before it set on self.
+        self.log_group = self._log_group(config)
+        self.role = self._role(model, registry)
+        self.function = self._function(model, config, registry, project_root)
+        self._warn_if_slower_than_api_gateway(model)
 
-        self.log_group = logs.LogGroup(
+    def acknowledge_findings(self, *, skip: Collection[str] = ()) -> None:
+        """cdk-nag acknowledgements for this function's role, each with its reason."""
+        policy = self.role.node.find_child("DefaultPolicy")
+        nag.ack(policy, f"{nag.PACK}-IAM5[Resource::*]", REASON_XRAY, skip=skip)
+        model_objects = nag.resource_finding(self, self.model_objects_arn)
+        nag.ack(policy, f"{nag.PACK}-IAM5[{model_objects}]", REASON_MODEL_PREFIX, skip=skip)
+
+    def _log_group(self, config: DeploymentConfig) -> logs.LogGroup:
+        return logs.LogGroup(
             self,
             "Logs",
             retention=logs.RetentionDays[LOG_RETENTION_DAYS[config.log_retention_days]],
             removal_policy=RemovalPolicy.DESTROY,
         )
 
+    def _role(self, model: ModelDeployment, registry: ModelRegistry) -> iam.Role:
+        """Also sets `model_objects_arn`, which acknowledge_findings names."""
         # Our own role: no AWS managed policies (AWSLambdaBasicExecutionRole would allow
         # logs:* on every log group); only what this function uses.
-        self.role = iam.Role(
+        role = iam.Role(
             self,
             "Role",
             assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
             description=f"onnxlift inference function for model {model.name}",
         )
-        self.log_group.grant_write(self.role)
-        registry.grant_model_read(self.role, model.name)
+        self.log_group.grant_write(role)
+        registry.grant_model_read(role, model.name)
         self.model_objects_arn = registry.model_objects_arn(model.name)
+        return role
 
-        self.function = lambda_.DockerImageFunction(
+    def _function(
+        self,
+        model: ModelDeployment,
+        config: DeploymentConfig,
+        registry: ModelRegistry,
+        project_root: Path,
+    ) -> lambda_.DockerImageFunction:
+        return lambda_.DockerImageFunction(
             self,
             "Function",
             description=f"onnxlift: serves model {model.name} v{model.version} (V2 protocol)",
@@ -113,6 +136,7 @@ class InferenceFunction(Construct):
             },
         )
 
+    def _warn_if_slower_than_api_gateway(self, model: ModelDeployment) -> None:
         if model.timeout_s > APIGW_INTEGRATION_TIMEOUT_S:
             Annotations.of(self).add_warning_v2(
                 "onnxlift:TimeoutAboveApiGateway",
@@ -120,13 +144,6 @@ class InferenceFunction(Construct):
                 f"{APIGW_INTEGRATION_TIMEOUT_S} s API Gateway integration timeout; callers get "
                 "504 after 29 s while the function may keep running.",
             )
-
-    def acknowledge_findings(self, *, skip: Collection[str] = ()) -> None:
-        """cdk-nag acknowledgements for this function's role, each with its reason."""
-        policy = self.role.node.find_child("DefaultPolicy")
-        nag.ack(policy, f"{nag.PACK}-IAM5[Resource::*]", REASON_XRAY, skip=skip)
-        model_objects = nag.resource_finding(self, self.model_objects_arn)
-        nag.ack(policy, f"{nag.PACK}-IAM5[{model_objects}]", REASON_MODEL_PREFIX, skip=skip)
 
     def _image_code(
         self, model: ModelDeployment, config: DeploymentConfig, project_root: Path

@@ -151,29 +151,62 @@ class SageMakerEndpoint(Construct):
     ) -> None:
         super().__init__(scope, id)
         self.model = model
-        stack = Stack.of(self)
-        name = model.endpoint_name
         self.model_data_url = (
             f"s3://{registry.bucket.bucket_name}/models/{model.name}/{model.version}/{ARCHIVE}"
         )
+        # The steps run in this order: each reads what the ones before it set on self.
+        self.role = self._execution_role(model, registry, image)
+        self.capture_objects_arn = self._data_capture_access(model, registry)
+        self.cfn_model = self._model(model, image)
+        self.volume_key = self._volume_key(model)
+        self.endpoint_config = self._endpoint_config(model, registry)
+        self.endpoint = self._endpoint(model)
+        self.scalable_target = self._scalable_target(model)
+        self.scaling_policy = self._scaling_policy(model)
+        self.log_group = self._proxy_log_group(log_retention_days)
+        self.proxy_role = self._proxy_role(model)
+        self.function = self._proxy_function(model, project_root)
 
-        # -- execution role: this model's registry prefix, its image, its own log group --
-        self.role = iam.Role(
+    def acknowledge_findings(self, *, skip: Collection[str] = ()) -> None:
+        """cdk-nag acknowledgements for this endpoint, each with its reason."""
+        policy = self.role.node.find_child("DefaultPolicy")
+        model_objects = nag.resource_finding(self, self.model_objects_arn)
+        nag.ack(policy, f"{nag.PACK}-IAM5[{model_objects}]", REASON_MODEL_PREFIX, skip=skip)
+        nag.ack(policy, f"{nag.PACK}-IAM5[Resource::*]", REASON_EXECUTION_ROLE_STAR, skip=skip)
+        logs_arn = nag.resource_finding(self, f"{self.endpoint_log_group_arn}:*")
+        nag.ack(policy, f"{nag.PACK}-IAM5[{logs_arn}]", REASON_ENDPOINT_LOGS, skip=skip)
+        if self.capture_objects_arn is not None:
+            capture = nag.resource_finding(self, self.capture_objects_arn)
+            nag.ack(policy, f"{nag.PACK}-IAM5[{capture}]", REASON_DATA_CAPTURE, skip=skip)
+        if self.volume_key is None:
+            # Not in the AwsSolutions pack; the HIPAA, NIST 800-53 and PCI packs check it.
+            reason = REASON_KMS_NVME.format(instance_type=self.model.instance_type)
+            for rule in KMS_RULES:
+                nag.ack(self.endpoint_config, rule, reason, skip=skip)
+
+    # -- execution role: this model's registry prefix, its image, its own log group --------
+
+    def _execution_role(
+        self, model: SageMakerDeployment, registry: ModelRegistry, image: SageMakerImage
+    ) -> iam.Role:
+        """Also sets the two ARNs acknowledge_findings names: model objects, log group."""
+        name = model.endpoint_name
+        role = iam.Role(
             self,
             "ExecutionRole",
             assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
             description=f"onnxlift SageMaker endpoint {name}: reads models/{model.name}/ only",
         )
-        registry.grant_model_read(self.role, model.name)
+        registry.grant_model_read(role, model.name)
         self.model_objects_arn = registry.model_objects_arn(model.name)
-        image.repository.grant_pull(self.role)
-        self.endpoint_log_group_arn = stack.format_arn(
+        image.repository.grant_pull(role)
+        self.endpoint_log_group_arn = Stack.of(self).format_arn(
             service="logs",
             resource="log-group",
             resource_name=f"/aws/sagemaker/Endpoints/{name}",
             arn_format=ArnFormat.COLON_RESOURCE_NAME,
         )
-        self.role.add_to_policy(
+        role.add_to_policy(
             iam.PolicyStatement(
                 sid="WriteOwnEndpointLogs",
                 actions=[
@@ -185,7 +218,7 @@ class SageMakerEndpoint(Construct):
                 resources=[self.endpoint_log_group_arn, f"{self.endpoint_log_group_arn}:*"],
             )
         )
-        self.role.add_to_policy(
+        role.add_to_policy(
             iam.PolicyStatement(
                 sid="PublishEndpointMetrics",
                 actions=["cloudwatch:PutMetricData"],
@@ -193,21 +226,30 @@ class SageMakerEndpoint(Construct):
                 conditions={"StringLike": {"cloudwatch:namespace": "/aws/sagemaker/*"}},
             )
         )
-        self.capture_objects_arn: str | None = None
-        if model.data_capture:
-            self.capture_objects_arn = registry.bucket.arn_for_objects(
-                f"{DATA_CAPTURE_PREFIX}/{model.name}/*"
-            )
-            self.role.add_to_policy(
-                iam.PolicyStatement(
-                    sid="WriteOwnDataCapture",
-                    actions=["s3:PutObject"],
-                    resources=[self.capture_objects_arn],
-                )
-            )
+        return role
 
-        # -- model, endpoint config, endpoint ---------------------------------------------
-        self.cfn_model = sagemaker.CfnModel(
+    def _data_capture_access(
+        self, model: SageMakerDeployment, registry: ModelRegistry
+    ) -> str | None:
+        """Let the execution role write captured data; the ARN it may write, or None."""
+        if not model.data_capture:
+            return None
+        capture_objects_arn = registry.bucket.arn_for_objects(
+            f"{DATA_CAPTURE_PREFIX}/{model.name}/*"
+        )
+        self.role.add_to_policy(
+            iam.PolicyStatement(
+                sid="WriteOwnDataCapture",
+                actions=["s3:PutObject"],
+                resources=[capture_objects_arn],
+            )
+        )
+        return capture_objects_arn
+
+    # -- model, endpoint config, endpoint -------------------------------------------------
+
+    def _model(self, model: SageMakerDeployment, image: SageMakerImage) -> sagemaker.CfnModel:
+        cfn_model = sagemaker.CfnModel(
             self,
             "Model",
             execution_role_arn=self.role.role_arn,
@@ -221,18 +263,24 @@ class SageMakerEndpoint(Construct):
                 ),
             ),
         )
-        self.cfn_model.node.add_dependency(self.role)  # its policy must exist before CreateModel
+        cfn_model.node.add_dependency(self.role)  # its policy must exist before CreateModel
+        return cfn_model
 
-        self.volume_key: kms.Key | None = None
-        if not has_local_nvme(model.instance_type):
-            self.volume_key = kms.Key(
-                self,
-                "VolumeKey",
-                description=f"onnxlift SageMaker endpoint {name}: ML storage volume",
-                enable_key_rotation=True,
-                removal_policy=RemovalPolicy.DESTROY,
-            )
+    def _volume_key(self, model: SageMakerDeployment) -> kms.Key | None:
+        """A customer managed key for the ML storage volume; None on NVMe instance types."""
+        if has_local_nvme(model.instance_type):
+            return None
+        return kms.Key(
+            self,
+            "VolumeKey",
+            description=f"onnxlift SageMaker endpoint {model.endpoint_name}: ML storage volume",
+            enable_key_rotation=True,
+            removal_policy=RemovalPolicy.DESTROY,
+        )
 
+    def _endpoint_config(
+        self, model: SageMakerDeployment, registry: ModelRegistry
+    ) -> sagemaker.CfnEndpointConfig:
         variant = sagemaker.CfnEndpointConfig.ProductionVariantProperty(
             variant_name=VARIANT,
             model_name=self.cfn_model.attr_model_name,
@@ -241,26 +289,31 @@ class SageMakerEndpoint(Construct):
             initial_variant_weight=1.0,
             inference_ami_version=GPU_AMI if is_gpu(model.instance_type) else None,
         )
-        self.endpoint_config = sagemaker.CfnEndpointConfig(
+        return sagemaker.CfnEndpointConfig(
             self,
             "EndpointConfig",
             production_variants=[variant],
             kms_key_id=self.volume_key.key_arn if self.volume_key else None,
             data_capture_config=self._data_capture(model, registry) if model.data_capture else None,
         )
-        self.endpoint = sagemaker.CfnEndpoint(
+
+    def _endpoint(self, model: SageMakerDeployment) -> sagemaker.CfnEndpoint:
+        return sagemaker.CfnEndpoint(
             self,
             "Endpoint",
-            endpoint_name=name,
+            endpoint_name=model.endpoint_name,
             endpoint_config_name=self.endpoint_config.attr_endpoint_config_name,
         )
 
-        # -- autoscaling on invocations per instance --------------------------------------
-        self.scalable_target = appscaling.ScalableTarget(
+    # -- autoscaling on invocations per instance ------------------------------------------
+
+    def _scalable_target(self, model: SageMakerDeployment) -> appscaling.ScalableTarget:
+        stack = Stack.of(self)
+        scalable_target = appscaling.ScalableTarget(
             self,
             "Scaling",
             service_namespace=appscaling.ServiceNamespace.SAGEMAKER,
-            resource_id=f"endpoint/{name}/variant/{VARIANT}",
+            resource_id=f"endpoint/{model.endpoint_name}/variant/{VARIANT}",
             scalable_dimension="sagemaker:variant:DesiredInstanceCount",
             min_capacity=model.min_instances,
             max_capacity=model.max_instances,
@@ -278,8 +331,11 @@ class SageMakerEndpoint(Construct):
                 mutable=False,
             ),
         )
-        self.scalable_target.node.add_dependency(self.endpoint)
-        self.scaling_policy = self.scalable_target.scale_to_track_metric(
+        scalable_target.node.add_dependency(self.endpoint)
+        return scalable_target
+
+    def _scaling_policy(self, model: SageMakerDeployment) -> appscaling.TargetTrackingScalingPolicy:
+        return self.scalable_target.scale_to_track_metric(
             "InvocationsPerInstance",
             target_value=model.target_invocations_per_instance,
             predefined_metric=appscaling.PredefinedMetric.SAGEMAKER_VARIANT_INVOCATIONS_PER_INSTANCE,
@@ -288,31 +344,41 @@ class SageMakerEndpoint(Construct):
             scale_in_cooldown=Duration.seconds(600),
         )
 
-        # -- the API's proxy function -----------------------------------------------------
-        self.log_group = logs.LogGroup(
+    # -- the API's proxy function ---------------------------------------------------------
+
+    def _proxy_log_group(self, log_retention_days: int) -> logs.LogGroup:
+        return logs.LogGroup(
             self,
             "ProxyLogs",
             retention=logs.RetentionDays[LOG_RETENTION_DAYS[log_retention_days]],
             removal_policy=RemovalPolicy.DESTROY,
         )
-        self.proxy_role = iam.Role(
+
+    def _proxy_role(self, model: SageMakerDeployment) -> iam.Role:
+        """Writes its own log group and invokes this endpoint (`endpoint_arn`), nothing else."""
+        name = model.endpoint_name
+        proxy_role = iam.Role(
             self,
             "ProxyRole",
             assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
             description=f"onnxlift proxy to SageMaker endpoint {name}",
         )
-        self.log_group.grant_write(self.proxy_role)
-        self.endpoint_arn = stack.format_arn(
+        self.log_group.grant_write(proxy_role)
+        self.endpoint_arn = Stack.of(self).format_arn(
             service="sagemaker", resource="endpoint", resource_name=name.lower()
         )
-        self.proxy_role.add_to_policy(
+        proxy_role.add_to_policy(
             iam.PolicyStatement(
                 sid="InvokeOwnEndpoint",
                 actions=["sagemaker:InvokeEndpoint"],
                 resources=[self.endpoint_arn],
             )
         )
-        self.function = lambda_.Function(
+        return proxy_role
+
+    def _proxy_function(self, model: SageMakerDeployment, project_root: Path) -> lambda_.Function:
+        name = model.endpoint_name
+        return lambda_.Function(
             self,
             "Proxy",
             description=f"onnxlift: V2 API for model {model.name} -> SageMaker endpoint {name}",
@@ -332,23 +398,6 @@ class SageMakerEndpoint(Construct):
                 "LOG_LEVEL": "INFO",
             },
         )
-
-    def acknowledge_findings(self, *, skip: Collection[str] = ()) -> None:
-        """cdk-nag acknowledgements for this endpoint, each with its reason."""
-        policy = self.role.node.find_child("DefaultPolicy")
-        model_objects = nag.resource_finding(self, self.model_objects_arn)
-        nag.ack(policy, f"{nag.PACK}-IAM5[{model_objects}]", REASON_MODEL_PREFIX, skip=skip)
-        nag.ack(policy, f"{nag.PACK}-IAM5[Resource::*]", REASON_EXECUTION_ROLE_STAR, skip=skip)
-        logs_arn = nag.resource_finding(self, f"{self.endpoint_log_group_arn}:*")
-        nag.ack(policy, f"{nag.PACK}-IAM5[{logs_arn}]", REASON_ENDPOINT_LOGS, skip=skip)
-        if self.capture_objects_arn is not None:
-            capture = nag.resource_finding(self, self.capture_objects_arn)
-            nag.ack(policy, f"{nag.PACK}-IAM5[{capture}]", REASON_DATA_CAPTURE, skip=skip)
-        if self.volume_key is None:
-            # Not in the AwsSolutions pack; the HIPAA, NIST 800-53 and PCI packs check it.
-            reason = REASON_KMS_NVME.format(instance_type=self.model.instance_type)
-            for rule in KMS_RULES:
-                nag.ack(self.endpoint_config, rule, reason, skip=skip)
 
     def _data_capture(
         self, model: SageMakerDeployment, registry: ModelRegistry

@@ -39,7 +39,20 @@ class OnnxliftStack(Stack):
         Tags.of(self).add("project", "onnxlift")
 
         self.registry = ModelRegistry(self, "Registry", bucket_name=config.registry_bucket_name)
-        self.functions = [
+        self.functions = self._functions(config, project_root)
+        self.endpoints = self._endpoints(config, project_root)
+        # An endpoint offers what the API needs of a function: `.model.name` and `.function`
+        # (its thin proxy), so the routes are the same for both paths.
+        self.api = InferenceApi(
+            self, "Api", config=config, functions=[*self.functions, *self.endpoints]
+        )
+        self._outputs()
+
+        if acknowledge_nag_findings:
+            self.acknowledge_findings()
+
+    def _functions(self, config: DeploymentConfig, project_root: Path) -> list[InferenceFunction]:
+        return [
             InferenceFunction(
                 self,
                 f"Model-{model.name}",
@@ -50,36 +63,36 @@ class OnnxliftStack(Stack):
             )
             for model in config.models
         ]
-        self.endpoints: list[SageMakerEndpoint] = []
-        if config.sagemaker_models:
-            image = (
-                SageMakerImage.from_ecr(
-                    self,
-                    "SageMakerRepository",
-                    repository_name=config.ecr_repository_name or "",
-                    tag="sagemaker",
-                )
-                if config.image_source == "ecr"
-                else SageMakerImage.from_asset(self, "SageMakerImage", project_root=project_root)
-            )
-            self.endpoints = [
-                SageMakerEndpoint(
-                    self,
-                    f"Endpoint-{model.name}",
-                    model=model,
-                    registry=self.registry,
-                    image=image,
-                    project_root=project_root,
-                    log_retention_days=config.log_retention_days,
-                )
-                for model in config.sagemaker_models
-            ]
-        # An endpoint offers what the API needs of a function: `.model.name` and `.function`
-        # (its thin proxy), so the routes are the same for both paths.
-        self.api = InferenceApi(
-            self, "Api", config=config, functions=[*self.functions, *self.endpoints]
-        )
 
+    def _endpoints(self, config: DeploymentConfig, project_root: Path) -> list[SageMakerEndpoint]:
+        """One endpoint per SageMaker model, all from one image (none without such models)."""
+        if not config.sagemaker_models:
+            return []
+        image = self._sagemaker_image(config, project_root)
+        return [
+            SageMakerEndpoint(
+                self,
+                f"Endpoint-{model.name}",
+                model=model,
+                registry=self.registry,
+                image=image,
+                project_root=project_root,
+                log_retention_days=config.log_retention_days,
+            )
+            for model in config.sagemaker_models
+        ]
+
+    def _sagemaker_image(self, config: DeploymentConfig, project_root: Path) -> SageMakerImage:
+        if config.image_source == "ecr":
+            return SageMakerImage.from_ecr(
+                self,
+                "SageMakerRepository",
+                repository_name=config.ecr_repository_name or "",
+                tag="sagemaker",
+            )
+        return SageMakerImage.from_asset(self, "SageMakerImage", project_root=project_root)
+
+    def _outputs(self) -> None:
         CfnOutput(self, "ApiUrl", value=self.api.api.url, description="Base URL of the V2 API")
         CfnOutput(
             self,
@@ -93,9 +106,6 @@ class OnnxliftStack(Stack):
             value=self.registry.bucket.bucket_name,
             description="S3 model registry (models/<name>/<version>/...)",
         )
-
-        if acknowledge_nag_findings:
-            self.acknowledge_findings()
 
     def acknowledge_findings(self, *, skip: Collection[str] = ()) -> None:
         """Have each construct acknowledge the cdk-nag findings its design accepts.
