@@ -15,7 +15,7 @@ from infra.config import (
     read_context,
     sagemaker_from_specs,
 )
-from infra.stack import OnnxliftStack
+from infra.onnxlift_stack import OnnxliftStack
 from onnxlift.spec import discover_specs
 
 ROOT = Path(__file__).resolve().parent

@@ -102,7 +102,7 @@ class SageMakerDeployment:
     name: str
     version: str
     instance_type: str = "ml.g5.xlarge"
-    initial_instance_count: int = 1
+    initial_instances: int = 1
     min_instances: int = 1
     max_instances: int = 4
     # SageMakerVariantInvocationsPerInstance is per minute. A MiniLM-class encoder on one A10G
@@ -115,10 +115,10 @@ class SageMakerDeployment:
     def __post_init__(self) -> None:
         if not _INSTANCE.match(self.instance_type):
             raise ConfigError(f"model {self.name}: instance_type {self.instance_type!r} is invalid")
-        if not 1 <= self.min_instances <= self.initial_instance_count <= self.max_instances:
+        if not 1 <= self.min_instances <= self.initial_instances <= self.max_instances:
             raise ConfigError(
-                f"model {self.name}: need 1 <= min_instances <= initial_instance_count "
-                f"<= max_instances, got {self.min_instances}, {self.initial_instance_count}, "
+                f"model {self.name}: need 1 <= min_instances <= initial_instances "
+                f"<= max_instances, got {self.min_instances}, {self.initial_instances}, "
                 f"{self.max_instances}"
             )
         if self.target_invocations_per_instance < 1:
@@ -314,7 +314,7 @@ def sagemaker_from_specs(
             name=spec.name,
             version=deployed_version(spec, context),
             instance_type=spec.serving.instance_type,
-            initial_instance_count=spec.serving.initial_instances,
+            initial_instances=spec.serving.initial_instances,
             min_instances=spec.serving.min_instances,
             max_instances=spec.serving.max_instances,
             target_invocations_per_instance=spec.serving.target_invocations_per_instance,

@@ -21,7 +21,7 @@ from infra.config import (
     DeploymentConfig,
     ModelDeployment,
 )
-from infra.registry import REASON_MODEL_PREFIX, ModelRegistry
+from infra.registry_bucket import REASON_MODEL_PREFIX, ModelRegistry
 
 DOCKERFILE = "functions/inference/Dockerfile"
 ARTIFACTS_DIR = ".onnxlift/artifacts"

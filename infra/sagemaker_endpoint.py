@@ -13,7 +13,7 @@ that header, so it cannot turn throttling into 429. The direct integration would
 a mapping template per route to carry GET metadata/ready through a POST-only
 /invocations. The function reads the error code with boto3 (and retries throttling once),
 and it runs unchanged in the local stack. Its cost: a 256 MB function with no model and a
-~0.3 s cold start, small next to a GPU model. See SAGEMAKER_NOTES.md.
+~0.3 s cold start, small next to a GPU model. README.md, "Large models", has the error map.
 
 This construct exposes `.model` (with `.name`) and `.function` like InferenceFunction, so
 InferenceApi routes /v2/models/<name>/... to it without knowing it is a proxy.
@@ -40,7 +40,7 @@ from onnxlift_serving import contract
 
 from infra import nag
 from infra.config import APIGW_INTEGRATION_TIMEOUT_S, LOG_RETENTION_DAYS, SageMakerDeployment
-from infra.registry import REASON_MODEL_PREFIX, ModelRegistry
+from infra.registry_bucket import REASON_MODEL_PREFIX, ModelRegistry
 
 DOCKERFILE = "functions/sagemaker/Dockerfile"
 PROXY_CODE = "functions/sagemaker/proxy"
@@ -285,7 +285,7 @@ class SageMakerEndpoint(Construct):
             variant_name=VARIANT,
             model_name=self.cfn_model.attr_model_name,
             instance_type=model.instance_type,
-            initial_instance_count=model.initial_instance_count,
+            initial_instance_count=model.initial_instances,
             initial_variant_weight=1.0,
             inference_ami_version=GPU_AMI if is_gpu(model.instance_type) else None,
         )

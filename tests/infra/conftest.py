@@ -25,7 +25,7 @@ from aws_cdk.assertions import Template  # noqa: E402
 
 from infra import nag  # noqa: E402
 from infra.config import DeploymentConfig, ModelDeployment  # noqa: E402
-from infra.stack import OnnxliftStack  # noqa: E402
+from infra.onnxlift_stack import OnnxliftStack  # noqa: E402
 
 CDK_CONTEXT: dict[str, Any] = json.loads((ROOT / "cdk.json").read_text())["context"]
 

@@ -28,11 +28,11 @@ LAYERS = {
     INIT: 0,
     "config": 0,
     "nag": 1,
-    "registry": 2,
+    "registry_bucket": 2,
     "inference_function": 2,
     "sagemaker_endpoint": 2,
-    "api": 2,
-    "stack": 3,
+    "rest_api": 2,
+    "onnxlift_stack": 3,
 }
 
 

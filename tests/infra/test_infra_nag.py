@@ -19,7 +19,7 @@ from constructs import IConstruct
 
 from infra import nag
 from infra.config import DeploymentConfig, ModelDeployment
-from infra.stack import OnnxliftStack
+from infra.onnxlift_stack import OnnxliftStack
 
 MINILM = ModelDeployment(
     name="minilm", version="1", memory_mb=2048, timeout_s=29, reserved_concurrency=10

@@ -13,7 +13,7 @@ from cdk_nag import NIST80053R5Checks
 
 from infra import nag
 from infra.config import ConfigError, SageMakerDeployment
-from infra.registry import ModelRegistry
+from infra.registry_bucket import ModelRegistry
 from infra.sagemaker_endpoint import (
     GPU_AMI,
     KMS_RULES,
@@ -63,7 +63,7 @@ def cpu_capture() -> Built:
         name="bge",
         version="3",
         instance_type="ml.c7i.2xlarge",
-        initial_instance_count=2,
+        initial_instances=2,
         min_instances=2,
         max_instances=6,
         target_invocations_per_instance=900,
@@ -298,7 +298,7 @@ def test_nvme_instance_types(instance_type: str, nvme: bool) -> None:
     [
         {"instance_type": "g5.xlarge"},
         {"min_instances": 0},
-        {"min_instances": 3, "max_instances": 2, "initial_instance_count": 3},
+        {"min_instances": 3, "max_instances": 2, "initial_instances": 3},
         {"target_invocations_per_instance": 0},
         {"data_capture_sampling_percent": 0},
     ],

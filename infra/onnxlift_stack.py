@@ -9,10 +9,10 @@ from typing import Any
 from aws_cdk import CfnOutput, Stack, Tags
 from constructs import Construct
 
-from infra.api import InferenceApi
 from infra.config import DeploymentConfig
 from infra.inference_function import InferenceFunction
-from infra.registry import ModelRegistry
+from infra.registry_bucket import ModelRegistry
+from infra.rest_api import InferenceApi
 from infra.sagemaker_endpoint import SageMakerEndpoint, SageMakerImage
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
