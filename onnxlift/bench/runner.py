@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata
+import json
 import platform
 import subprocess
 import tempfile
@@ -24,7 +25,6 @@ from onnxlift.bench.size import run_size
 from onnxlift.bench.threads import run_threads
 from onnxlift.bench.throughput import local_stack, run_throughput
 from onnxlift.bench.tiers import run_tiers
-from onnxlift.bench.timing import ratio
 from onnxlift.bench.variants import onnx_variants, stage_artifact
 
 Report = Callable[[str], None]
@@ -92,72 +92,6 @@ def _git(root: Path) -> dict[str, Any]:
 
     status = run("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench")
     return {"commit": run("rev-parse", "--short=12", "HEAD") or "unknown", "dirty": bool(status)}
-
-
-def _tier_ratio(row: dict[str, Any]) -> float | None:
-    return ratio(row["handler"]["p50"], row["prep_run"]["p50"])
-
-
-def _notes(model: dict[str, Any]) -> list[str]:
-    """Figures that explain the goals not met (the report's 'what limits' list)."""
-    notes: list[str] = []
-    met = {g["id"]: g["met"] for g in model["goals"]}
-    alt = (model.get("alternatives") or {}).get("batches", {})
-    if met.get("int8_vs_fp32") is False and alt:
-        by_batch = ", ".join(
-            f"batch {b}: {ratio(row.get('fp32_fused', {}).get('p50'), row['int8']['p50']):.2f}x"
-            for b, row in alt.items()
-            if "fp32_fused" in row
-        )
-        notes.append(
-            f"INT8 over fused FP32 by batch size ({by_batch}); INT8 over the plain FP32 export "
-            f"at batch 1: {report_module.figures(model)['int8_vs_fp32'] or 0:.2f}x."
-        )
-    tiers = (model.get("tiers") or {}).get("batches", {})
-    if met.get("handler_overhead") is False and "1" in tiers:
-        row = tiers["1"]
-        prep, v2, handler = row["prep_run"]["p50"], row["v2"]["p50"], row["handler"]["p50"]
-        notes.append(
-            f"at batch 1 pre-processing + run takes {prep:.2f} ms; V2 decode/validate/encode "
-            f"adds {v2 - prep:.2f} ms and powertools (resolver, logger, tracer, metrics) "
-            f"{handler - v2:.2f} ms: fixed costs that do not shrink with the model. At batch 8 "
-            f"the handler adds {(_tier_ratio(tiers.get('8', row)) or 1) - 1:.0%}."
-        )
-    if met.get("warm_vs_pytorch") is False and "1" in alt:
-        row = alt["1"]
-        if "torch_forward" in row:
-            notes.append(
-                "PyTorch at batch 1: sentence-transformers encode "
-                f"{row['torch_st']['p50']:.2f} ms, "
-                f"its bare forward {row['torch_forward']['p50']:.2f} ms, INT8 pre-processing + "
-                f"run {row['int8']['p50']:.2f} ms."
-            )
-    cold = (model.get("coldstart") or {}).get("kinds", {})
-    if met.get("cold_vs_pytorch") is False and "int8" in cold and "torch" in cold:
-        notes.append(
-            f"cold start INT8 {cold['int8']['median_wall_s']:.2f} s (imports "
-            f"{cold['int8']['median_imports_s']:.2f} s) vs PyTorch "
-            f"{cold['torch']['median_wall_s']:.2f} s "
-            f"(imports {cold['torch']['median_imports_s']:.2f} s)."
-        )
-    size = model.get("size") or {}
-    if met.get("size_vs_pytorch") is False and "onnxlift" in size:
-        top = list(size["onnxlift"]["packages"].items())[:5]
-        notes.append(
-            "the onnxlift function's largest dependencies: "
-            + ", ".join(f"{n} {b / 1e6:.0f} MB" for n, b in top)
-            + f"; the model itself is {size['onnxlift']['model_bytes'] / 1e6:.0f} MB."
-        )
-    tp = model.get("throughput") or {}
-    if met.get("throughput_c2") is False and tp:
-        c1 = tp["levels"].get("1", {})
-        notes.append(
-            "one request through the gateway takes "
-            f"{c1.get('latency_ms', {}).get('p50', 0):.2f} ms "
-            f"p50 against {tp['floor_ms']:.2f} ms of bare run; the client, the gateway, the "
-            f"function and the handler's Python share the {tp['cores']} cores with onnxruntime."
-        )
-    return notes
 
 
 METHOD = [
@@ -377,7 +311,7 @@ def run(config: BenchConfig, report: Report = print) -> dict[str, Any]:
     all_goals = []
     for name, model in models.items():
         model["goals"] = report_module.goals(name, model)
-        model["notes"] = _notes(model)
+        model["notes"] = report_module.notes(model)
         all_goals += model["goals"]
     results: dict[str, Any] = {
         "schema": 1,
@@ -405,7 +339,7 @@ def run(config: BenchConfig, report: Report = print) -> dict[str, Any]:
     results["meta"]["duration_s"] = round(time.perf_counter() - started, 1)
     plots = report_module.write_plots(results, config.out)
     results["plots"] = plots
-    report_module.write_json(results, config.out / "results.json")
+    (config.out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     (config.out / "REPORT.md").write_text(report_module.render_markdown(results, plots))
     report(
         f"wrote {config.out / 'results.json'}, {config.out / 'REPORT.md'} and {len(plots)} plots"

@@ -27,13 +27,12 @@ from onnxlift_serving.contract import infer_path, sandbox_environment, serving_e
 from onnxlift.bench.corpus import batch, v2_body
 from onnxlift.bench.timing import measure_interleaved
 
-TIERS = ("floor", "prep_run", "v2", "handler", "http")
-TIER_LABELS = {
-    "floor": "session.run (floor)",
-    "prep_run": "pre-processing + run",
-    "v2": "V2 decode/validate/run/encode (no powertools)",
-    "handler": "Lambda handler (API Gateway event)",
-    "http": "HTTP via local gateway",
+TIERS = {
+    "floor": "session.run (floor)",  # on tensors already prepared: onnxruntime alone
+    "prep_run": "pre-processing + run",  # tokenizer + session.run: the pipeline's `run`
+    "v2": "V2 decode/validate/run/encode (no powertools)",  # ModelService.infer + json.dumps
+    "handler": "Lambda handler (API Gateway event)",  # the real one: powertools, metrics
+    "http": "HTTP via local gateway",  # through the local gateway to the local Lambda runtime
 }
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _sink: Any = None
