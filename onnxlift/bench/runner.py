@@ -276,13 +276,8 @@ def run_cold_and_size(
 
     started = time.perf_counter()
     report(f"{name}: deployable size")
-    model["size"] = run_size(
-        root=config.root,
-        artifact_folder=staged["int8"],  # model.onnx, manifest, assets: not the build's work/
-        weights_dir=weights_dir,
-        download=settings.download,
-        report=report,
-    )
+    # the staged INT8 folder: model.onnx, manifest, assets, not the build's work/
+    model["size"] = run_size(config.root, staged["int8"], weights_dir, settings.download, report)
     timings["size"] = round(time.perf_counter() - started, 1)
 
 
