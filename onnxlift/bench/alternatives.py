@@ -17,9 +17,8 @@ from typing import Any
 import numpy as np
 
 from onnxlift.bench.corpus import batch
-from onnxlift.bench.tiers import load_pipeline
+from onnxlift.bench.serving import load_pipeline, onnx_variants
 from onnxlift.bench.timing import measure_interleaved
-from onnxlift.bench.variants import onnx_variants
 
 TORCH_ENCODE = "torch_st"
 TORCH_FORWARD = "torch_forward"

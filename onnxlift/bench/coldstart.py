@@ -102,7 +102,7 @@ def run_coldstart(
 
 
 def handler_env(artifact_folder: Path, event: dict[str, Any], threads: int) -> dict[str, str]:
-    from onnxlift.bench.tiers import sandbox_env
+    from onnxlift.bench.serving import sandbox_env
 
     return sandbox_env(artifact_folder, threads=threads) | {
         "ONNXLIFT_BENCH_EVENT": json.dumps(event)

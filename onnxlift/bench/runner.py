@@ -14,18 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from onnxlift_serving.contract import infer_path
 from onnxlift_serving.cpu import cpu_facts
 
 from onnxlift.bench import report as report_module
 from onnxlift.bench.alternatives import run_alternatives
 from onnxlift.bench.coldstart import handler_env, run_coldstart
-from onnxlift.bench.corpus import BATCH_SIZES, bench_sentences, read_lines, v2_body
+from onnxlift.bench.corpus import BATCH_SIZES, bench_sentences, read_lines
+from onnxlift.bench.serving import api_event, onnx_variants, stage_artifact
 from onnxlift.bench.size import run_size
 from onnxlift.bench.threads import run_threads
 from onnxlift.bench.throughput import local_stack, run_throughput
 from onnxlift.bench.tiers import run_tiers
-from onnxlift.bench.variants import onnx_variants, stage_artifact
 
 Report = Callable[[str], None]
 HANDLER = Path("functions/inference/handler.py")
@@ -234,26 +233,12 @@ def run_cold_and_size(
     config: BenchConfig, settings: Settings, name: str, model: dict[str, Any], report: Report
 ) -> None:
     """After the stack is down, so nothing else competes for the cores."""
-    from onnxlift.local.gateway import FunctionTarget, GatewayConfig, build_event
-
     staged, weights_dir = model.pop("_staged"), model.pop("_weights_dir")
     sentences = model.pop("_sentences")
     timings = model["section_seconds"]
     started = time.perf_counter()
     report(f"{name}: cold start")
-    path = infer_path(name)
-    event = build_event(
-        method="POST",
-        path=path,
-        query="",
-        headers={"content-type": "application/json", "x-api-key": "bench"},
-        body=v2_body(sentences[:1]).encode(),
-        resource=path,
-        path_parameters={},
-        config=GatewayConfig("bench", {name: FunctionTarget(name, "127.0.0.1", 0)}, name),
-        source_ip="127.0.0.1",
-        api_key="bench",
-    )
+    event = api_event(name, sentences[:1])
     targets: dict[str, tuple[str, Path, dict[str, str]]] = {"int8": ("onnx", staged["int8"], {})}
     if "fp32_fused" in staged:
         targets["fp32_fused"] = ("onnx", staged["fp32_fused"], {})

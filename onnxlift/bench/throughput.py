@@ -26,7 +26,7 @@ from typing import Any
 from onnxlift_serving.contract import infer_path
 
 from onnxlift.bench.corpus import v2_body
-from onnxlift.bench.tiers import GatewayClient
+from onnxlift.bench.serving import GatewayClient
 from onnxlift.bench.timing import summarize
 
 CONCURRENCY = (1, 2, 4, 8)

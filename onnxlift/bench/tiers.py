@@ -11,20 +11,22 @@ http      an HTTP request through the local API gateway to the local Lambda runt
 from __future__ import annotations
 
 import contextlib
-import http.client
-import json
-import os
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 from onnxlift_serving import protocol
-from onnxlift_serving.contract import infer_path, sandbox_environment, serving_environment
+from onnxlift_serving.contract import infer_path
 
 from onnxlift.bench.corpus import batch, v2_body
+from onnxlift.bench.serving import (
+    GatewayClient,
+    devnull,
+    handler_call,
+    load_handler_module,
+    load_pipeline,
+)
 from onnxlift.bench.timing import measure_interleaved
 
 TIERS = {
@@ -34,26 +36,6 @@ TIERS = {
     "handler": "Lambda handler (API Gateway event)",  # the real one: powertools, metrics
     "http": "HTTP via local gateway",  # through the local gateway to the local Lambda runtime
 }
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-_sink: Any = None
-
-
-def _devnull() -> Any:
-    """One /dev/null handle kept open: powertools' Logger keeps the stream it was created with."""
-    global _sink
-    if _sink is None:
-        _sink = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
-    return _sink
-
-
-def load_pipeline(artifact_folder: Path, model: Path | None = None, *, threads: int) -> Any:
-    """The serving pipeline exactly as the handler builds it, optionally on another model file."""
-    from onnxlift_serving.artifact import load_artifact
-    from onnxlift_serving.pipelines import build_pipeline
-    from onnxlift_serving.session import create_session
-
-    artifact = load_artifact(artifact_folder)
-    return build_pipeline(artifact, create_session(model or artifact.model_path, threads=threads))
 
 
 def pipeline_calls(pipeline: Any, texts: list[str]) -> dict[str, Callable[[], Any]]:
@@ -65,100 +47,6 @@ def pipeline_calls(pipeline: Any, texts: list[str]) -> dict[str, Callable[[], An
         "floor": lambda: pipeline.session.run([output], feeds),
         "prep_run": lambda: pipeline.run(tensor),
     }
-
-
-@contextlib.contextmanager
-def _env(values: dict[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def sandbox_env(artifact_folder: Path, *, threads: int) -> dict[str, str]:
-    """The environment of a Lambda sandbox at 2,048 MB with this artifact baked in."""
-    manifest = json.loads((artifact_folder / "manifest.json").read_text())
-    name = str(manifest["name"])
-    return serving_environment(
-        name=name,
-        version=str(manifest["version"]),
-        source="image",
-        model_dir=str(artifact_folder),
-        threads=threads,
-    ) | sandbox_environment(name, 2048)
-
-
-def load_handler_module(handler_path: Path, artifact_folder: Path, *, threads: int) -> Any:
-    """Import the real handler as a Lambda sandbox would, the model baked in at artifact_folder."""
-    from onnxlift.local.lambda_runtime import load_handler
-
-    settings = sandbox_env(artifact_folder, threads=threads)
-    sys.modules.pop("handler", None)
-    with _env(settings), contextlib.redirect_stdout(_devnull()):
-        load_handler(handler_path)
-        module = sys.modules.pop("handler")
-    if not module.service.ready:
-        raise RuntimeError(f"the handler could not load its model: {module.service.load_error}")
-    return module
-
-
-def handler_call(module: Any, name: str, texts: list[str]) -> Callable[[], dict[str, Any]]:
-    """One invocation of the handler on the event the local gateway builds for this request."""
-    from onnxlift.local.gateway import FunctionTarget, GatewayConfig, build_event
-    from onnxlift.local.lambda_runtime import LocalContext
-
-    path = infer_path(name)
-    config = GatewayConfig(
-        api_key="bench",
-        functions={name: FunctionTarget(name, "127.0.0.1", 0)},
-        default_function=name,
-    )
-    event = build_event(
-        method="POST",
-        path=path,
-        query="",
-        headers={"content-type": "application/json", "x-api-key": "bench"},
-        body=v2_body(texts).encode(),
-        resource=path,
-        path_parameters={},
-        config=config,
-        source_ip="127.0.0.1",
-        api_key="bench",
-    )
-
-    def call() -> dict[str, Any]:
-        return module.lambda_handler(event, LocalContext(f"onnxlift-{name}", 2048, 29))
-
-    return call
-
-
-class GatewayClient:
-    """Keep-alive HTTP to the local gateway; refuses anything but loopback."""
-
-    def __init__(self, url: str, api_key: str, timeout: float = 30.0) -> None:
-        parts = urlsplit(url)
-        if parts.hostname not in LOOPBACK:
-            raise ValueError(f"refusing a non-loopback gateway URL: {url}")
-        self.host, self.port = parts.hostname, parts.port or 80
-        self.headers = {"x-api-key": api_key, "content-type": "application/json"}
-        self.connection = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-
-    def post(self, path: str, body: str) -> bytes:
-        self.connection.request("POST", path, body, self.headers)
-        response = self.connection.getresponse()
-        data = response.read()
-        if response.status != 200:
-            raise RuntimeError(f"HTTP {response.status} from {path}: {data[:200]!r}")
-        return data
-
-    def close(self) -> None:
-        self.connection.close()
 
 
 def run_tiers(
@@ -177,7 +65,7 @@ def run_tiers(
 ) -> dict[str, Any]:
     """Every tier at every batch size on the same texts; `gateway` = (url, api key) adds http."""
     pipeline = load_pipeline(artifact_folder, threads=threads)
-    module = load_handler_module(handler_path, artifact_folder, threads=threads)
+    module = load_handler_module(handler_path, artifact_folder)
     client = GatewayClient(*gateway) if gateway else None
     results: dict[str, Any] = {"threads": threads, "batches": {}}
     try:
@@ -185,7 +73,7 @@ def run_tiers(
             texts = batch(sentences, size)
             calls = pipeline_calls(pipeline, texts)
             invoke = handler_call(module, name, texts)
-            with contextlib.redirect_stdout(_devnull()):
+            with contextlib.redirect_stdout(devnull()):
                 first = invoke()
             if first.get("statusCode") != 200:
                 raise RuntimeError(
@@ -204,7 +92,7 @@ def run_tiers(
             # The handler's metrics go to stdout as CloudWatch EMF lines, as on Lambda; here
             # they go to /dev/null so the bench's own output stays readable. The tiers are
             # timed round-robin, so drift on a shared machine does not favour one of them.
-            with contextlib.redirect_stdout(_devnull()):
+            with contextlib.redirect_stdout(devnull()):
                 row |= measure_interleaved(calls, warmup=warmup, repeat=repeat, budget_s=budget_s)
             results["batches"][str(size)] = row
             report(
