@@ -1,33 +1,17 @@
-"""The request path in tiers, each one adding a layer to the one before:
-
-floor     session.run on tensors already prepared (what onnxruntime alone costs)
-prep_run  tokenizer + session.run (the serving pipeline's `run`)
-v2        ModelService.infer + json.dumps: V2 decode, validation, run, encode, no powertools
-handler   the real Lambda handler on an API Gateway proxy event: powertools, JSON decode,
-          V2 validation, run, JSON encode, metrics
-http      an HTTP request through the local API gateway to the local Lambda runtime
-"""
+"""The request path in tiers, each one adding a layer to the one before (TIERS, in order)."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from onnxlift_serving import protocol
 from onnxlift_serving.contract import infer_path
 
-from onnxlift.bench.corpus import batch, v2_body
-from onnxlift.bench.serving import (
-    GatewayClient,
-    devnull,
-    handler_call,
-    load_handler_module,
-    load_pipeline,
-)
-from onnxlift.bench.timing import measure_interleaved
+from onnxlift.bench import serving
+from onnxlift.bench.corpus import v2_body
+from onnxlift.bench.timing import Plan
 
 TIERS = {
     "floor": "session.run (floor)",  # on tensors already prepared: onnxruntime alone
@@ -38,69 +22,36 @@ TIERS = {
 }
 
 
-def pipeline_calls(pipeline: Any, texts: list[str]) -> dict[str, Callable[[], Any]]:
-    """floor and prep_run for one batch: the same texts, the same session."""
-    feeds = pipeline.prepare(texts)
-    output = pipeline.graph_output
-    tensor = {pipeline.text_input: np.array(texts, dtype=object)}
-    return {
-        "floor": lambda: pipeline.session.run([output], feeds),
-        "prep_run": lambda: pipeline.run(tensor),
-    }
-
-
 def run_tiers(
-    *,
-    name: str,
-    artifact_folder: Path,
-    handler_path: Path,
-    sentences: list[str],
-    batch_sizes: tuple[int, ...],
-    warmup: int,
-    repeat: int,
-    budget_s: float,
-    threads: int = 1,
-    gateway: tuple[str, str] | None = None,
-    report: Callable[[str], None] = print,
+    plan: Plan, name: str, artifact: Path, handler: Path, gateway: tuple[str, str]
 ) -> dict[str, Any]:
-    """Every tier at every batch size on the same texts; `gateway` = (url, api key) adds http."""
-    pipeline = load_pipeline(artifact_folder, threads=threads)
-    module = load_handler_module(handler_path, artifact_folder)
-    client = GatewayClient(*gateway) if gateway else None
-    results: dict[str, Any] = {"threads": threads, "batches": {}}
-    try:
-        for size in batch_sizes:
-            texts = batch(sentences, size)
-            calls = pipeline_calls(pipeline, texts)
-            invoke = handler_call(module, name, texts)
-            with contextlib.redirect_stdout(devnull()):
-                first = invoke()
-            if first.get("statusCode") != 200:
-                raise RuntimeError(
-                    f"handler answered {first.get('statusCode')}: {first.get('body')}"
-                )
-            body = v2_body(texts)
-            calls["v2"] = lambda body=body: protocol.dumps(module.service.infer(body, name))
-            calls["handler"] = invoke
-            if client is not None:
-                path = infer_path(name)
-                calls["http"] = lambda body=body, path=path: client.post(path, body)
-            row: dict[str, Any] = {
-                "texts": size,
-                "sequence_length": int(pipeline.prepare(texts)["input_ids"].shape[1]),
-            }
-            # The handler's metrics go to stdout as CloudWatch EMF lines, as on Lambda; here
-            # they go to /dev/null so the bench's own output stays readable. The tiers are
-            # timed round-robin, so drift on a shared machine does not favour one of them.
-            with contextlib.redirect_stdout(devnull()):
-                row |= measure_interleaved(calls, warmup=warmup, repeat=repeat, budget_s=budget_s)
-            results["batches"][str(size)] = row
-            report(
-                f"  tiers {name} batch {size}: "
-                + ", ".join(f"{t} {row[t]['p50']:.2f}" for t in TIERS if t in row)
-                + " ms p50"
+    """Every tier at every batch size on the same texts, one thread; `gateway`: the local
+    stack's (url, api key), for http."""
+    pipeline = serving.load_pipeline(artifact, threads=1)
+    module = serving.load_handler_module(handler, artifact)
+    client, path = serving.GatewayClient(*gateway), infer_path(name)
+
+    def row(texts: list[str]) -> dict[str, Any]:
+        feeds, output, body = pipeline.prepare(texts), pipeline.graph_output, v2_body(texts)
+        invoke = serving.handler_call(module, name, texts)
+        # The handler's metrics go to stdout as CloudWatch EMF lines, as on Lambda; here to
+        # /dev/null so the bench's own output stays readable.
+        with contextlib.redirect_stdout(serving.devnull()):
+            if (first := invoke()).get("statusCode") != 200:
+                status, answer = first.get("statusCode"), first.get("body")
+                raise RuntimeError(f"handler answered {status}: {answer}")
+            times = plan.timed(
+                {
+                    "floor": lambda: pipeline.session.run([output], feeds),
+                    "prep_run": serving.run_call(pipeline, texts),
+                    "v2": lambda: protocol.dumps(module.service.infer(body, name)),
+                    "handler": invoke,
+                    "http": lambda: client.post(path, body),
+                }
             )
+        return {"texts": len(texts), "sequence_length": int(feeds["input_ids"].shape[1])} | times
+
+    try:
+        return {"threads": 1, "batches": plan.per_batch(f"tiers {name}", row)}
     finally:
-        if client is not None:
-            client.close()
-    return results
+        client.close()
