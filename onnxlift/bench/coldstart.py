@@ -2,9 +2,9 @@
 
 Each run is a new interpreter (coldstart_probe.py) that imports its runtime, creates the
 session (or loads the PyTorch model) and answers one sentence. `wall_s` is measured here, from
-just before the process is spawned to the moment its answer is read, so it includes the
-interpreter's own start. The kinds are run round-robin. Files come from the page cache after
-the first run (a real Lambda cold start also pulls the image, which this does not measure).
+just before the spawn to the moment the answer is read, so it includes the interpreter's own
+start. The kinds run round-robin. Files come from the page cache after the first run (a real
+Lambda cold start also pulls the image, which this does not measure).
 """
 
 from __future__ import annotations
@@ -20,90 +20,78 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from onnxlift.bench.serving import api_event, sandbox_env
+
 PROBE = Path(__file__).with_name("coldstart_probe.py")
 TEXT = "A man is riding a white horse on the beach."
+EVENT_ENV = "ONNXLIFT_BENCH_EVENT"  # the handler probe's API Gateway event, built here
+Target = tuple[str, Path, dict[str, str]]  # probe kind, where, extra environment
+KEYS = ("wall_s", "imports_s", "load_s", "first_inference_s", "in_process_s")
 
 
-def probe_env(runtime_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    paths = [str(runtime_dir), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    env |= {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    return env | (extra or {})
+def cold_targets(
+    name: str, staged: dict[str, Path], handler: Path, weights: Path | None, text: str, fp32: bool
+) -> dict[str, Target]:
+    """The ONNX variants through the serving runtime (plain FP32 if `fp32`), the Lambda handler
+    on INT8 answering an API Gateway event of `text`, and PyTorch."""
+    keys = ["int8", "fp32_fused"] + (["fp32"] if fp32 else [])
+    targets: dict[str, Target] = {k: ("onnx", staged[k], {}) for k in keys if k in staged}
+    env = sandbox_env(staged["int8"], threads=1) | {EVENT_ENV: json.dumps(api_event(name, [text]))}
+    targets["handler_int8"] = ("handler", handler, env)
+    if weights is not None:
+        targets["torch"] = ("torch", weights, {})
+    return targets
 
 
-def probe_once(
-    kind: str, where: Path, *, threads: int, env: dict[str, str], timeout: float = 120
-) -> dict[str, Any]:
+def probe_once(kind: str, where: Path, env: dict[str, str], timeout: float = 120) -> dict[str, Any]:
     """Spawn one probe; its timings plus wall_s, from spawn to the answer read."""
     with tempfile.TemporaryFile() as errors:
         started = time.perf_counter()
         process = subprocess.Popen(
-            [sys.executable, str(PROBE), kind, str(where), str(threads), TEXT],
+            [sys.executable, str(PROBE), kind, str(where), "1", TEXT],
             stdout=subprocess.PIPE,
             stderr=errors,
             stdin=subprocess.DEVNULL,
             env=env,
             text=True,
         )
-        result: dict[str, Any] | None = None
         assert process.stdout is not None
-        for line in process.stdout:
-            if line.startswith("COLDSTART "):
-                wall = time.perf_counter() - started
-                result = json.loads(line.removeprefix("COLDSTART ")) | {"wall_s": wall}
-                break
+        answers = (line for line in process.stdout if line.startswith("COLDSTART "))
+        answer = next(answers, None)
+        wall = time.perf_counter() - started
         process.stdout.close()
         try:
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        if result is None:
+        if answer is None:
             errors.seek(0)
             tail = errors.read().decode(errors="replace")[-2000:]
             raise RuntimeError(
-                f"cold-start probe {kind} gave no answer (rc {process.returncode}):\n{tail}"
+                f"cold-start probe {kind}: no answer (rc {process.returncode}):\n{tail}"
             )
-        return result
-
-
-def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = ("wall_s", "imports_s", "load_s", "first_inference_s", "in_process_s")
-    return {
-        "runs": len(runs),
-        **{f"median_{k}": statistics.median(r[k] for r in runs) for k in keys},
-        "min_wall_s": min(r["wall_s"] for r in runs),
-        "max_wall_s": max(r["wall_s"] for r in runs),
-        "samples": runs,
-    }
+        return json.loads(answer.removeprefix("COLDSTART ")) | {"wall_s": wall}
 
 
 def run_coldstart(
-    *,
-    targets: dict[str, tuple[str, Path, dict[str, str]]],
-    runtime_dir: Path,
-    runs: int,
-    threads: int = 1,
-    report: Callable[[str], None] = print,
+    targets: dict[str, Target], runtime: Path, runs: int, report: Callable[[str], None]
 ) -> dict[str, Any]:
-    """targets: key -> (probe kind, where, extra env). Round-robin, `runs` rounds."""
+    """`runs` rounds over the targets, one thread each; the probes find the serving runtime
+    first on PYTHONPATH and fetch nothing from a model hub."""
+    paths = [str(runtime), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))} | offline
     samples: dict[str, list[dict[str, Any]]] = {key: [] for key in targets}
     for _ in range(runs):
         for key, (kind, where, extra) in targets.items():
-            samples[key].append(
-                probe_once(kind, where, threads=threads, env=probe_env(runtime_dir, extra))
-            )
-    results = {"runs": runs, "threads": threads, "kinds": {}}
-    for key, runs_of_key in samples.items():
-        results["kinds"][key] = summarize_runs(runs_of_key)
-        report(f"  cold start {key}: median {results['kinds'][key]['median_wall_s']:.2f} s")
-    return results
-
-
-def handler_env(artifact_folder: Path, event: dict[str, Any], threads: int) -> dict[str, str]:
-    from onnxlift.bench.tiers import sandbox_env
-
-    return sandbox_env(artifact_folder, threads=threads) | {
-        "ONNXLIFT_BENCH_EVENT": json.dumps(event)
-    }
+            samples[key].append(probe_once(kind, where, env | extra))
+    kinds = {}
+    for key, found in samples.items():
+        kinds[key] = {"runs": len(found)} | {
+            f"median_{k}": statistics.median(r[k] for r in found) for k in KEYS
+        }
+        walls = [r["wall_s"] for r in found]
+        kinds[key] |= {"min_wall_s": min(walls), "max_wall_s": max(walls), "samples": found}
+        report(f"  cold start {key}: median {kinds[key]['median_wall_s']:.2f} s")
+    return {"runs": runs, "threads": 1, "kinds": kinds}

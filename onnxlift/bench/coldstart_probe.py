@@ -1,11 +1,10 @@
 """One cold start, run as a fresh interpreter by coldstart.py; prints one JSON line.
 
-    python coldstart_probe.py onnx ARTIFACT_FOLDER THREADS TEXT
-    python coldstart_probe.py handler HANDLER_FILE THREADS TEXT   (env: model and event)
-    python coldstart_probe.py torch WEIGHTS_FOLDER THREADS TEXT
+    python coldstart_probe.py onnx|handler|torch ARTIFACT_FOLDER|HANDLER_FILE|WEIGHTS THREADS TEXT
 
 It imports nothing of the toolkit beyond the serving runtime, so what it measures is what a
-serving process pays: imports, session (or model) creation, one inference.
+serving process pays: imports, session (or model) creation, one inference. The handler kind
+reads its model and its API Gateway event from the environment.
 """
 
 import json
@@ -45,17 +44,15 @@ def main() -> None:
         from onnxlift_serving.contract import Env  # already loaded by the handler
 
         name = os.environ[Env.MODEL_NAME]
-        event = json.loads(os.environ["ONNXLIFT_BENCH_EVENT"])  # built by the parent
 
-        class Context:
-            function_name = f"onnxlift-{name}"
-            memory_limit_in_mb = 2048
+        class Context:  # what the handler and powertools read of Lambda's context
+            function_name, memory_limit_in_mb, aws_request_id = f"onnxlift-{name}", 2048, "cold"
             invoked_function_arn = f"arn:aws:lambda:us-east-1:123456789012:function:{name}"
-            aws_request_id = "cold"
 
             def get_remaining_time_in_millis(self):
                 return 29_000
 
+        event = json.loads(os.environ["ONNXLIFT_BENCH_EVENT"])  # built by the parent
         response = module.lambda_handler(event, Context())
         if response.get("statusCode") != 200:
             raise SystemExit(f"handler answered {response.get('statusCode')}: {response}")

@@ -2,164 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
 import importlib.metadata
+import json
 import platform
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onnxlift_serving.contract import infer_path
 from onnxlift_serving.cpu import cpu_facts
 
-from onnxlift.bench import report as report_module
-from onnxlift.bench.alternatives import run_alternatives
-from onnxlift.bench.coldstart import handler_env, run_coldstart
-from onnxlift.bench.corpus import BATCH_SIZES, bench_sentences, read_lines, v2_body
-from onnxlift.bench.size import run_size
-from onnxlift.bench.threads import run_threads
-from onnxlift.bench.throughput import local_stack, run_throughput
+from onnxlift.bench import alternatives, coldstart, serving, size, throughput
+from onnxlift.bench import report as outputs
+from onnxlift.bench.corpus import BATCH_SIZES, bench_sentences, read_lines
 from onnxlift.bench.tiers import run_tiers
-from onnxlift.bench.timing import ratio
-from onnxlift.bench.variants import onnx_variants, stage_artifact
+from onnxlift.bench.timing import Plan
 
 Report = Callable[[str], None]
-HANDLER = Path("functions/inference/handler.py")
-RUNTIME = Path("layers/runtime")
-
-
-@dataclass(frozen=True)
-class Settings:
-    """How much of everything: a full run stays well under 10 minutes on 2 cores, --quick
-    under a minute (it checks the harness, not the speed)."""
-
-    batch_sizes: tuple[int, ...]
-    warmup: int
-    repeat: int
-    budget_s: float  # per batch size and section
-    alt_repeat: int
-    alt_budget_s: float
-    cold_runs: int
-    cold_fp32_plain: bool
-    requests: int  # per concurrency level
-    throughput_max_s: float
-    parity_in_run: bool
-    download: bool
-
-    @classmethod
-    def for_mode(cls, quick: bool) -> Settings:
-        if quick:
-            return cls((1, 8), 2, 20, 1.0, 10, 2.0, 1, False, 30, 5.0, False, False)
-        return cls(BATCH_SIZES, 10, 300, 6.0, 150, 12.0, 5, True, 400, 20.0, True, True)
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    root: Path
-    out: Path
-    models: tuple[str, ...] = ()
-    quick: bool = False
-    state: Path | None = None  # a running stack's local.json; None: start one
-    command: str = "onnxlift bench"
-
-
-def _versions() -> dict[str, str]:
-    versions = {}
-    for package in (
-        "onnxruntime",
-        "numpy",
-        "tokenizers",
-        "torch",
-        "transformers",
-        "sentence-transformers",
-        "aws-lambda-powertools",
-    ):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = "absent"
-    return versions
-
-
-def _git(root: Path) -> dict[str, Any]:
-    def run(*args: str) -> str:
-        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    status = run("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench")
-    return {"commit": run("rev-parse", "--short=12", "HEAD") or "unknown", "dirty": bool(status)}
-
-
-def _tier_ratio(row: dict[str, Any]) -> float | None:
-    return ratio(row["handler"]["p50"], row["prep_run"]["p50"])
-
-
-def _notes(model: dict[str, Any]) -> list[str]:
-    """Figures that explain the goals not met (the report's 'what limits' list)."""
-    notes: list[str] = []
-    met = {g["id"]: g["met"] for g in model["goals"]}
-    alt = (model.get("alternatives") or {}).get("batches", {})
-    if met.get("int8_vs_fp32") is False and alt:
-        by_batch = ", ".join(
-            f"batch {b}: {ratio(row.get('fp32_fused', {}).get('p50'), row['int8']['p50']):.2f}x"
-            for b, row in alt.items()
-            if "fp32_fused" in row
-        )
-        notes.append(
-            f"INT8 over fused FP32 by batch size ({by_batch}); INT8 over the plain FP32 export "
-            f"at batch 1: {report_module.figures(model)['int8_vs_fp32'] or 0:.2f}x."
-        )
-    tiers = (model.get("tiers") or {}).get("batches", {})
-    if met.get("handler_overhead") is False and "1" in tiers:
-        row = tiers["1"]
-        prep, v2, handler = row["prep_run"]["p50"], row["v2"]["p50"], row["handler"]["p50"]
-        notes.append(
-            f"at batch 1 pre-processing + run takes {prep:.2f} ms; V2 decode/validate/encode "
-            f"adds {v2 - prep:.2f} ms and powertools (resolver, logger, tracer, metrics) "
-            f"{handler - v2:.2f} ms: fixed costs that do not shrink with the model. At batch 8 "
-            f"the handler adds {(_tier_ratio(tiers.get('8', row)) or 1) - 1:.0%}."
-        )
-    if met.get("warm_vs_pytorch") is False and "1" in alt:
-        row = alt["1"]
-        if "torch_forward" in row:
-            notes.append(
-                "PyTorch at batch 1: sentence-transformers encode "
-                f"{row['torch_st']['p50']:.2f} ms, "
-                f"its bare forward {row['torch_forward']['p50']:.2f} ms, INT8 pre-processing + "
-                f"run {row['int8']['p50']:.2f} ms."
-            )
-    cold = (model.get("coldstart") or {}).get("kinds", {})
-    if met.get("cold_vs_pytorch") is False and "int8" in cold and "torch" in cold:
-        notes.append(
-            f"cold start INT8 {cold['int8']['median_wall_s']:.2f} s (imports "
-            f"{cold['int8']['median_imports_s']:.2f} s) vs PyTorch "
-            f"{cold['torch']['median_wall_s']:.2f} s "
-            f"(imports {cold['torch']['median_imports_s']:.2f} s)."
-        )
-    size = model.get("size") or {}
-    if met.get("size_vs_pytorch") is False and "onnxlift" in size:
-        top = list(size["onnxlift"]["packages"].items())[:5]
-        notes.append(
-            "the onnxlift function's largest dependencies: "
-            + ", ".join(f"{n} {b / 1e6:.0f} MB" for n, b in top)
-            + f"; the model itself is {size['onnxlift']['model_bytes'] / 1e6:.0f} MB."
-        )
-    tp = model.get("throughput") or {}
-    if met.get("throughput_c2") is False and tp:
-        c1 = tp["levels"].get("1", {})
-        notes.append(
-            "one request through the gateway takes "
-            f"{c1.get('latency_ms', {}).get('p50', 0):.2f} ms "
-            f"p50 against {tp['floor_ms']:.2f} ms of bare run; the client, the gateway, the "
-            f"function and the handler's Python share the {tp['cores']} cores with onnxruntime."
-        )
-    return notes
-
-
+HANDLER, RUNTIME = Path("functions/inference/handler.py"), Path("layers/runtime")
+PACKAGES = "onnxruntime numpy tokenizers torch transformers sentence-transformers"
+PACKAGES += " aws-lambda-powertools"
 METHOD = [
     "Inputs: the parity set's sentences of 20-120 characters in file order; batch b is the "
     "first b of them, the same texts for every tier and every variant.",
@@ -190,223 +58,198 @@ METHOD = [
 ]
 
 
-def run_model(
-    config: BenchConfig,
-    settings: Settings,
-    name: str,
-    scratch: Path,
-    info: dict[str, Any] | None,
-    report: Report,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Settings:
+    """How much of everything: a full run stays well under 10 minutes on 2 cores, --quick
+    under a minute (it checks the harness, not the speed)."""
+
+    batch_sizes: tuple[int, ...]
+    warmup: int
+    repeat: int
+    budget_s: float  # per batch size and section
+    alt_repeat: int
+    alt_budget_s: float
+    cold_runs: int
+    cold_fp32_plain: bool
+    requests: int  # per concurrency level
+    throughput_max_s: float
+    parity_in_run: bool
+    download: bool
+
+
+QUICK = Settings((1, 8), 2, 20, 1.0, 10, 2.0, 1, False, 30, 5.0, False, False)
+FULL = Settings(BATCH_SIZES, 10, 300, 6.0, 150, 12.0, 5, True, 400, 20.0, True, True)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    root: Path
+    out: Path
+    models: tuple[str, ...] = ()
+    quick: bool = False
+    state: Path | None = None  # a running stack's local.json; None: start one
+    command: str = "onnxlift bench"
+
+
+@dataclass
+class _Model:
+    """One model under measurement; `out` is what results.json gets of it."""
+
+    name: str
+    report: Report
+    out: dict[str, Any] = field(default_factory=dict)
+    folder: Path = Path()  # the build
+    manifest: dict[str, Any] = field(default_factory=dict)
+    staged: dict[str, Path] = field(default_factory=dict)  # variant -> its artifact folder
+    source: Any = None  # the model's PyTorch source module
+    parity_file: Path = Path()
+    sentences: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.out |= {"name": self.name, "build": {}, "section_seconds": {}}
+
+    @property
+    def weights(self) -> Path | None:
+        has = self.source is not None and hasattr(self.source, "weights_dir")
+        return Path(self.source.weights_dir()) if has else None
+
+    @contextlib.contextmanager
+    def section(self, key: str, label: str | None = None) -> Iterator[None]:
+        started = time.perf_counter()
+        self.report(f"{self.name}: {label or key}")
+        yield
+        self.out["section_seconds"][key] = round(time.perf_counter() - started, 1)
+
+
+def _build(config: BenchConfig, name: str, scratch: Path, report: Report) -> _Model:
     from onnxlift.build.pipeline import build_model, load_source_module
     from onnxlift.spec import load_spec
 
-    root = config.root
-    spec = load_spec(root / "models" / name)
-    timings: dict[str, float] = {}
-
-    def section(label: str) -> Callable[[], None]:
-        started = time.perf_counter()
-        report(f"{name}: {label}")
-        return lambda: timings.__setitem__(label, round(time.perf_counter() - started, 1))
-
-    done = section("build (cached by fingerprint)")
-    build = build_model(spec, root=root, report=lambda m: report(f"  {m}"))
-    done()
-    folder = build.folder
-    sentences = bench_sentences(spec.folder / spec.parity.inputs)
-    parity_texts = read_lines(spec.folder / spec.parity.inputs) if settings.parity_in_run else None
+    m, spec = _Model(name, report), load_spec(config.root / "models" / name)
+    with m.section("build (cached by fingerprint)"):
+        build = build_model(spec, root=config.root, report=lambda line: report(f"  {line}"))
+    m.folder, m.manifest = build.folder, build.manifest
+    keys = {"fingerprint": "build_fingerprint", "parity": "parity", "bytes": "bytes"}
+    m.out["build"] = {"folder": str(m.folder)} | {k: m.manifest.get(v) for k, v in keys.items()}
+    m.parity_file = spec.folder / spec.parity.inputs
+    m.sentences = bench_sentences(m.parity_file)
     try:
-        source = load_source_module(spec)
+        m.source = load_source_module(spec)
     except Exception as exc:  # a model without a PyTorch source still gets its tiers
         report(f"  no source module for the alternatives: {exc}")
-        source = None
-    weights_dir = Path(source.weights_dir()) if source and hasattr(source, "weights_dir") else None
-    staged = {
-        v.key: stage_artifact(folder, v.path, scratch / name / v.key) for v in onnx_variants(folder)
-    }
-    model: dict[str, Any] = {
-        "name": name,
-        "build": {
-            "folder": str(folder),
-            "fingerprint": build.manifest.get("build_fingerprint"),
-            "parity": build.manifest.get("parity"),
-            "bytes": build.manifest.get("bytes"),
-        },
-        "section_seconds": timings,
-    }
-    handler = root / HANDLER
-    gateway = (info["url"], info["api_key"]) if info else None
+    for v in serving.onnx_variants(m.folder):
+        m.staged[v.key] = serving.stage_artifact(m.folder, v.path, scratch / name / v.key)
+    return m
 
-    done = section("tiers")
-    model["tiers"] = run_tiers(
-        name=name,
-        artifact_folder=staged["int8"],
-        handler_path=handler,
-        sentences=sentences,
-        batch_sizes=settings.batch_sizes,
-        warmup=settings.warmup,
-        repeat=settings.repeat,
-        budget_s=settings.budget_s,
-        gateway=gateway,
-        report=report,
-    )
-    done()
 
-    done = section("alternatives")
-    model["alternatives"] = run_alternatives(
-        build_folder=folder,
-        manifest=build.manifest,
-        source=source,
-        sentences=sentences,
-        parity_texts=parity_texts,
-        batch_sizes=settings.batch_sizes,
-        warmup=max(2, settings.warmup // 3),
-        repeat=settings.alt_repeat,
-        budget_s=settings.alt_budget_s,
-        report=report,
-    )
-    done()
-
-    done = section("threads")
-    model["threads"] = run_threads(
-        build_folder=folder,
-        sentences=sentences,
-        batch_sizes=settings.batch_sizes,
-        warmup=max(2, settings.warmup // 3),
-        repeat=settings.alt_repeat,
-        budget_s=settings.budget_s,
-        report=report,
-    )
-    done()
-
-    if info:
-        done = section("throughput")
-        floor = model["tiers"]["batches"]["1"]["floor"]["p50"]
-        model["throughput"] = run_throughput(
-            info=info,
-            name=name,
-            text=sentences[0],
-            floor_ms=floor,
-            requests=settings.requests,
-            max_seconds=settings.throughput_max_s,
-            report=report,
+def _warm(m: _Model, config: BenchConfig, s: Settings, info: dict[str, Any]) -> None:
+    """Tiers, alternatives, threads and throughput, while the local stack runs."""
+    plan = Plan(m.sentences, s.batch_sizes, s.warmup, s.repeat, s.budget_s, m.report)
+    fewer = dataclasses.replace(plan, warmup=max(2, s.warmup // 3), repeat=s.alt_repeat)
+    with m.section("tiers"):
+        gateway = (info["url"], info["api_key"])
+        m.out["tiers"] = run_tiers(plan, m.name, m.staged["int8"], config.root / HANDLER, gateway)
+    with m.section("alternatives"):
+        texts = read_lines(m.parity_file) if s.parity_in_run else None
+        alt = dataclasses.replace(fewer, budget_s=s.alt_budget_s)
+        m.out["alternatives"] = alternatives.run_alternatives(
+            alt, m.folder, m.manifest, m.source, texts
         )
-        done()
-    return model | {"_staged": staged, "_weights_dir": weights_dir, "_sentences": sentences}
+    with m.section("threads"):
+        m.out["threads"] = alternatives.run_threads(fewer, m.folder)
+    with m.section("throughput"):
+        floor = m.out["tiers"]["batches"]["1"]["floor"]["p50"]
+        args = (m.sentences[0], floor, s.requests, s.throughput_max_s, m.report)
+        m.out["throughput"] = throughput.run_throughput(info, m.name, *args)
 
 
-def run_cold_and_size(
-    config: BenchConfig, settings: Settings, name: str, model: dict[str, Any], report: Report
-) -> None:
-    """After the stack is down, so nothing else competes for the cores."""
-    from onnxlift.local.gateway import FunctionTarget, GatewayConfig, build_event
+def _cold(m: _Model, config: BenchConfig, s: Settings) -> None:
+    """Cold start and size, after the stack is down, so nothing else competes for the cores."""
+    with m.section("cold start"):
+        handler, text = config.root / HANDLER, m.sentences[0]
+        targets = coldstart.cold_targets(
+            m.name, m.staged, handler, m.weights, text, s.cold_fp32_plain
+        )
+        m.out["coldstart"] = coldstart.run_coldstart(
+            targets, config.root / RUNTIME, s.cold_runs, m.report
+        )
+    with m.section("size", "deployable size"):
+        # the staged INT8 folder: model.onnx, manifest, assets, not the build's work/
+        m.out["size"] = size.run_size(
+            config.root, m.staged["int8"], m.weights, s.download, m.report
+        )
 
-    staged, weights_dir = model.pop("_staged"), model.pop("_weights_dir")
-    sentences = model.pop("_sentences")
-    timings = model["section_seconds"]
-    started = time.perf_counter()
-    report(f"{name}: cold start")
-    path = infer_path(name)
-    event = build_event(
-        method="POST",
-        path=path,
-        query="",
-        headers={"content-type": "application/json", "x-api-key": "bench"},
-        body=v2_body(sentences[:1]).encode(),
-        resource=path,
-        path_parameters={},
-        config=GatewayConfig("bench", {name: FunctionTarget(name, "127.0.0.1", 0)}, name),
-        source_ip="127.0.0.1",
-        api_key="bench",
-    )
-    targets: dict[str, tuple[str, Path, dict[str, str]]] = {"int8": ("onnx", staged["int8"], {})}
-    if "fp32_fused" in staged:
-        targets["fp32_fused"] = ("onnx", staged["fp32_fused"], {})
-    if "fp32" in staged and settings.cold_fp32_plain:
-        targets["fp32"] = ("onnx", staged["fp32"], {})
-    targets["handler_int8"] = (
-        "handler",
-        config.root / HANDLER,
-        handler_env(staged["int8"], event, threads=1),
-    )
-    if weights_dir is not None:
-        targets["torch"] = ("torch", weights_dir, {})
-    model["coldstart"] = run_coldstart(
-        targets=targets,
-        runtime_dir=config.root / RUNTIME,
-        runs=settings.cold_runs,
-        report=report,
-    )
-    timings["cold start"] = round(time.perf_counter() - started, 1)
 
-    started = time.perf_counter()
-    report(f"{name}: deployable size")
-    model["size"] = run_size(
-        root=config.root,
-        artifact_folder=staged["int8"],  # model.onnx, manifest, assets: not the build's work/
-        weights_dir=weights_dir,
-        download=settings.download,
-        report=report,
-    )
-    timings["size"] = round(time.perf_counter() - started, 1)
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def _meta(config: BenchConfig, settings: Settings, started: float) -> dict[str, Any]:
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(config.root), *args], capture_output=True, text=True
+        )
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench")
+    facts = cpu_facts()
+    return {
+        "command": config.command,
+        "mode": "quick" if config.quick else "full",
+        "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "git": {
+            "commit": git("rev-parse", "--short=12", "HEAD") or "unknown",
+            "dirty": bool(dirty),
+        },
+        "machine": {
+            "cpu": facts["model"],
+            "cpu_flags": facts["flags"],  # integer kernels differ by these
+            "cores": throughput.cores(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "versions": {package: _version(package) for package in PACKAGES.split()},
+        "settings": vars(settings),
+        "duration_s": round(time.perf_counter() - started, 1),
+    }
 
 
 def run(config: BenchConfig, report: Report = print) -> dict[str, Any]:
     from onnxlift.spec import discover_specs
 
-    started = time.perf_counter()
-    settings = Settings.for_mode(config.quick)
+    started, settings = time.perf_counter(), QUICK if config.quick else FULL
     names = list(config.models) or [
-        s.name
-        for s in discover_specs(config.root / "models")
-        if s.serving.target == "lambda" and s.task == "text-embedding"
+        spec.name
+        for spec in discover_specs(config.root / "models")
+        if spec.serving.target == "lambda" and spec.task == "text-embedding"
     ]
-    git = _git(config.root)
     config.out.mkdir(parents=True, exist_ok=True)
-    models: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="onnxlift-bench-") as folder:
-        scratch = Path(folder)
+    models: list[_Model] = []
+    with tempfile.TemporaryDirectory(prefix="onnxlift-bench-") as scratch:
         report("starting the local stack (onnxlift up) for the HTTP tier and throughput")
-        with local_stack(config.root, names, state=config.state, report=report) as info:
+        with throughput.local_stack(config.root, names, config.state, report) as info:
             for name in names:
-                models[name] = run_model(config, settings, name, scratch, info, report)
-        for name in names:
-            run_cold_and_size(config, settings, name, models[name], report)
-
-    all_goals = []
-    for name, model in models.items():
-        model["goals"] = report_module.goals(name, model)
-        model["notes"] = _notes(model)
-        all_goals += model["goals"]
+                models.append(_build(config, name, Path(scratch), report))
+                _warm(models[-1], config, settings, info)
+        for m in models:
+            _cold(m, config, settings)
+    for m in models:
+        m.out["goals"] = outputs.goals(m.name, m.out)
+        m.out["notes"] = outputs.notes(m.out)
     results: dict[str, Any] = {
         "schema": 1,
-        "meta": {
-            "command": config.command,
-            "mode": "quick" if config.quick else "full",
-            "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "git": git,
-            "machine": {
-                "cpu": cpu_facts()["model"],
-                "cpu_flags": cpu_facts()["flags"],  # integer kernels differ by these
-                "cores": len(__import__("os").sched_getaffinity(0)),
-                "python": platform.python_version(),
-                "platform": platform.platform(),
-            },
-            "versions": _versions(),
-            "settings": settings.__dict__,
-            "duration_s": 0.0,
-        },
-        "goals": all_goals,
-        "headline": {name: report_module.figures(model) for name, model in models.items()},
-        "models": models,
+        "meta": _meta(config, settings, started),
+        "goals": [goal for m in models for goal in m.out["goals"]],
+        "headline": {m.name: outputs.figures(m.out) for m in models},
+        "models": {m.name: m.out for m in models},
         "method": METHOD,
     }
-    results["meta"]["duration_s"] = round(time.perf_counter() - started, 1)
-    plots = report_module.write_plots(results, config.out)
-    results["plots"] = plots
-    report_module.write_json(results, config.out / "results.json")
-    (config.out / "REPORT.md").write_text(report_module.render_markdown(results, plots))
+    results["plots"] = plots = outputs.write_plots(results, config.out)
+    (config.out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (config.out / "REPORT.md").write_text(outputs.render_markdown(results, plots))
     report(
         f"wrote {config.out / 'results.json'}, {config.out / 'REPORT.md'} and {len(plots)} plots"
     )
