@@ -25,7 +25,7 @@ import numpy as np
 from onnxlift_serving.protocol import NUMPY_TO_DATATYPE, TensorSpec
 
 from onnxlift import paths
-from onnxlift.build.pipeline import BuildResult, Report, build_model
+from onnxlift.builder.build import BuildResult, Report, build_model
 from onnxlift.sources import ModelSource
 from onnxlift.spec import parse_spec
 

@@ -41,7 +41,7 @@ class QuantizationSpec:
     reduce_range: bool = False
     exclude_nodes: tuple[str, ...] = ()
     exclude_op_types: tuple[str, ...] = ()  # e.g. ("Attention",): fused nodes kept in FP32
-    # Outlier-channel split of feed-forward MatMuls (see onnxlift/build/outliers.py); 0 = off.
+    # Outlier-channel split of feed-forward MatMuls (see onnxlift/builder/outliers.py); 0 = off.
     outlier_ratio: float = 0.0
     outlier_max_channels: int = 4
     calibration: str | None = None  # texts for the split's statistics, disjoint from parity

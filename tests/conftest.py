@@ -41,7 +41,7 @@ def minilm_spec() -> Any:
 @pytest.fixture(scope="session")
 def minilm_build(minilm_spec: Any) -> Any:
     """The real model, built once (and cached by fingerprint across runs) from the real weights."""
-    from onnxlift.build.pipeline import build_model
+    from onnxlift.builder.build import build_model
 
     return build_model(minilm_spec, root=ROOT, report=lambda _: None)
 
@@ -49,7 +49,7 @@ def minilm_build(minilm_spec: Any) -> Any:
 @pytest.fixture(scope="session")
 def reference_embeddings(minilm_spec: Any) -> Any:
     """sentence-transformers on PyTorch for a few sentences: what the service must match."""
-    from onnxlift.build.pipeline import load_source_module
+    from onnxlift.builder.build import load_source_module
 
     source = load_source_module(minilm_spec)
 

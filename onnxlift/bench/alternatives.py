@@ -12,7 +12,7 @@ import numpy as np
 
 from onnxlift.bench.serving import load_pipeline, onnx_variants, run_call
 from onnxlift.bench.timing import Calls, Plan, ratio
-from onnxlift.build.parity import cosine
+from onnxlift.builder.parity import cosine
 
 LABELS = {
     "torch_st": "PyTorch eager (sentence-transformers encode)",

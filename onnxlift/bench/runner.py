@@ -122,7 +122,7 @@ class _Model:
 
 
 def _build(config: BenchConfig, name: str, scratch: Path, report: Report) -> _Model:
-    from onnxlift.build.pipeline import build_model, load_source_module
+    from onnxlift.builder.build import build_model, load_source_module
     from onnxlift.spec import load_spec
 
     m, spec = _Model(name, report), load_spec(config.root / "models" / name)

@@ -26,8 +26,8 @@ from onnxlift_serving.pipelines import load_tokenizer
 from onnxlift_serving.session import INTEGER_KERNEL_CONFIG, create_session
 
 from onnxlift import paths
-from onnxlift.build.pipeline import latest_build
-from onnxlift.build.quantize import quantize_dynamic_int8
+from onnxlift.builder.build import latest_build
+from onnxlift.builder.quantize import quantize_dynamic_int8
 from onnxlift.spec import load_spec
 
 BATCHES = ((1, 200), (8, 40), (32, 12))  # batch, runs per block

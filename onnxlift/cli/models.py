@@ -29,7 +29,7 @@ def build(names: tuple[str, ...], all_models: bool, force: bool) -> None:
     """Export, quantize and verify models (all of them when no NAME is given)."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from onnxlift.build.pipeline import build_model
+    from onnxlift.builder.build import build_model
 
     specs = select_specs(names, all_models)
     table = Table(
@@ -115,7 +115,7 @@ def add(
     """Bring an ONNX file you already have: check it, optionally quantize it, publish it."""
     import shutil
 
-    from onnxlift.build.pipeline import build_model
+    from onnxlift.builder.build import build_model
     from onnxlift.sources.onnx_file import check_onnx_file, external_data_files
     from onnxlift.spec import load_spec
 

@@ -29,7 +29,7 @@ __all__ = ["list_models", "promote", "publish", "pull", "rollback"]
 @BUCKET_OPTION
 def publish(name: str, version: str | None, bucket: str | None) -> None:
     """Publish the current build of NAME as a new immutable version."""
-    from onnxlift.build.pipeline import latest_build
+    from onnxlift.builder.build import latest_build
 
     (spec,) = select_specs((name,), False)
     folder = latest_build(spec, project_root())

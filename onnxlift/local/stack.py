@@ -31,7 +31,7 @@ from onnxlift_serving.contract import (
 )
 
 from onnxlift import paths
-from onnxlift.build.pipeline import build_model
+from onnxlift.builder.build import build_model
 from onnxlift.errors import OnnxliftError
 from onnxlift.local import snapshot
 from onnxlift.local.gateway import FunctionTarget, Gateway, GatewayConfig

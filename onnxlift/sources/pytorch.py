@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from onnxlift.build.torch_export import export_module
+from onnxlift.builder.torch_export import export_module
 from onnxlift.sources import Exporter, Feeds
 
 

@@ -17,8 +17,8 @@ import pytest
 from onnxlift_serving.pipelines import load_tokenizer
 from onnxlift_serving.session import create_session
 
-from onnxlift.build.integer_audit import SAFE_S8_WEIGHT, audit_integer_kernels, integer_weights
-from onnxlift.build.integer_reference import (
+from onnxlift.builder.integer_audit import SAFE_S8_WEIGHT, audit_integer_kernels, integer_weights
+from onnxlift.builder.integer_reference import (
     dynamic_quantize_linear,
     exact_integer_model,
     matmul_checks,

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from onnxlift.build.gate import check_parity_gate, describe_input
+from onnxlift.builder.gate import check_parity_gate, describe_input
 from onnxlift.errors import BuildError
 from onnxlift.spec import load_spec
 from tests.conftest import ROOT

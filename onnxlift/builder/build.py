@@ -27,13 +27,13 @@ from onnxlift_serving.pipelines import build_pipeline, load_tokenizer
 from onnxlift_serving.session import create_session, integer_kernel_setting
 
 from onnxlift import __version__, paths
-from onnxlift.build import parity
-from onnxlift.build.check import check_model, opset_of
-from onnxlift.build.gate import check_parity_gate
-from onnxlift.build.integer_audit import audit_integer_kernels
-from onnxlift.build.optimize import optimize_transformer
-from onnxlift.build.outliers import SplitReport, split_outlier_channels
-from onnxlift.build.quantize import quantize_dynamic_int8, quantize_static_qdq
+from onnxlift.builder import parity
+from onnxlift.builder.check import check_model, opset_of
+from onnxlift.builder.gate import check_parity_gate
+from onnxlift.builder.integer_audit import audit_integer_kernels
+from onnxlift.builder.optimize import optimize_transformer
+from onnxlift.builder.outliers import SplitReport, split_outlier_channels
+from onnxlift.builder.quantize import quantize_dynamic_int8, quantize_static_qdq
 from onnxlift.errors import BuildError
 from onnxlift.sources import ModelSource
 from onnxlift.spec import ModelSpec
