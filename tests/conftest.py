@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+from moto import mock_aws
+from onnxlift_serving.contract import sandbox_environment, serving_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 EVENTS = Path(__file__).parent / "events"
@@ -93,12 +97,85 @@ def lambda_context() -> FakeLambdaContext:
     return FakeLambdaContext()
 
 
+# -- the real handler against a moto registry -----------------------------------------
+BUCKET = "onnxlift-test-registry"
+HANDLER = ROOT / "functions" / "inference" / "handler.py"
+
+
 @pytest.fixture
-def clean_env() -> Iterator[None]:
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
+def s3(aws_credentials: None) -> Iterator[Any]:
+    with mock_aws():
+        yield boto3.client("s3", region_name="us-east-1")
+
+
+@pytest.fixture
+def registry(s3: Any) -> Any:
+    from onnxlift.registry import Registry
+
+    reg = Registry(BUCKET, s3)
+    reg.ensure_bucket()
+    return reg
+
+
+@pytest.fixture
+def published(registry: Any, minilm_build: Any) -> str:
+    return registry.publish(minilm_build.folder, name="minilm")
+
+
+@pytest.fixture
+def load_handler(
+    published: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Callable[..., Any]:
+    """Import the real handler module in a fresh 'sandbox' configured through its environment."""
+    from onnxlift.local.lambda_runtime import load_handler as import_handler
+
+    def load(**env: str) -> Any:
+        settings = (
+            serving_environment(
+                name="minilm",
+                version=published,
+                source="registry",
+                bucket=BUCKET,
+                cache_dir=str(tmp_path / "models"),
+                threads=1,
+            )
+            | sandbox_environment("minilm", 2048)
+            | env
+        )
+        for key, value in settings.items():
+            monkeypatch.setenv(key, value)
+        sys.modules.pop("handler", None)
+        import_handler(HANDLER)
+        return sys.modules["handler"]
+
+    return load
+
+
+def call(
+    module: Any,
+    context: Any,
+    body: Any = None,
+    *,
+    path: str = "/v2/models/minilm/infer",
+    method: str = "POST",
+    **overrides: Any,
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    event = load_event("infer", path=path, httpMethod=method, resource=path)
+    if body is not None:
+        event["body"] = body if isinstance(body, str) else json.dumps(body)
+    elif method == "GET":
+        event["body"] = None
+    event.update(overrides)
+    result = module.lambda_handler(event, context)
+    headers = dict(result.get("headers") or {})
+    for key, values in (result.get("multiValueHeaders") or {}).items():
+        headers[key] = ", ".join(values)
+    return result["statusCode"], json.loads(result["body"]), headers
+
+
+def texts_body(texts: list[str], **extra: Any) -> dict[str, Any]:
+    tensor = {"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": texts}
+    return {"inputs": [tensor | extra]}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,7 +1,7 @@
 """The serving contract, written once: V2 routes, the error body, environment names, limits.
 
 The Lambda handler, the SageMaker container, the local gateway, the toolkit and infra/ import
-these names; tests/unit/test_contract.py checks that the SageMaker proxy (a separate asset with
+these names; tests/serving/test_contract.py checks that the SageMaker proxy (a separate asset with
 no dependencies) matches the same route table.
 """
 

@@ -2,7 +2,7 @@
 
 Build parity, the Lambda handler, the SageMaker container, the local stack, bench and
 `onnxlift add` all call `create_session`, so a model is measured with exactly the settings it
-is served with. tests/unit/test_session_policy.py fails if any code opens a session otherwise.
+is served with. tests/serving/test_session_policy.py fails if any code opens a session otherwise.
 
 Integer kernels: on x86 CPUs without VNNI, onnxruntime's default u8 x s8 kernel saturates
 pairs of products at 16 bits (vpmaddubsw), so the same INT8 model answers differently on AVX2

@@ -162,6 +162,16 @@ def test_promote_and_rollback_move_the_alias(registry: Any, tmp_path: Path) -> N
 def test_racing_promotions_lose_nothing(registry: Any, tmp_path: Path) -> None:
     for i in range(4):
         registry.publish(make_artifact(tmp_path / str(i)), name="tiny")
+    # S3 checks a conditional write and stores it atomically; moto's in-process backend checks
+    # then stores, so under load two IfNoneMatch writers could both win (seen once in a full
+    # run). Serialise the store's own step to model S3; the registry's retries stay unlocked.
+    store, lock = registry.s3.put_object, threading.Lock()
+
+    def atomic_put(**kwargs: Any) -> Any:
+        with lock:
+            return store(**kwargs)
+
+    registry.s3.put_object = atomic_put
     threads = [
         threading.Thread(target=registry.promote, args=("tiny", str(v), "prod"))
         for v in range(1, 5)

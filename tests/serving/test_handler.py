@@ -9,36 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import load_event
+from tests.conftest import call, texts_body
 
 pytestmark = pytest.mark.slow
-
-
-def call(
-    module: Any,
-    context: Any,
-    body: Any = None,
-    *,
-    path: str = "/v2/models/minilm/infer",
-    method: str = "POST",
-    **overrides: Any,
-) -> tuple[int, dict[str, Any], dict[str, str]]:
-    event = load_event("infer", path=path, httpMethod=method, resource=path)
-    if body is not None:
-        event["body"] = body if isinstance(body, str) else json.dumps(body)
-    elif method == "GET":
-        event["body"] = None
-    event.update(overrides)
-    result = module.lambda_handler(event, context)
-    headers = dict(result.get("headers") or {})
-    for key, values in (result.get("multiValueHeaders") or {}).items():
-        headers[key] = ", ".join(values)
-    return result["statusCode"], json.loads(result["body"]), headers
-
-
-def texts_body(texts: list[str], **extra: Any) -> dict[str, Any]:
-    tensor = {"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": texts}
-    return {"inputs": [tensor | extra]}
 
 
 @pytest.fixture

@@ -24,6 +24,9 @@ from onnxlift.local.processes import base_env, free_port, start_child, wait_http
 from onnxlift.local.sagemaker_server import LocalSageMaker, start_sagemaker_models
 from tests.conftest import ROOT, published_copy
 
+# Starts the local SageMaker runtime and container processes on loopback.
+pytestmark = pytest.mark.e2e
+
 PROXY = ROOT / "functions" / "sagemaker" / "proxy" / "proxy_handler.py"
 API_KEY = "local-test-key"
 BODY = {

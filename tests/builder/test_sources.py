@@ -138,7 +138,7 @@ def test_add_checks_builds_and_publishes_an_outside_onnx_file(
 
     # ... and the real handler serves it, straight from the registry.
     module = load_handler(MODEL_NAME="scorer", MODEL_VERSION="1")
-    from tests.integration.test_handler import call
+    from tests.conftest import call
 
     x = held_out(3)
     body = {
