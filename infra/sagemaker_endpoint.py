@@ -44,7 +44,6 @@ from infra.registry_bucket import REASON_MODEL_PREFIX, ModelRegistry
 
 DOCKERFILE = "functions/sagemaker/Dockerfile"
 PROXY_CODE = "functions/sagemaker/proxy"
-VARIANT = contract.SAGEMAKER_VARIANT
 ARCHIVE = "model.tar.gz"  # onnxlift/sagemaker_artifact.py writes it next to the version
 DATA_CAPTURE_PREFIX = "datacapture"
 # NVIDIA driver 580 / CUDA 13.0: what onnxruntime-gpu 1.31 in the image needs.
@@ -282,7 +281,7 @@ class SageMakerEndpoint(Construct):
         self, model: SageMakerDeployment, registry: ModelRegistry
     ) -> sagemaker.CfnEndpointConfig:
         variant = sagemaker.CfnEndpointConfig.ProductionVariantProperty(
-            variant_name=VARIANT,
+            variant_name=contract.SAGEMAKER_VARIANT,
             model_name=self.cfn_model.attr_model_name,
             instance_type=model.instance_type,
             initial_instance_count=model.initial_instances,
@@ -313,7 +312,7 @@ class SageMakerEndpoint(Construct):
             self,
             "Scaling",
             service_namespace=appscaling.ServiceNamespace.SAGEMAKER,
-            resource_id=f"endpoint/{model.endpoint_name}/variant/{VARIANT}",
+            resource_id=f"endpoint/{model.endpoint_name}/variant/{contract.SAGEMAKER_VARIANT}",
             scalable_dimension="sagemaker:variant:DesiredInstanceCount",
             min_capacity=model.min_instances,
             max_capacity=model.max_instances,

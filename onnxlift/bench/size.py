@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from onnxlift.lockfile import read_pins
+from onnxlift.lockfile import canonical, read_pins
 
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux2014_x86_64")
 PYTHON_VERSION = "3.12"
@@ -46,10 +46,6 @@ SEPARATE = "torch"  # counted from the CPU build, never downloaded from PyPI
 NEVER = re.compile(r"^(nvidia-.*|triton)$")
 FUNCTION = Path("functions/inference")
 Report = Callable[[str], None]
-
-
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _bytes(files: Iterable[Path]) -> int:

@@ -39,8 +39,6 @@ from onnxlift.local.http import (
 )
 from onnxlift.local.lambda_runtime import INVOKE_PATH
 
-API_GATEWAY_MAX_BODY = API_GATEWAY_MAX_BODY_BYTES
-INTEGRATION_TIMEOUT_S = float(API_GATEWAY_TIMEOUT_S)
 MODEL_ROUTE = re.compile(rf"^{re.escape(MODELS_PREFIX)}(?P<name>[^/]+)(?P<rest>/.*)?$")
 VERSION_ROUTE = re.compile(r"^/versions/(?P<version>[^/]+)(?:/.*)?$")
 TEXT_TYPES = ("application/json", "text/")
@@ -64,8 +62,8 @@ class GatewayConfig:
     default_function: str  # answers /v2/health/*
     stage: str = "v1"
     api_id: str = "local"
-    max_body: int = API_GATEWAY_MAX_BODY
-    timeout_s: float = INTEGRATION_TIMEOUT_S
+    max_body: int = API_GATEWAY_MAX_BODY_BYTES
+    timeout_s: float = API_GATEWAY_TIMEOUT_S
 
 
 def build_event(

@@ -57,11 +57,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SERVE = Path("functions/sagemaker/serve")
 RUNTIME_LAYER = Path("layers/runtime")
 INVOKE_PATH = re.compile(r"^/endpoints/(?P<endpoint>[^/]+)/invocations$")
-MAX_PAYLOAD_BYTES = SAGEMAKER_PAYLOAD_BYTES
-INVOCATION_TIMEOUT_S = float(SAGEMAKER_INVOCATION_TIMEOUT_S)
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
-VARIANT = SAGEMAKER_VARIANT
 FORWARDED = ("Content-Type", "Accept", "X-Amzn-SageMaker-Custom-Attributes")
 
 
@@ -130,7 +127,10 @@ def model_error(endpoint: str, status: int | None, message: str) -> Reply:
     """SageMaker's answer when the container answers with an error (or not at all)."""
     log_stream = f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/sagemaker/Endpoints/{endpoint}"
     if status is None:
-        text = f"Your invocation timed out while waiting for a response from container {VARIANT}."
+        text = (
+            "Your invocation timed out while waiting for a response from container "
+            f"{SAGEMAKER_VARIANT}."
+        )
         return _error(424, "ModelError", {"Message": text, "LogStreamArn": log_stream})
     kind = "client" if status < 500 else "server"
     text = (
@@ -157,7 +157,7 @@ class Endpoints:
     def __init__(self, containers: Mapping[str, ContainerTarget]) -> None:
         self.by_name = {t.endpoint_name: t for t in containers.values()}
         self.by_name.update({t.name: t for t in containers.values()})
-        self._client = KeepAliveClient(timeout_s=INVOCATION_TIMEOUT_S)
+        self._client = KeepAliveClient(timeout_s=SAGEMAKER_INVOCATION_TIMEOUT_S)
 
     def invoke(self, name: str, body: bytes, headers: dict[str, str]) -> Reply:
         target = self.by_name.get(name)
@@ -190,7 +190,7 @@ def _invocation_reply(target: ContainerTarget, response: BackendResponse) -> Rep
     headers = dict(response.headers.items())
     out = {
         "Content-Type": headers.get("Content-Type", JSON_CONTENT_TYPE),
-        "x-Amzn-Invoked-Production-Variant": VARIANT,
+        "x-Amzn-Invoked-Production-Variant": SAGEMAKER_VARIANT,
     }
     attributes = {k.lower(): v for k, v in headers.items()}.get(
         "x-amzn-sagemaker-custom-attributes"
@@ -211,7 +211,7 @@ class _RuntimeHandler(LoopbackHandler):
         self.send_reply(status, {**headers, "x-amzn-RequestId": str(uuid.uuid4())}, body)
 
     def do_POST(self) -> None:
-        body = self.read_body(MAX_PAYLOAD_BYTES)
+        body = self.read_body(SAGEMAKER_PAYLOAD_BYTES)
         if body is None:
             length = self.body_length()
             self._send(
