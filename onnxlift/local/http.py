@@ -170,14 +170,13 @@ class LoopbackHandler(BaseHTTPRequestHandler):
         if not self.raw_requestline:
             self.close_connection = True
             return
+        self.command, self.request_version, self.requestline = "", "HTTP/1.0", ""
         if len(self.raw_requestline) > 65536:
-            self.command, self.request_version = "", ""
             raise HttpError(414, "request line too long")
+        if len(self.raw_requestline.split()) == 2:  # http.server would serve it, headerless
+            raise HttpError(400, "HTTP/0.9 is not supported")
         if not self.parse_request():  # it answered with send_error
             return
-        if self.request_version == "HTTP/0.9":
-            self.request_version = "HTTP/1.0"  # so that the status line and headers go out
-            raise HttpError(400, "HTTP/0.9 is not supported")
         self.framing = body_framing(self.headers)
         self._body_pending = self.framing.has_body
         self.dispatch()
@@ -200,8 +199,7 @@ class LoopbackHandler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """http.server's own refusals (bad request line, header too long, bad version), as
         the contract's JSON error instead of an HTML page."""
-        if self.request_version == "HTTP/0.9":  # so that the status line and headers go out
-            self.request_version = "HTTP/1.0"
+        self.request_version = "HTTP/1.0"  # parse_request may have set 0.9: no status line
         self.close_connection = True
         try:
             phrase = HTTPStatus(code).phrase
