@@ -225,7 +225,8 @@ class LoopbackHandler(BaseHTTPRequestHandler):
             return b""
         if limit is not None and self.over_limit(limit):
             return None
-        if self.headers.get("Expect", "").lower() == "100-continue":
+        expects_100 = self.headers.get("Expect", "").lower() == "100-continue"
+        if expects_100 and self.request_version != "HTTP/1.0":
             self.wfile.write(f"{self.protocol_version} 100 Continue\r\n\r\n".encode())
             self.wfile.flush()
         deadline = time.monotonic() + self.body_deadline_s
