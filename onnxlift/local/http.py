@@ -159,10 +159,12 @@ class LoopbackHandler(BaseHTTPRequestHandler):
             self._handle_request()
         except HttpError as error:
             self.close_connection = True
+            if error.status == 408:  # a stalled client: no lingering for what it still sends
+                self._body_pending = False
             if not self._replied:
-                self.send_reply(*error_reply(error.status, error.message, error.headers))
+                self._reply_quietly(*error_reply(error.status, error.message, error.headers))
         except TimeoutError:  # a read or a write stalled: answer if nothing went out yet
-            self.close_connection = True
+            self.close_connection, self._body_pending = True, False
             if not self._replied:
                 self._reply_quietly(*error_reply(408, "request timed out"))
 
@@ -244,7 +246,7 @@ class LoopbackHandler(BaseHTTPRequestHandler):
                 raise HttpError(408, "request body timed out")
             part = self.rfile.read1(min(left, 1 << 16))
             if not part:
-                raise HttpError(400, f"request body ended {left} bytes short of Content-Length")
+                raise HttpError(400, f"request body ended {left} bytes short")
             parts.append(part)
             left -= len(part)
         return b"".join(parts)
@@ -292,9 +294,9 @@ class LoopbackHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _reply_quietly(self, status: int, headers: dict[str, str], body: bytes) -> None:
-        """A last reply to a client that may be gone."""
+        """A last reply to a client that may be gone (or not reading)."""
         try:
-            self.connection.settimeout(1.0)
+            self.connection.settimeout(min(1.0, self.read_timeout_s))
             self.send_reply(status, headers, body)
             self.wfile.flush()
         except OSError:
