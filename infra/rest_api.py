@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Collection, Sequence
 
 from aws_cdk import ArnFormat, RemovalPolicy, Size, Stack
@@ -11,7 +12,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_wafv2 as wafv2
 from constructs import Construct
-from onnxlift_serving.contract import MODELS_PREFIX, ROUTES, Op
+from onnxlift_serving.contract import MODELS_PREFIX, ROUTES, Op, Route
 
 from infra import nag
 from infra.config import LOG_RETENTION_DAYS, DeploymentConfig
@@ -409,29 +410,86 @@ class InferenceApi(Construct):
 
     def _routes(self, functions: Sequence[InferenceFunction]) -> None:
         """The contract's V2 route table: health on the first function, each model's routes
-        under its literal name on its own function, a JSON 404 for any other name."""
-        health_backend = apigw.LambdaIntegration(functions[0].function, allow_test_invoke=False)
-        health = [r for r in ROUTES if "{name}" not in r.template]
-        for route in health:
-            self._method(
-                self.api.root.resource_for_path(route.template), route.method, health_backend
-            )
+        under its literal name on its own function; on every route's resource a JSON 405
+        (with Allow) for the other methods, a JSON 404 for any other model name or path.
 
+        Every method, the 405s and 404s included, requires the API key, so a request
+        without it is a 403 whatever its path and method, and only then is the route told.
+        """
+        health_backend = apigw.LambdaIntegration(functions[0].function, allow_test_invoke=False)
+        table: dict[str, list[tuple[Route, apigw.Integration]]] = {}
+        for route in ROUTES:
+            if "{name}" not in route.template:
+                table.setdefault(route.template, []).append((route, health_backend))
         for fn in functions:
             backend = apigw.LambdaIntegration(fn.function, allow_test_invoke=False)
             for route in ROUTES:
-                if route in health:
-                    continue
+                if "{name}" in route.template:
+                    path = route.template.replace("{name}", fn.model.name)
+                    table.setdefault(path, []).append((route, backend))
+
+        for path, entries in table.items():
+            resource = self.api.root.resource_for_path(path)
+            path_params = ["version"] if "{version}" in path else []
+            for route, backend in entries:
                 self._method(
-                    self.api.root.resource_for_path(
-                        route.template.replace("{name}", fn.model.name)
-                    ),
+                    resource,
                     route.method,
                     backend,
-                    path_params=["version"] if "{version}" in route.template else (),
+                    path_params=path_params,
                     body_model=self.infer_model if route.op is Op.INFER else None,
                 )
+            self._method_not_allowed(resource, sorted({r.method for r, _ in entries}), path_params)
         self._unknown_model_routes()
+        self._unknown_paths()
+
+    def _mock(
+        self,
+        resource: apigw.IResource,
+        status: int,
+        template: str,
+        *,
+        path_params: Sequence[str] = (),
+        headers: dict[str, str] | None = None,
+    ) -> apigw.Method:
+        """ANY on `resource`, answered by API Gateway itself: `status`, the JSON `template`
+        (VTL) and `headers` (name -> value), after the API key check like every method."""
+        integration = apigw.MockIntegration(
+            # Any content type, not only JSON, gets the answer (NEVER would make it a 415).
+            passthrough_behavior=apigw.PassthroughBehavior.WHEN_NO_MATCH,
+            request_templates={JSON: json.dumps({"statusCode": status})},
+            integration_responses=[
+                apigw.IntegrationResponse(
+                    status_code=str(status),
+                    response_templates={JSON: template},
+                    response_parameters={
+                        f"method.response.header.{k}": f"'{v}'" for k, v in (headers or {}).items()
+                    }
+                    or None,
+                )
+            ],
+        )
+        response = apigw.MethodResponse(
+            status_code=str(status),
+            response_models={JSON: apigw.Model.ERROR_MODEL},
+            response_parameters={f"method.response.header.{k}": True for k in headers or {}}
+            or None,
+        )
+        return self._method(
+            resource, "ANY", integration, path_params=path_params, method_responses=[response]
+        )
+
+    def _method_not_allowed(
+        self, resource: apigw.IResource, allowed: Sequence[str], path_params: Sequence[str]
+    ) -> None:
+        """The route's other methods: a JSON 405 with Allow, as the local gateway answers."""
+        self._mock(
+            resource,
+            405,
+            '{"error": "method $context.httpMethod is not allowed on $context.resourcePath"}',
+            path_params=path_params,
+            headers={"Allow": ", ".join(allowed)},
+        )
 
     def _unknown_model_routes(self) -> None:
         """Any other model name gets a JSON 404 from a mock integration.
@@ -441,39 +499,36 @@ class InferenceApi(Construct):
         """
         models = self.api.root.resource_for_path(MODELS_PREFIX.rstrip("/"))
         unknown = models.add_resource("{name}")
-        not_found = apigw.MockIntegration(
-            passthrough_behavior=apigw.PassthroughBehavior.NEVER,
-            request_templates={JSON: '{"statusCode": 404}'},
-            integration_responses=[
-                apigw.IntegrationResponse(
-                    status_code="404",
-                    response_templates={
-                        JSON: (
-                            "#set($name = $util.escapeJavaScript($input.params('name'))"
-                            '.replaceAll("\\\\\'", "\'"))\n'
-                            '{"error": "model \'$name\' not found"}'
-                        )
-                    },
+        template = (
+            "#set($name = $util.escapeJavaScript($input.params('name'))"
+            '.replaceAll("\\\\\'", "\'"))\n'
+            '{"error": "model \'$name\' not found"}'
+        )
+        self._mock(unknown, 404, template, path_params=["name"])
+        self._mock(unknown.add_resource("{proxy+}"), 404, template, path_params=["name", "proxy"])
+
+    def _unknown_paths(self) -> None:
+        """A JSON 404 on the root, under a catch-all {proxy+}, and on every resource that
+        only leads to routes (/v2, /v2/models/<name>/versions, ...): no path answers
+        API Gateway's own Missing Authentication Token, which does not ask for the key."""
+        self._mock(
+            self.api.root.add_resource("{proxy+}"),
+            404,
+            "#set($path = $util.escapeJavaScript($input.params('proxy'))"
+            '.replaceAll("\\\\\'", "\'"))\n'
+            '{"error": "no route for $context.httpMethod /$path"}',
+            path_params=["proxy"],
+        )
+        for resource in self.api.root.node.find_all():  # the root and its descendants
+            if isinstance(resource, apigw.ResourceBase) and not any(
+                isinstance(child, apigw.Method) for child in resource.node.children
+            ):
+                self._mock(
+                    resource,
+                    404,
+                    '{"error": "no route for $context.httpMethod $context.resourcePath"}',
+                    path_params=re.findall(r"\{(\w+)\}", resource.path),
                 )
-            ],
-        )
-        not_found_responses = [
-            apigw.MethodResponse(status_code="404", response_models={JSON: apigw.Model.ERROR_MODEL})
-        ]
-        self._method(
-            unknown,
-            "ANY",
-            not_found,
-            path_params=["name"],
-            method_responses=not_found_responses,
-        )
-        self._method(
-            unknown.add_resource("{proxy+}"),
-            "ANY",
-            not_found,
-            path_params=["name", "proxy"],
-            method_responses=not_found_responses,
-        )
 
     # -- account-level logging role ------------------------------------------------------
 

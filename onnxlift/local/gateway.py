@@ -1,11 +1,13 @@
 """A local API Gateway (REST, Lambda proxy integration) on loopback.
 
-It does what API Gateway does in front of the inference functions: resolves the route,
-enforces the API key (403 without it or with a wrong one), refuses bodies over 10 MB (413),
-turns the HTTP request into a v1 proxy event with requestContext, headers and path
-parameters, invokes the model's function and returns its status, headers and body.
-Unknown models answer 404 as the deployed API's mock route does. Requests are served
-concurrently, one thread each, with keep-alive.
+It does what API Gateway does in front of the inference functions, in API Gateway's order:
+refuses a malformed request (400, onnxlift.local.http) or a declared body over 10 MB (413)
+without reading it; enforces the API key on every path and method (403 without it or with a
+wrong one, before anything about the routes is told); resolves the route from the contract's
+route table (404 for an unknown path or model, 405 with Allow for a known path and another
+method); then reads the body, turns the request into a v1 proxy event with requestContext,
+headers and path parameters, invokes the model's function and returns its status, headers
+and body. Requests are served concurrently, one thread per connection, with keep-alive.
 """
 
 from __future__ import annotations
@@ -23,24 +25,26 @@ from urllib.parse import parse_qs, urlsplit
 from onnxlift_serving.contract import (
     API_GATEWAY_MAX_BODY_BYTES,
     API_GATEWAY_TIMEOUT_S,
-    HEALTH_PATHS,
     JSON_CONTENT_TYPE,
     MODELS_PREFIX,
-    error_body,
+    ROUTES,
 )
 
 from onnxlift.local.http import (
+    IDLE_TIMEOUT_S,
+    READ_TIMEOUT_S,
     BackendUnreachable,
     KeepAliveClient,
     LoopbackHandler,
     LoopbackServer,
     Reply,
-    json_reply,
+    error_reply,
 )
 from onnxlift.local.lambda_runtime import INVOKE_PATH
 
-MODEL_ROUTE = re.compile(rf"^{re.escape(MODELS_PREFIX)}(?P<name>[^/]+)(?P<rest>/.*)?$")
-VERSION_ROUTE = re.compile(r"^/versions/(?P<version>[^/]+)(?:/.*)?$")
+UNKNOWN_MODEL = re.compile(rf"^{re.escape(MODELS_PREFIX)}(?P<name>[^/]+)(?:/.*)?$")
+UNKNOWN_MODEL_RESOURCE = f"{MODELS_PREFIX}{{name}}/{{proxy+}}"  # the deployed API's mock
+_TEMPLATES = tuple(dict.fromkeys(route.template for route in ROUTES))
 TEXT_TYPES = ("application/json", "text/")
 # (function, resource, path parameters); function "" is a model the API does not serve
 ResolvedRoute = tuple[str, str, dict[str, str]]
@@ -64,6 +68,8 @@ class GatewayConfig:
     api_id: str = "local"
     max_body: int = API_GATEWAY_MAX_BODY_BYTES
     timeout_s: float = API_GATEWAY_TIMEOUT_S
+    read_timeout_s: float = READ_TIMEOUT_S  # a client's request stalls this long: 408
+    idle_timeout_s: float = IDLE_TIMEOUT_S  # a kept-alive connection idles this long: closed
 
 
 def build_event(
@@ -127,27 +133,47 @@ def build_event(
 
 
 def resolve_route(path: str, config: GatewayConfig) -> ResolvedRoute | None:
-    """(function, resource, path parameters) for a path, like the deployed API's resources."""
-    if path in HEALTH_PATHS:
-        return config.default_function, path, {}
-    match = MODEL_ROUTE.match(path)
-    if not match:
-        return None
-    name, rest = match["name"], match["rest"] or ""
-    if name not in config.functions:
-        return "", f"{MODELS_PREFIX}{{name}}/{{proxy+}}", {"name": name}
-    version = VERSION_ROUTE.match(rest)
-    if version:
-        resource = f"{MODELS_PREFIX}{name}" + rest.replace(version["version"], "{version}", 1)
-        return name, resource, {"version": version["version"]}
-    return name, f"{MODELS_PREFIX}{name}{rest}", {}
+    """(function, resource, path parameters) for a path of the contract's route table, under
+    any method, like the deployed API's resources: a model's routes on its own function
+    (resource names the model), the others on the default one, a model the API does not
+    serve on "" (the deployed API's 404 mock); None for a path of no route."""
+    for template in _TEMPLATES:
+        if found := _pattern(template).match(path):
+            params = found.groupdict()
+            name = params.pop("name", None)
+            if name is None:
+                return config.default_function, template, params
+            if name not in config.functions:
+                return "", UNKNOWN_MODEL_RESOURCE, {"name": name}
+            return name, template.replace("{name}", name), params
+    unknown = UNKNOWN_MODEL.match(path)
+    if unknown and unknown["name"] not in config.functions:
+        return "", UNKNOWN_MODEL_RESOURCE, {"name": unknown["name"]}
+    return None
+
+
+def allowed_methods(path: str) -> list[str]:
+    """The methods the contract's routes take on `path` (the Allow of a 405)."""
+    return sorted({r.method for r in ROUTES if _pattern(r.template).match(path)})
+
+
+def _pattern(template: str) -> re.Pattern[str]:
+    return next(r.pattern for r in ROUTES if r.template == template)
 
 
 class Gateway:
     def __init__(self, config: GatewayConfig, *, host: str = "127.0.0.1", port: int = 8080) -> None:
         self.config = config
         self._client = KeepAliveClient(timeout_s=config.timeout_s)
-        handler = type("GatewayHandler", (_GatewayHandler,), {"gateway": self})
+        handler = type(
+            "GatewayHandler",
+            (_GatewayHandler,),
+            {
+                "gateway": self,
+                "read_timeout_s": config.read_timeout_s,
+                "idle_timeout_s": config.idle_timeout_s,
+            },
+        )
         self.server = LoopbackServer(handler, host=host, port=port, name="gateway")
 
     @property
@@ -197,34 +223,25 @@ def proxy_reply(raw: bytes) -> Reply:
 
 
 class _GatewayHandler(LoopbackHandler):
-    """One API request: body limit, route, API key, model, then the function."""
+    """One API request, every method: body limit, API key, route, then the function."""
 
     gateway: ClassVar[Gateway]  # set on the subclass each Gateway makes
     server_version = "onnxlift-gateway"
 
-    def _serve(self) -> None:
+    def dispatch(self) -> None:
         started = time.perf_counter()
-        config = self.gateway.config
-        body = self.read_body(config.max_body)
-        if body is None:
-            self._send(
-                *_error(
-                    413,
-                    f"Request too large: {self.body_length()} bytes; the limit is "
-                    f"{config.max_body}",
-                )
-            )
-            return
         url = urlsplit(self.path)
-        route = resolve_route(url.path, config)
-        if route is None:
-            self._send(*_error(404, f"no route for {self.command} {url.path}"))
-            return
-        refusal = self._refusal(route)
+        route = resolve_route(url.path, self.gateway.config)
+        refusal = self._refusal(url.path, route)
         if refusal is not None:
             self._send(*refusal)
             return
+        assert route is not None  # _refusal answers a path of no route
         function, resource, path_parameters = route
+        body = self.read_body(self.gateway.config.max_body)
+        if body is None:
+            self._send(*self._too_large())
+            return
         event = build_event(
             method=self.command,
             path=url.path,
@@ -233,7 +250,7 @@ class _GatewayHandler(LoopbackHandler):
             body=body,
             resource=resource,
             path_parameters=path_parameters,
-            config=config,
+            config=self.gateway.config,
             source_ip=self.client_address[0],
             api_key=self.headers.get("x-api-key"),
         )
@@ -241,21 +258,36 @@ class _GatewayHandler(LoopbackHandler):
         headers["x-onnxlift-gateway-ms"] = f"{(time.perf_counter() - started) * 1000:.2f}"
         self._send(status, headers, data)
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _serve
-
-    def _refusal(self, route: ResolvedRoute) -> Reply | None:
-        """The API key is checked before the model is looked up, as API Gateway does: without
-        the key nobody learns which models exist."""
+    def _refusal(self, path: str, route: ResolvedRoute | None) -> Reply | None:
+        """What API Gateway answers before the integration, in its order, with the body
+        still unread: a declared body over the limit (413); a missing or wrong API key (403,
+        for every path and method: without the key nobody learns which routes or models
+        exist); an unknown path or model (404); a known path with another method (405)."""
+        config = self.gateway.config
+        if self.over_limit(config.max_body):
+            return self._too_large()
         api_key = self.headers.get("x-api-key")
-        if api_key != self.gateway.config.api_key:
-            reason = (
-                "Forbidden: missing API key" if api_key is None else "Forbidden: invalid API key"
-            )
-            return _error(403, reason)
+        if api_key != config.api_key:
+            reason = "missing" if api_key is None else "invalid"
+            return _error(403, f"Forbidden: {reason} API key")
+        if route is None:
+            return _error(404, f"no route for {self.command} {path}")
         function, _, path_parameters = route
         if not function:
             return _error(404, f"model '{path_parameters['name']}' not found")
+        allowed = allowed_methods(path)
+        if self.command not in allowed:
+            return _error(
+                405,
+                f"method {self.command} is not allowed on {path}",
+                {"Allow": ", ".join(allowed)},
+            )
         return None
+
+    def _too_large(self) -> Reply:
+        limit = self.gateway.config.max_body
+        size = f"{self.body_length()} bytes" if self.body_length() else "over the limit"
+        return _error(413, f"Request too large: {size}; the limit is {limit}")
 
     def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
         headers = {**headers, "x-amzn-RequestId": str(uuid.uuid4())}
@@ -264,4 +296,4 @@ class _GatewayHandler(LoopbackHandler):
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Reply:
-    return json_reply(status, error_body(message), headers)
+    return error_reply(status, message, headers)

@@ -2,23 +2,55 @@
 base, and the keep-alive client they use to reach the process behind them.
 
 The gateway, the Lambda sandbox and the SageMaker runtime front differ only in what they
-answer; how they listen, read a body, reply and talk to their backend is written here once.
+answer; how they listen, frame and read a body, time out, reply and talk to their backend is
+written here once. The rules a client's malformed or hostile request meets are all here:
+
+- Every error this layer answers itself is JSON `{"error": ...}`, never the HTML of
+  http.server: a malformed request line, a header line too long, HTTP/0.9, a method the
+  server has no handler for.
+- The body is framed by one Content-Length (digits only; duplicates must agree) or by
+  `Transfer-Encoding: chunked`, decoded here; anything else is a 400 (501 for another
+  transfer coding). Nothing is read until a handler asks for the body, so it can refuse a
+  request (a missing API key, a declared length over its limit) without reading it.
+- A reply sent while the body is still unread closes the connection: the rest of the
+  stream is that body. The unread bytes are discarded for a short while first (a lingering
+  close), so the client reads the reply instead of a reset.
+- Timeouts: an idle kept-alive connection is closed after idle_timeout_s; a request whose
+  headers or body stall for read_timeout_s, or whose body takes over body_deadline_s, is
+  answered 408 and closed. No thread waits on a client for ever.
+- The server listens with a real backlog and serves at most max_connections connections at
+  once; the next ones wait in the backlog, and one that waits too long gets a JSON 503 with
+  Retry-After.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import re
+import socket
 import sys
 import threading
+import time
 from dataclasses import dataclass
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from onnxlift_serving.contract import JSON_CONTENT_TYPE
+from onnxlift_serving.contract import JSON_CONTENT_TYPE, error_body
 
 Reply = tuple[int, dict[str, str], bytes]  # status, headers, body
 LOOPBACK = "127.0.0.1"
+
+IDLE_TIMEOUT_S = 30.0  # a kept-alive connection with no next request
+READ_TIMEOUT_S = 10.0  # the longest pause while a request's headers or body arrive
+BODY_DEADLINE_S = 60.0  # the longest a whole body may take
+LINGER_S = 1.0  # how long an unread body is discarded before the connection closes
+MAX_CHUNK_LINE = 1024  # a chunk-size line (size and extensions)
+MAX_TRAILERS = 100
+_DIGITS = re.compile(r"[0-9]+")
+_CHUNK_SIZE = re.compile(r"[0-9a-fA-F]+")
 
 
 def json_reply(status: int, payload: Any, headers: dict[str, str] | None = None) -> Reply:
@@ -30,8 +62,67 @@ def json_reply(status: int, payload: Any, headers: dict[str, str] | None = None)
     )
 
 
+def error_reply(status: int, message: str, headers: dict[str, str] | None = None) -> Reply:
+    """The contract's error body, `{"error": message}`, with `status`."""
+    return json_reply(status, error_body(message), headers)
+
+
+class HttpError(Exception):
+    """A request this layer refuses: answered as error_reply(status, message, headers), and
+    the connection closed (its framing can no longer be trusted)."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+@dataclass(frozen=True)
+class Framing:
+    """How a request's body is delimited: `length` bytes, or chunked (length None)."""
+
+    length: int | None
+
+    @property
+    def chunked(self) -> bool:
+        return self.length is None
+
+    @property
+    def has_body(self) -> bool:
+        return self.length != 0
+
+
+def body_framing(headers: http.client.HTTPMessage) -> Framing:
+    """The request's body framing; HttpError 400 when Content-Length is not one run of
+    digits (negative, non-numeric, or duplicates that differ), or is sent with
+    Transfer-Encoding; 501 for a transfer coding other than chunked."""
+    codings = [
+        coding.strip().lower()
+        for header in headers.get_all("Transfer-Encoding") or ()
+        for coding in header.split(",")
+        if coding.strip()
+    ]
+    lengths = [
+        value.strip()
+        for header in headers.get_all("Content-Length") or ()
+        for value in header.split(",")
+    ]
+    if codings:
+        if codings != ["chunked"]:
+            raise HttpError(501, f"Transfer-Encoding {', '.join(codings)!r} is not supported")
+        if lengths:
+            raise HttpError(400, "a request has Content-Length or Transfer-Encoding, not both")
+        return Framing(None)
+    for value in lengths:
+        if not _DIGITS.fullmatch(value):
+            raise HttpError(400, f"invalid Content-Length {value[:40]!r}: not a byte count")
+    if len({int(value) for value in lengths}) > 1:
+        raise HttpError(400, "conflicting Content-Length headers")
+    return Framing(int(lengths[0]) if lengths else 0)
+
+
 class LoopbackHandler(BaseHTTPRequestHandler):
-    """One request on one server thread; subclasses add the do_* methods."""
+    """One connection on one server thread; subclasses add the do_* methods (or override
+    dispatch), read the body with read_body and answer with send_reply."""
 
     protocol_version = "HTTP/1.1"  # keep-alive
     # Headers and body go out as two writes; with Nagle on, the body waits for the client's
@@ -39,38 +130,208 @@ class LoopbackHandler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     # Headers of a forwarded reply that this server writes itself, so they are not copied.
     own_headers: frozenset[str] = frozenset({"content-length", "connection"})
+    idle_timeout_s: float = IDLE_TIMEOUT_S
+    read_timeout_s: float = READ_TIMEOUT_S
+    body_deadline_s: float = BODY_DEADLINE_S
+    linger_s: float = LINGER_S
+
+    framing = Framing(0)
+    _body_pending = False  # the request has a body nobody has read
+    _linger = False  # discard what the client still sends before closing
+    _replied = False  # a status line of this request went out
 
     def log_message(self, format: str, *args: Any) -> None:  # access logs stay quiet
         pass
 
+    # -- one request ------------------------------------------------------------------------
+
+    def handle_one_request(self) -> None:
+        """Read a request line and headers, check the framing, dispatch; refusals are JSON."""
+        self.framing, self._body_pending, self._replied = Framing(0), False, False
+        try:
+            self.connection.settimeout(self.idle_timeout_s)
+            self.raw_requestline = self.rfile.readline(65537)
+        except (TimeoutError, OSError):  # idle (or gone) between requests: just close
+            self.close_connection = True
+            return
+        try:
+            self.connection.settimeout(self.read_timeout_s)
+            self._handle_request()
+        except HttpError as error:
+            self.close_connection = True
+            if error.status == 408:  # a stalled client: no lingering for what it still sends
+                self._body_pending = False
+            if not self._replied:
+                self._reply_quietly(*error_reply(error.status, error.message, error.headers))
+        except TimeoutError:  # a read or a write stalled: answer if nothing went out yet
+            self.close_connection, self._body_pending = True, False
+            if not self._replied:
+                self._reply_quietly(*error_reply(408, "request timed out"))
+
+    def _handle_request(self) -> None:
+        if not self.raw_requestline:
+            self.close_connection = True
+            return
+        self.command, self.request_version, self.requestline = "", "HTTP/1.0", ""
+        if len(self.raw_requestline) > 65536:
+            raise HttpError(414, "request line too long")
+        if len(self.raw_requestline.split()) == 2:  # http.server would serve it, headerless
+            raise HttpError(400, "HTTP/0.9 is not supported")
+        if not self.parse_request():  # it answered with send_error
+            return
+        self.framing = body_framing(self.headers)
+        self._body_pending = self.framing.has_body
+        self.dispatch()
+        if self._body_pending:  # answered without reading it: the stream is that body
+            self.close_connection = self._linger = True
+        self.wfile.flush()
+
+    def dispatch(self) -> None:
+        """Run do_<METHOD>; a method without one is a JSON 501."""
+        method = getattr(self, f"do_{self.command}", None)
+        if method is None:
+            raise HttpError(501, f"method {self.command[:20]!r} is not supported")
+        method()
+
+    def handle_expect_100(self) -> bool:
+        """`Expect: 100-continue` is answered when the body is read, not before: a request
+        refused on its headers never has its body sent."""
+        return True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (bad request line, header too long, bad version), as
+        the contract's JSON error instead of an HTML page."""
+        self.request_version = "HTTP/1.0"  # parse_request may have set 0.9: no status line
+        self.close_connection = True
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "Error"
+        self.send_reply(*error_reply(code, (message or phrase)[:200]))
+
+    # -- the body ---------------------------------------------------------------------------
+
     def body_length(self) -> int:
-        return int(self.headers.get("Content-Length") or 0)
+        """The declared body length (0 for a chunked body, whose length is not declared)."""
+        return self.framing.length or 0
+
+    def over_limit(self, limit: int) -> bool:
+        """Whether the declared length is over `limit`, known before reading anything."""
+        return self.framing.length is not None and self.framing.length > limit
 
     def read_body(self, limit: int | None = None) -> bytes | None:
-        """The request body, or None when it is over `limit`: then it is left unread and the
-        connection closes after the reply, since the rest of the stream is that body."""
-        length = self.body_length()
-        if limit is not None and length > limit:
-            self.close_connection = True
+        """The request body, or None when it is (or grows, chunked) over `limit`: then the
+        rest is left unread and the connection closes after the reply. HttpError 400 for a
+        body cut short or badly chunked, 408 when it stalls."""
+        if not self._body_pending:
+            return b""
+        if limit is not None and self.over_limit(limit):
             return None
-        return self.rfile.read(length) if length else b""
+        expects_100 = self.headers.get("Expect", "").lower() == "100-continue"
+        if expects_100 and self.request_version != "HTTP/1.0":
+            self.wfile.write(f"{self.protocol_version} 100 Continue\r\n\r\n".encode())
+            self.wfile.flush()
+        deadline = time.monotonic() + self.body_deadline_s
+        if self.framing.length is not None:
+            body: bytes | None = self._read_exactly(self.framing.length, deadline)
+        else:
+            body = self._read_chunked(limit, deadline)
+        self._body_pending = body is None
+        return body
+
+    def _read_exactly(self, length: int, deadline: float) -> bytes:
+        parts, left = [], length
+        while left:
+            if time.monotonic() > deadline:
+                raise HttpError(408, "request body timed out")
+            part = self.rfile.read1(min(left, 1 << 16))
+            if not part:
+                raise HttpError(400, f"request body ended {left} bytes short")
+            parts.append(part)
+            left -= len(part)
+        return b"".join(parts)
+
+    def _read_chunked(self, limit: int | None, deadline: float) -> bytes | None:
+        """A chunked body, decoded; None as soon as it is over `limit`."""
+        parts, total = [], 0
+        while True:
+            line = self.rfile.readline(MAX_CHUNK_LINE + 1)
+            size_text = line.split(b";", 1)[0].strip().decode("latin-1")
+            if len(line) > MAX_CHUNK_LINE or not _CHUNK_SIZE.fullmatch(size_text):
+                raise HttpError(400, "malformed chunked request body")
+            size = int(size_text, 16)
+            if size == 0:
+                break
+            total += size
+            if limit is not None and total > limit:
+                return None
+            parts.append(self._read_exactly(size, deadline))
+            if self.rfile.readline(3) not in (b"\r\n", b"\n"):
+                raise HttpError(400, "malformed chunked request body")
+        for _ in range(MAX_TRAILERS + 1):  # trailers, ignored, up to the empty line
+            trailer = self.rfile.readline(MAX_CHUNK_LINE + 1)
+            if trailer in (b"\r\n", b"\n", b""):
+                return b"".join(parts)
+        raise HttpError(400, "too many trailers in a chunked request body")
+
+    # -- the reply --------------------------------------------------------------------------
 
     def send_reply(self, status: int, headers: dict[str, str], body: bytes) -> None:
-        """Status, `headers` (less own_headers), Content-Length, then the body unless HEAD."""
+        """Status, `headers` (less own_headers), Content-Length, then the body unless HEAD.
+        A reply to a request whose body is still unread closes the connection."""
+        if self._body_pending:
+            self.close_connection = self._linger = True
+        self._replied = True
         self.send_response(status)
         for key, value in headers.items():
             if key.lower() not in self.own_headers:
                 self.send_header(key, value)
         self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def _reply_quietly(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        """A last reply to a client that may be gone (or not reading)."""
+        try:
+            self.connection.settimeout(min(1.0, self.read_timeout_s))
+            self.send_reply(status, headers, body)
+            self.wfile.flush()
+        except OSError:
+            pass
+
+    def finish(self) -> None:
+        with contextlib.suppress(OSError):
+            super().finish()
+        if self._linger:
+            _linger(self.connection, self.linger_s)
+
+
+def _linger(connection: socket.socket, seconds: float) -> None:
+    """Stop sending, then discard what the client still sends for up to `seconds`: closing
+    with unread bytes would send a reset, and the client could lose the reply."""
+    deadline = time.monotonic() + seconds
+    try:
+        connection.shutdown(socket.SHUT_WR)
+        while (left := deadline - time.monotonic()) > 0:
+            connection.settimeout(left)
+            if not connection.recv(1 << 16):
+                return
+    except OSError:
+        pass
+
 
 class LoopbackServer(ThreadingHTTPServer):
-    """A thread per connection, serving on a daemon thread of its own until stop()."""
+    """A thread per connection, at most max_connections at once, serving on a daemon
+    thread of its own until stop()."""
 
     daemon_threads = True  # a request still running does not hold the process at exit
+    block_on_close = False  # stop() closes the connections instead of waiting for them
+    request_queue_size = 1024  # listen backlog: a burst of connects waits, is not reset
+    max_connections = 256
+    busy_wait_s = 5.0  # a connection waits this long for a free slot, then gets a 503
 
     def __init__(
         self,
@@ -83,6 +344,9 @@ class LoopbackServer(ThreadingHTTPServer):
         super().__init__((host, port), handler)
         self.name = name
         self._thread: threading.Thread | None = None
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
 
     @property
     def host(self) -> str:
@@ -97,6 +361,12 @@ class LoopbackServer(ThreadingHTTPServer):
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def open_connections(self) -> int:
+        """Connections a server thread is serving now."""
+        with self._lock:
+            return len(self._open)
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self.serve_forever, name=self.name, daemon=True)
         self._thread.start()
@@ -106,13 +376,53 @@ class LoopbackServer(ThreadingHTTPServer):
             self.shutdown()
             self._thread = None
         self.server_close()
+        with self._lock:  # wake the threads still reading from a client
+            for connection in self._open:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(timeout=self.busy_wait_s):
+            _refuse_busy(request)
+            self.shutdown_request(request)
+            return
+        with self._lock:
+            self._open.add(request)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._release(request)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release(request)
+
+    def _release(self, request: Any) -> None:
+        with self._lock:
+            self._open.discard(request)
+        self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that drops its connection (a boto3 pool discarding an unread response) is
-        # routine, not a traceback on the console.
-        if isinstance(sys.exc_info()[1], ConnectionError):
+        # A client that drops its connection (a boto3 pool discarding an unread response) or
+        # stalls is routine, not a traceback on the console.
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
             return
         super().handle_error(request, client_address)
+
+
+def _refuse_busy(connection: socket.socket) -> None:
+    status, headers, body = error_reply(503, "server busy: too many connections")
+    head = f"HTTP/1.1 {status} Service Unavailable\r\nContent-Type: {headers['Content-Type']}"
+    head += f"\r\nRetry-After: 1\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    try:
+        connection.settimeout(1.0)
+        connection.sendall(head.encode() + body)
+    except OSError:
+        pass
+    _linger(connection, 0.2)
 
 
 class BackendUnreachable(ConnectionError):

@@ -213,12 +213,12 @@ class _RuntimeHandler(LoopbackHandler):
     def do_POST(self) -> None:
         body = self.read_body(SAGEMAKER_PAYLOAD_BYTES)
         if body is None:
-            length = self.body_length()
+            size = f"of {self.body_length()} bytes " if self.body_length() else ""
             self._send(
                 *_error(
                     400,
                     "ValidationError",
-                    {"message": f"Request payload of {length} bytes is over the 6 MB limit."},
+                    {"message": f"Request payload {size}is over the 6 MB limit."},
                 )
             )
             return

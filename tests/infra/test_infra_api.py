@@ -33,10 +33,12 @@ def resource_paths(synth) -> dict[str, str]:
 def routes(synth) -> dict[tuple[str, str], dict[str, Any]]:
     """(HTTP method, path) -> method properties."""
     paths = resource_paths(synth)
+
+    def path(resource_id: dict[str, Any]) -> str:
+        return paths[resource_id["Ref"]] if "Ref" in resource_id else "/"  # GetAtt: the root
+
     return {
-        (m["Properties"]["HttpMethod"], paths[m["Properties"]["ResourceId"]["Ref"]]): m[
-            "Properties"
-        ]
+        (m["Properties"]["HttpMethod"], path(m["Properties"]["ResourceId"])): m["Properties"]
         for m in synth.of_type("AWS::ApiGateway::Method").values()
     }
 
@@ -51,6 +53,17 @@ def model_routes(name: str) -> set[tuple[str, str]]:
         ("GET", f"{base}/versions/{{version}}/ready"),
         ("POST", f"{base}/versions/{{version}}/infer"),
     }
+
+
+def not_allowed_routes(*names: str) -> set[tuple[str, str]]:
+    """A JSON 405 (ANY) on every resource that has routes."""
+    return {("ANY", path) for name in names for _, path in model_routes(name) | HEALTH_ROUTES}
+
+
+def no_route_routes(*names: str) -> set[tuple[str, str]]:
+    """A JSON 404 (ANY) on the root, a catch-all and every resource that only leads on."""
+    paths = {"/", "/{proxy+}", "/v2", "/v2/health", "/v2/models"}
+    return {("ANY", p) for p in paths | {f"/v2/models/{n}/versions" for n in names}}
 
 
 NOT_FOUND_ROUTES = {("ANY", "/v2/models/{name}"), ("ANY", "/v2/models/{name}/{proxy+}")}
@@ -71,10 +84,78 @@ def lambda_target(method: dict[str, Any]) -> str:
 
 
 def test_exact_route_table(one, two) -> None:
-    assert set(routes(one)) == HEALTH_ROUTES | model_routes("minilm") | NOT_FOUND_ROUTES
-    assert set(routes(two)) == (
-        HEALTH_ROUTES | model_routes("minilm") | model_routes("bge") | NOT_FOUND_ROUTES
+    assert set(routes(one)) == (
+        HEALTH_ROUTES
+        | model_routes("minilm")
+        | NOT_FOUND_ROUTES
+        | not_allowed_routes("minilm")
+        | no_route_routes("minilm")
     )
+    assert set(routes(two)) == (
+        HEALTH_ROUTES
+        | model_routes("minilm")
+        | model_routes("bge")
+        | NOT_FOUND_ROUTES
+        | not_allowed_routes("minilm", "bge")
+        | no_route_routes("minilm", "bge")
+    )
+
+
+def mock_answer(method: dict[str, Any]) -> tuple[int, str, dict[str, str]]:
+    """What a mock method answers: status, body template, headers (name -> value)."""
+    integration = method["Integration"]
+    assert integration["Type"] == "MOCK"
+    assert integration["PassthroughBehavior"] == "WHEN_NO_MATCH"  # any content type
+    status = json.loads(integration["RequestTemplates"]["application/json"])["statusCode"]
+    (response,) = integration["IntegrationResponses"]
+    assert response["StatusCode"] == str(status)
+    assert "SelectionPattern" not in response  # the default response: always this status
+    prefix = "method.response.header."
+    headers = {
+        k.removeprefix(prefix): v.strip("'")
+        for k, v in response.get("ResponseParameters", {}).items()
+    }
+    (declared,) = method["MethodResponses"]
+    assert declared["StatusCode"] == str(status)
+    assert declared["ResponseModels"] == {"application/json": "Error"}
+    assert declared.get("ResponseParameters", {}) == {prefix + k: True for k in headers}
+    return status, response["ResponseTemplates"]["application/json"], headers
+
+
+def test_other_methods_on_a_route_are_a_json_405_with_allow(two) -> None:
+    """As the local gateway answers (tests/local/test_gateway.py), after the API key."""
+    table = routes(two)
+    for _, path in not_allowed_routes("minilm", "bge"):
+        allowed = sorted(verb for verb, p in table if p == path and verb != "ANY")
+        status, template, headers = mock_answer(table[("ANY", path)])
+        assert (status, headers) == (405, {"Allow": ", ".join(allowed)}), path
+        assert template == (
+            '{"error": "method $context.httpMethod is not allowed on $context.resourcePath"}'
+        )
+        if "{version}" in path:
+            assert table[("ANY", path)]["RequestParameters"] == {
+                "method.request.path.version": True
+            }
+    assert mock_answer(table[("ANY", "/v2/models/bge/infer")])[2] == {"Allow": "POST"}
+    assert mock_answer(table[("ANY", "/v2/health/live")])[2] == {"Allow": "GET"}
+
+
+def test_every_other_path_is_a_json_404_after_the_key(two) -> None:
+    """No path falls through to API Gateway's Missing Authentication Token, which answers
+    before the key is checked: every path has a method, and every method wants the key."""
+    table = routes(two)
+    for _, path in no_route_routes("minilm", "bge"):
+        status, template, headers = mock_answer(table[("ANY", path)])
+        assert (status, headers) == (404, {}), path
+        if path == "/{proxy+}":
+            assert "$input.params('proxy')" in template
+            assert template.endswith('{"error": "no route for $context.httpMethod /$path"}')
+        else:
+            assert template == (
+                '{"error": "no route for $context.httpMethod $context.resourcePath"}'
+            )
+    paths = {p for _, p in table}
+    assert paths == set(resource_paths(two).values()) | {"/"}  # no resource without a method
 
 
 def test_routes_reach_their_model_function(two) -> None:
@@ -142,20 +223,10 @@ def test_unknown_model_names_get_a_json_404(one) -> None:
     table = routes(one)
     for route in NOT_FOUND_ROUTES:
         method = table[route]
-        integration = method["Integration"]
-        assert integration["Type"] == "MOCK"
-        assert json.loads(integration["RequestTemplates"]["application/json"]) == {
-            "statusCode": 404
-        }
-        (response,) = integration["IntegrationResponses"]
-        assert response["StatusCode"] == "404"
-        assert "SelectionPattern" not in response  # the default response: always 404
-        template = response["ResponseTemplates"]["application/json"]
+        status, template, headers = mock_answer(method)
+        assert (status, headers) == (404, {})
         assert "$input.params('name')" in template
         assert template.endswith('{"error": "model \'$name\' not found"}')
-        assert method["MethodResponses"] == [
-            {"StatusCode": "404", "ResponseModels": {"application/json": "Error"}}
-        ]
         assert method["RequestParameters"]["method.request.path.name"] is True
 
 

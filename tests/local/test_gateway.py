@@ -14,6 +14,7 @@ from onnxlift.local.gateway import (
     FunctionTarget,
     Gateway,
     GatewayConfig,
+    allowed_methods,
     build_event,
     resolve_route,
 )
@@ -45,7 +46,15 @@ def test_routes_mirror_the_api_resources() -> None:
         "/v2/models/{name}/{proxy+}",
         {"name": "other"},
     )
+    assert resolve_route("/v2/models/other/any/depth", CONFIG) == (
+        "",
+        "/v2/models/{name}/{proxy+}",
+        {"name": "other"},
+    )
     assert resolve_route("/metrics", CONFIG) is None
+    assert resolve_route("/v2/models/minilm/nothing-here", CONFIG) is None
+    assert allowed_methods("/v2/models/minilm/infer") == ["POST"]
+    assert allowed_methods("/v2/health/live") == ["GET"]
 
 
 def test_event_is_a_rest_v1_proxy_event() -> None:
@@ -90,10 +99,12 @@ def test_binary_bodies_travel_base64() -> None:
 
 
 def fake_function(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """A proxy-integration function: echoes the method, answers binary, fails on request."""
-    if event["path"].endswith("/boom"):
+    """A proxy-integration function: echoes the method, answers binary, fails on request
+    (the version says how)."""
+    version = (event["pathParameters"] or {}).get("version")
+    if version == "boom":
         raise RuntimeError("boom")
-    if event["path"].endswith("/slow"):
+    if version == "slow":
         time.sleep(0.6)
     return {
         "statusCode": 201,
@@ -149,21 +160,47 @@ def test_the_functions_reply_comes_back_as_it_made_it(api: str) -> None:
     assert response.headers["Content-Type"] == "application/json"  # the gateway's default
     assert response.headers["Content-Length"] == "2"  # the function's own is not copied
     assert response.headers["x-amzn-RequestId"] and response.headers["x-onnxlift-gateway-ms"]
-    head = call(api, "/v2/models/minilm", method="HEAD", body=b"")
-    assert head.status_code == 201 and head.content == b""
+    get = call(api, "/v2/models/minilm", method="GET", body=b"")
+    assert get.status_code == 201 and get.headers["X-Method"] == "GET"
 
 
-def test_the_api_key_is_checked_after_the_route_and_before_the_model(api: str) -> None:
+METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "BREW")
+PATHS = ("/", "/metrics", "/v2/health/live", "/v2/models/minilm/infer", "/v2/models/nope/x")
+
+
+def test_without_the_key_every_path_and_method_is_403(api: str) -> None:
+    for method in METHODS:
+        for path in PATHS:
+            for key, reason in ((None, "missing"), ("wrong", "invalid")):
+                response = call(api, path, key=key, method=method)
+                assert response.status_code == 403, (method, path, response.text)
+                if method != "HEAD":
+                    assert response.json() == {"error": f"Forbidden: {reason} API key"}
+                assert response.headers["Content-Type"] == "application/json"
+
+
+def test_with_the_key_unknown_paths_are_404_and_other_methods_405(api: str) -> None:
     cases = [
-        (call(api, "/metrics", key=None), 404, "no route for POST /metrics"),
-        (call(api, "/v2/models/nope/infer", key=None), 403, "Forbidden: missing API key"),
-        (call(api, "/v2/models/nope/infer", key="wrong"), 403, "Forbidden: invalid API key"),
+        (call(api, "/metrics"), 404, "no route for POST /metrics"),
+        (call(api, "/v2/models/minilm/boom"), 404, "no route for POST /v2/models/minilm/boom"),
         (call(api, "/v2/models/nope/infer"), 404, "model 'nope' not found"),
+        (call(api, "/v2/models/nope", method="DELETE"), 404, "model 'nope' not found"),
     ]
     for response, status, message in cases:
         assert response.status_code == status, response.text
         assert response.json() == {"error": message}
         assert response.headers["Content-Type"] == "application/json"
+    for method, path, allow in [
+        ("GET", "/v2/models/minilm/infer", "POST"),
+        ("OPTIONS", "/v2/models/minilm/versions/3/infer", "POST"),
+        ("POST", "/v2/health/ready", "GET"),
+        ("TRACE", "/v2/models/minilm", "GET"),
+        ("BREW", "/v2/models/minilm/ready", "GET"),
+    ]:
+        response = call(api, path, method=method)
+        assert response.status_code == 405, (method, path, response.text)
+        assert response.headers["Allow"] == allow
+        assert response.json() == {"error": f"method {method} is not allowed on {path}"}
 
 
 def test_a_body_over_the_limit_is_413_before_anything_else(api: str) -> None:
@@ -173,11 +210,11 @@ def test_a_body_over_the_limit_is_413_before_anything_else(api: str) -> None:
 
 
 def test_function_failures_are_api_gateway_errors(api: str) -> None:
-    boom = call(api, "/v2/models/minilm/boom")
+    boom = call(api, "/v2/models/minilm/versions/boom/infer")
     assert boom.status_code == 502 and "unhandled error" in boom.json()["error"]
     gone = call(api, "/v2/models/gone/infer")
     assert gone.status_code == 503 and gone.headers["Retry-After"] == "5"
     assert gone.json() == {"error": "function 'gone' is not reachable"}
-    slow = call(api, "/v2/models/minilm/slow")
+    slow = call(api, "/v2/models/minilm/versions/slow/infer")
     assert slow.status_code == 504 and slow.json() == {"error": "Endpoint request timed out"}
     assert call(api, "/v2/models/minilm/infer").status_code == 201  # and it recovers

@@ -138,3 +138,47 @@ def test_clients_that_hang_up_are_no_traceback(capsys: pytest.CaptureFixture[str
         assert "a real bug" in capsys.readouterr().err
     finally:
         server.stop()
+
+
+def test_a_method_without_a_handler_is_json_501(server: LoopbackServer) -> None:
+    for method in ("OPTIONS", "TRACE", "BREW"):
+        response = KeepAliveClient(timeout_s=2).request(server.host, server.port, method, "/")
+        assert response.status == 501 and response.headers["Content-Type"] == "application/json"
+        assert json.loads(response.body) == {"error": f"method {method!r} is not supported"}
+
+
+class Small(LoopbackServer):
+    max_connections = 2
+    busy_wait_s = 0.2
+
+
+def test_connections_over_the_bound_wait_then_get_a_503() -> None:
+    server = Small(Echo, port=0)
+    server.start()
+    held = [socket.create_connection((server.host, server.port), timeout=2) for _ in range(2)]
+    try:
+        with socket.create_connection((server.host, server.port), timeout=2) as third:
+            reply = third.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1\r\n" in reply
+        assert reply.endswith(b'{"error": "server busy: too many connections"}')
+        held.pop().close()  # a slot frees: the next connection is served
+        time.sleep(0.05)
+        client = KeepAliveClient(timeout_s=2)
+        assert client.request(server.host, server.port, "GET", "/").status == 200
+    finally:
+        for sock in held:
+            sock.close()
+        server.stop()
+
+
+def test_stop_hangs_up_on_kept_alive_connections() -> None:
+    server = LoopbackServer(Echo, port=0)
+    server.start()
+    with socket.create_connection((server.host, server.port), timeout=2) as idle:
+        deadline = time.monotonic() + 2
+        while not server.open_connections:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        started = time.monotonic()
+        server.stop()
+        assert idle.recv(1) == b"" and time.monotonic() - started < 1
