@@ -26,8 +26,10 @@ from onnxlift_serving.contract import (
     HEALTH_PATHS,
     JSON_CONTENT_TYPE,
     MODELS_PREFIX,
+    OPENAPI_PATH,
     error_body,
 )
+from onnxlift_serving.openapi import document
 
 from onnxlift.local.http import (
     BackendUnreachable,
@@ -160,6 +162,12 @@ class Gateway:
     def stop(self) -> None:
         self.server.stop()
 
+    def openapi(self) -> Reply:
+        """GET /openapi.json: the API's OpenAPI document, no key needed. It is generated from
+        the contract and names no model (the served names stay behind the key)."""
+        body = json.dumps(document(server_url=self.url), indent=1).encode()
+        return 200, {"Content-Type": JSON_CONTENT_TYPE}, body
+
     def invoke(self, function: str, event: dict[str, Any]) -> Reply:
         """Invoke the function as the Lambda proxy integration does; the reply it stands for."""
         target = self.config.functions[function]
@@ -205,6 +213,9 @@ class _GatewayHandler(LoopbackHandler):
     def _serve(self) -> None:
         started = time.perf_counter()
         config = self.gateway.config
+        if self.command in ("GET", "HEAD") and urlsplit(self.path).path == OPENAPI_PATH:
+            self._send(*self.gateway.openapi())
+            return
         body = self.read_body(config.max_body)
         if body is None:
             self._send(
