@@ -75,12 +75,15 @@ def _tensor_schemas() -> dict[str, Any]:
         shape={"type": "array", "items": {"type": "integer", "minimum": -1}},
     )
     request_tensor = _object(
-        ["name", "shape", "datatype"],
+        ["name", "shape", "datatype", "data"],
         name={"type": "string", "minLength": 1},
         shape=shape,
         datatype=datatype,
         parameters=_object([], binary_data_size={"type": "integer", "minimum": 0}),
-        data={"description": "row-major values, flat or nested; absent with binary_data_size"},
+        data={
+            "description": "row-major values, flat or nested (with binary_data_size, in the "
+            "binary body instead)"
+        },
     )
     requested = _object(
         ["name"], name={"type": "string"}, parameters=_object([], binary_data={"type": "boolean"})
