@@ -12,13 +12,18 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_wafv2 as wafv2
 from constructs import Construct
-from onnxlift_serving.contract import MODELS_PREFIX, ROUTES, Op, Route
+from onnxlift_serving.contract import MODELS_PREFIX, ROUTES, Route
 
 from infra import nag
 from infra.config import LOG_RETENTION_DAYS, DeploymentConfig
 from infra.inference_function import InferenceFunction
 
 JSON = "application/json"
+# Request bodies are not validated against a JSON model here: a binary-extension body (JSON
+# header + raw tensors) comes without a Content-Type, which API Gateway takes for JSON, and
+# would be refused. The function checks every body (400/413/415/422); the schema is in the
+# OpenAPI document (onnxlift_serving.openapi).
+BINARY_MEDIA_TYPES = ["*/*"]
 
 REASON_API_KEY_AUTH = (
     "onnxlift is a machine-to-machine inference API: every method requires an API key "
@@ -212,39 +217,6 @@ def _waf_common_rules(*, priority: int) -> wafv2.CfnWebACL.RuleProperty:
     )
 
 
-def _json_schema_infer_request() -> apigw.JsonSchema:
-    """Structure of a V2 infer request; the handler checks it against the model (422)."""
-    S, T = apigw.JsonSchema, apigw.JsonSchemaType
-    tensor = S(
-        type=T.OBJECT,
-        required=["name", "shape", "datatype", "data"],
-        properties={
-            "name": S(type=T.STRING, min_length=1),
-            "shape": S(type=T.ARRAY, items=S(type=T.INTEGER, minimum=0)),
-            "datatype": S(type=T.STRING, min_length=1),
-            "parameters": S(type=T.OBJECT),
-            "data": S(),  # any JSON: nested or flat list, or a scalar
-        },
-    )
-    requested_output = S(
-        type=T.OBJECT,
-        required=["name"],
-        properties={"name": S(type=T.STRING, min_length=1), "parameters": S(type=T.OBJECT)},
-    )
-    return S(
-        schema=apigw.JsonSchemaVersion.DRAFT4,
-        title="V2InferRequest",
-        type=T.OBJECT,
-        required=["inputs"],
-        properties={
-            "id": S(type=T.STRING),
-            "parameters": S(type=T.OBJECT),
-            "inputs": S(type=T.ARRAY, min_items=1, items=tensor),
-            "outputs": S(type=T.ARRAY, items=requested_output),
-        },
-    )
-
-
 class InferenceApi(Construct):
     """REST API: /v2/health/*, /v2/models/<name>/... per model, JSON 404 for other names."""
 
@@ -265,7 +237,6 @@ class InferenceApi(Construct):
         self.api = self._rest_api(config)
         self.stage = self.api.deployment_stage
         self.validator = self._validator()
-        self.infer_model = self._infer_request_model()
 
         self.methods: list[apigw.Method] = []
         self._routes(functions)
@@ -327,6 +298,10 @@ class InferenceApi(Construct):
             cloud_watch_role=False,
             api_key_source_type=apigw.ApiKeySourceType.HEADER,
             min_compression_size=Size.kibibytes(1),
+            # Request bodies reach the function as the client's bytes (base64 in the event):
+            # the binary tensor extension's raw tensors must not be read as UTF-8 text, and
+            # tritonclient sends them with no Content-Type at all, so no narrower list matches.
+            binary_media_types=BINARY_MEDIA_TYPES,
             default_method_options=apigw.MethodOptions(api_key_required=True),
             deploy_options=apigw.StageOptions(
                 stage_name=config.stage_name,
@@ -349,15 +324,6 @@ class InferenceApi(Construct):
             request_validator_name="body-and-parameters",
             validate_request_body=True,
             validate_request_parameters=True,
-        )
-
-    def _infer_request_model(self) -> apigw.Model:
-        return self.api.add_model(
-            "InferRequestModel",
-            content_type=JSON,
-            model_name="V2InferRequest",
-            description="Open Inference Protocol V2 inference request",
-            schema=_json_schema_infer_request(),
         )
 
     def _gateway_responses(self) -> None:
@@ -393,7 +359,6 @@ class InferenceApi(Construct):
         integration: apigw.Integration,
         *,
         path_params: Sequence[str] = (),
-        body_model: apigw.IModel | None = None,
         method_responses: Sequence[apigw.MethodResponse] | None = None,
     ) -> apigw.Method:
         method = resource.add_method(
@@ -402,7 +367,6 @@ class InferenceApi(Construct):
             api_key_required=True,
             request_validator=self.validator,
             request_parameters={f"method.request.path.{p}": True for p in path_params} or None,
-            request_models={JSON: body_model} if body_model else None,
             method_responses=method_responses,
         )
         self.methods.append(method)
@@ -437,7 +401,6 @@ class InferenceApi(Construct):
                     route.method,
                     backend,
                     path_params=path_params,
-                    body_model=self.infer_model if route.op is Op.INFER else None,
                 )
             self._method_not_allowed(resource, sorted({r.method for r, _ in entries}), path_params)
         self._unknown_model_routes()
@@ -457,10 +420,13 @@ class InferenceApi(Construct):
         integration = apigw.MockIntegration(
             # Any content type, not only JSON, gets the answer (NEVER would make it a 415).
             passthrough_behavior=apigw.PassthroughBehavior.WHEN_NO_MATCH,
+            # Every body is binary to this API (BINARY_MEDIA_TYPES): the templates need text.
+            content_handling=apigw.ContentHandling.CONVERT_TO_TEXT,
             request_templates={JSON: json.dumps({"statusCode": status})},
             integration_responses=[
                 apigw.IntegrationResponse(
                     status_code=str(status),
+                    content_handling=apigw.ContentHandling.CONVERT_TO_TEXT,
                     response_templates={JSON: template},
                     response_parameters={
                         f"method.response.header.{k}": f"'{v}'" for k, v in (headers or {}).items()

@@ -15,8 +15,15 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from onnxlift_serving import protocol
-from onnxlift_serving.contract import JSON_CONTENT_TYPE, ROUTES, Op, error_body
+from onnxlift_serving import binary, protocol, server_info
+from onnxlift_serving.contract import (
+    INFERENCE_HEADER_LENGTH,
+    JSON_CONTENT_TYPE,
+    ROUTES,
+    Op,
+    error_body,
+)
+from onnxlift_serving.encoding import event_body, header
 from onnxlift_serving.errors import InferenceError
 from onnxlift_serving.service import ModelService, ServiceConfig
 
@@ -79,6 +86,14 @@ def _metadata(name: str, version: str | None) -> Response:
     return _json(200, service.metadata(name, version))
 
 
+def _server_metadata(name: str | None, version: str | None) -> Response:
+    return _json(200, server_info.server_metadata())
+
+
+def _config(name: str, version: str | None) -> Response:
+    return _json(200, server_info.model_config(service.metadata(name, version)))
+
+
 def _ready(name: str, version: str | None) -> Response:
     ready = service.model_ready(name, version)
     return _json(200 if ready else 503, {"name": name, "ready": ready})
@@ -87,20 +102,33 @@ def _ready(name: str, version: str | None) -> Response:
 @tracer.capture_method
 def _infer(name: str, version: str | None) -> Response:
     started = time.perf_counter()
-    result = service.infer(app.current_event.decoded_body, name, version)
+    event = app.current_event.raw_event
+    headers = event.get("headers")
+    reply = binary.serve_infer(
+        service,
+        event_body(event.get("body"), bool(event.get("isBase64Encoded"))),
+        name=name,
+        version=version,
+        content_encoding=header(headers, "Content-Encoding"),
+        header_length=binary.parse_length(header(headers, INFERENCE_HEADER_LENGTH)),
+    )
     metrics.add_metric(
         name="InferLatency",
         unit=MetricUnit.Milliseconds,
         value=(time.perf_counter() - started) * 1000,
     )
     metrics.add_metric(name="InferCount", unit=MetricUnit.Count, value=1)
-    return _json(200, result)
+    content_type = reply.headers.pop("Content-Type")
+    body = reply.body if reply.header_length is not None else reply.body.decode()
+    return Response(200, content_type=content_type, body=body, headers=reply.headers)
 
 
 OPERATIONS: dict[Op, Callable[..., Response]] = {
     Op.HEALTH_LIVE: _health_live,
     Op.HEALTH_READY: _health_ready,
+    Op.SERVER_METADATA: _server_metadata,
     Op.METADATA: _metadata,
+    Op.CONFIG: _config,
     Op.READY: _ready,
     Op.INFER: _infer,
 }

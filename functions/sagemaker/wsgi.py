@@ -6,11 +6,17 @@
                         `X-Amzn-SageMaker-Custom-Attributes` (SageMaker forwards it verbatim)
                         may select another V2 operation, for callers that can only reach
                         /invocations (the API's proxy function, see proxy/):
-                            onnxlift-route=infer|metadata|ready|health-ready|health-live
+                            onnxlift-route=infer|metadata|config|ready|server-metadata|
+                                           health-ready|health-live
                             onnxlift-model=<name>; onnxlift-version=<version>
-    The V2 routes       /v2/health/live, /v2/health/ready, GET /v2/models/{name}[/versions/{v}],
-                        GET .../ready, POST .../infer: the same paths as the Lambda path, so the
-                        local gateway can forward to the container unchanged.
+                            onnxlift-content-encoding=gzip|deflate (the client's coding)
+                        A binary-extension body comes as Content-Type
+                        application/vnd.sagemaker-triton.binary+json;json-header-size=N and is
+                        answered in kind when binary outputs are asked for.
+    The V2 routes       /v2/health/live, /v2/health/ready, GET /v2, GET /v2/models/{name}
+                        [/versions/{v}], GET .../ready, GET .../config, POST .../infer (gzip or
+                        deflate bodies, the binary tensor extension): the same as the Lambda
+                        path, so the local gateway can forward to the container unchanged.
 
 Errors are `{"error": message}` with the shared runtime's status codes (onnxlift_serving.errors).
 The model loads on a background thread in each worker (see launcher.py for why never before
@@ -28,7 +34,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from onnxlift_serving import protocol
+from onnxlift_serving import binary, protocol, server_info
 from onnxlift_serving.contract import JSON_CONTENT_TYPE, Env, Op, error_body, match_route
 from onnxlift_serving.errors import BadRequest, InferenceError, NotFound, ServiceUnavailable
 from onnxlift_serving.layout import MANIFEST_FILE
@@ -141,19 +147,30 @@ class ContainerApp:
         )
 
     def _operation(
-        self, route: str, name: str, version: str | None, body: bytes
-    ) -> tuple[int, dict[str, Any]]:
+        self,
+        route: str,
+        name: str,
+        version: str | None,
+        body: bytes,
+        environ: Mapping[str, Any] | None = None,
+    ) -> tuple[int, dict[str, Any] | binary.EncodedResponse]:
         if route == Op.HEALTH_LIVE:
             return 200, {"live": True}
         if route == Op.HEALTH_READY:
             return (200 if self.ready else 503), {"ready": self.ready}
+        if route == Op.SERVER_METADATA:
+            return 200, server_info.server_metadata()
         service = self._service()
         if route == Op.METADATA:
             return 200, service.metadata(name, version)
+        if route == Op.CONFIG:
+            return 200, server_info.model_config(service.metadata(name, version))
         if route == Op.READY:
             ready = service.model_ready(name, version)
             return (200 if ready else 503), {"name": name, "ready": ready}
-        return 200, service.infer(body, name, version)
+        return 200, binary.serve_infer(
+            service, body, name=name, version=version, **body_coding(environ or {})
+        )
 
     def invocations(self, environ: Mapping[str, Any], body: bytes) -> tuple[int, dict[str, Any]]:
         attributes = parse_custom_attributes(environ.get(CUSTOM_ATTRIBUTES))
@@ -161,7 +178,7 @@ class ContainerApp:
         if route not in ROUTES:
             raise BadRequest(f"onnxlift-route '{route}' is not one of {', '.join(ROUTES)}")
         name = attributes.get("onnxlift-model", self.config.name)
-        return self._operation(route, name, attributes.get("onnxlift-version"), body)
+        return self._operation(route, name, attributes.get("onnxlift-version"), body, environ)
 
     def dispatch(
         self, method: str, path: str, environ: Mapping[str, Any], body: bytes
@@ -173,7 +190,7 @@ class ContainerApp:
         found = match_route(method, path)
         if found is not None:
             name = found.name or self.config.name  # the health routes name no model
-            return self._operation(found.op, name, found.version, body)
+            return self._operation(found.op, name, found.version, body, environ)
         raise NotFound(f"no route for {method} {path}")
 
     def _read_body(self, environ: Mapping[str, Any]) -> bytes:
@@ -190,27 +207,50 @@ class ContainerApp:
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "/") or "/"
-        headers: dict[str, str] = {}
+        headers: dict[str, str] = {"Content-Type": JSON_CONTENT_TYPE}
         try:
             status, doc = self.dispatch(method, path, environ, self._read_body(environ))
+            if isinstance(doc, binary.EncodedResponse):
+                doc, headers = doc.body, _encoded_headers(doc, invocation=path == "/invocations")
         except InferenceError as error:
             level = logging.ERROR if error.status >= 500 else logging.INFO
             log.log(level, "%s %s -> %d: %s", method, path, error.status, error.message)
-            status, doc, headers = error.status, error_body(error.message), error.headers
+            status, doc = error.status, error_body(error.message)
+            headers = {"Content-Type": JSON_CONTENT_TYPE, **error.headers}
         except Exception as error:  # our bug, never the client's: log it whole, answer JSON
             log.exception("unhandled error on %s %s", method, path)
             status = 500
             doc = error_body(f"internal error ({type(error).__name__}); see the container's logs")
-        payload = protocol.dumps(doc)
+        payload = doc if isinstance(doc, bytes) else protocol.dumps(doc)
         start_response(
             f"{status} {_REASONS.get(status, 'Error')}",
-            [
-                ("Content-Type", JSON_CONTENT_TYPE),
-                ("Content-Length", str(len(payload))),
-                *headers.items(),
-            ],
+            [*headers.items(), ("Content-Length", str(len(payload)))],
         )
         return [b"" if method == "HEAD" else payload]
+
+
+def body_coding(environ: Mapping[str, Any]) -> dict[str, Any]:
+    """How an infer body is coded: Content-Encoding (the HTTP header, or the
+    onnxlift-content-encoding custom attribute the API's proxy sets: InvokeEndpoint carries no
+    other headers) and the binary extension's JSON header length (Inference-Header-Content-Length,
+    or SageMaker's Triton content type `...;json-header-size=N`)."""
+    attributes = parse_custom_attributes(environ.get(CUSTOM_ATTRIBUTES))
+    length = binary.parse_length(environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH"))
+    if length is None:
+        length = binary.sagemaker_header_length(environ.get("CONTENT_TYPE"))
+    return {
+        "content_encoding": environ.get("HTTP_CONTENT_ENCODING")
+        or attributes.get("onnxlift-content-encoding"),
+        "header_length": length,
+    }
+
+
+def _encoded_headers(reply: binary.EncodedResponse, *, invocation: bool) -> dict[str, str]:
+    """A binary answer to /invocations says its header length in the content type (SageMaker
+    returns nothing else); on the V2 routes in Inference-Header-Content-Length."""
+    if invocation and reply.header_length is not None:
+        return {"Content-Type": binary.sagemaker_content_type(reply.header_length)}
+    return dict(reply.headers)
 
 
 _REASONS = {
@@ -218,6 +258,7 @@ _REASONS = {
     400: "Bad Request",
     404: "Not Found",
     413: "Payload Too Large",
+    415: "Unsupported Media Type",
     422: "Unprocessable Entity",
     500: "Internal Server Error",
     503: "Service Unavailable",

@@ -27,8 +27,10 @@ from onnxlift_serving.contract import (
     API_GATEWAY_TIMEOUT_S,
     JSON_CONTENT_TYPE,
     MODELS_PREFIX,
+    OPENAPI_PATH,
     ROUTES,
 )
+from onnxlift_serving.openapi import document
 
 from onnxlift.local.http import (
     IDLE_TIMEOUT_S,
@@ -186,6 +188,12 @@ class Gateway:
     def stop(self) -> None:
         self.server.stop()
 
+    def openapi(self) -> Reply:
+        """GET /openapi.json: the API's OpenAPI document, no key needed. It is generated from
+        the contract and names no model (the served names stay behind the key)."""
+        body = json.dumps(document(server_url=self.url), indent=1).encode()
+        return 200, {"Content-Type": JSON_CONTENT_TYPE}, body
+
     def invoke(self, function: str, event: dict[str, Any]) -> Reply:
         """Invoke the function as the Lambda proxy integration does; the reply it stands for."""
         target = self.config.functions[function]
@@ -230,6 +238,9 @@ class _GatewayHandler(LoopbackHandler):
 
     def dispatch(self) -> None:
         started = time.perf_counter()
+        if self.command in ("GET", "HEAD") and urlsplit(self.path).path == OPENAPI_PATH:
+            self._send(*self.gateway.openapi())  # keyless, and it names no model
+            return
         url = urlsplit(self.path)
         route = resolve_route(url.path, self.gateway.config)
         refusal = self._refusal(url.path, route)

@@ -97,8 +97,10 @@ def test_api_key_acknowledgements_cover_every_method(
     app, stack = fresh(build_app, project_root, tmp_path, acknowledge_nag_findings=False)
     stack.acknowledge_findings(skip={"AwsSolutions-APIG4"})
     paths = {f.construct_path for f in nag.findings(app)}
-    # 8 routes, 8 JSON 405s on their resources, 2 unknown-model 404s, 6 unknown-path 404s
-    assert len(paths) == len(stack.api.methods) == 24
+    # 11 routes (3 server-wide, 8 of the model), a JSON 405 on each of their resources,
+    # 2 unknown-model 404s, 5 unknown-path 404s (/, /{proxy+}, /v2/health, /v2/models,
+    # /v2/models/<name>/versions)
+    assert len(paths) == len(stack.api.methods) == 29
 
 
 def cfn(construct: IConstruct, cls: type[T]) -> T:

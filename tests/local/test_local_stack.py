@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,59 +14,12 @@ import pytest
 import requests
 from onnxlift_serving import protocol
 
-from onnxlift.local.processes import free_port, port_in_use
+from onnxlift.local.processes import port_in_use
 from tests.conftest import ROOT
+from tests.local.conftest import start_stack, stop_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 TEXTS = ["first sentence", "second one"]
-
-
-def start_stack(state: Path) -> tuple[subprocess.Popen[str], dict[str, Any]]:
-    port, aws_port = free_port(), free_port()
-    env = dict(os.environ, ONNXLIFT_STATE_DIR=str(state), ONNXLIFT_ROOT=str(ROOT))
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "onnxlift.cli",
-            "up",
-            "--port",
-            str(port),
-            "--aws-port",
-            str(aws_port),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    info_path = state / "local.json"
-    deadline = time.monotonic() + 300
-    while not info_path.is_file():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"onnxlift up did not come up:\n{process.stdout.read()}")
-        time.sleep(0.2)
-    return process, json.loads(info_path.read_text())
-
-
-def stop_stack(process: subprocess.Popen[str]) -> str:
-    process.send_signal(signal.SIGINT)
-    output, _ = process.communicate(timeout=60)
-    return output
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, minilm_build: Any) -> Iterator[dict[str, Any]]:
-    state = tmp_path_factory.mktemp("state")
-    process, info = start_stack(state)
-    info["_process"], info["_state"] = process, state
-    try:
-        yield info
-    finally:
-        if process.poll() is None:
-            stop_stack(process)
 
 
 def infer(

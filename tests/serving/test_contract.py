@@ -42,6 +42,11 @@ NEAR_MISSES = [
     ("POST", "/v2/health/live"),
     ("GET", "/v2/health"),
     ("GET", "/v2/models/a/b"),
+    ("POST", "/v2"),
+    ("GET", "/v2/"),
+    ("POST", "/v2/models/minilm/config"),
+    ("GET", "/v2/models/minilm/config/x"),
+    ("GET", "/v2/models/minilm/versions/3/config/x"),
 ]
 
 

@@ -25,6 +25,7 @@ Stdlib and boto3 only (both in the Lambda Python runtime): no layer, no packagin
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -48,8 +49,15 @@ ENDPOINT_NAME = os.environ.get("ENDPOINT_NAME", "")
 MODEL_NAME = os.environ.get("MODEL_NAME", "")
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024  # InvokeEndpoint's limit, and Lambda's
 ROUTE = re.compile(
-    r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<op>/ready|/infer)?$"
+    r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<op>/ready|/infer|/config)?$"
 )
+MODEL_OPS = {None: "metadata", "/ready": "ready", "/config": "config"}  # GET ones
+# The binary tensor data extension and request codings: InvokeEndpoint carries no custom
+# headers, so the JSON header's length rides in the content type (SageMaker's Triton
+# convention, both ways) and the Content-Encoding in a custom attribute.
+HEADER_LENGTH = "inference-header-content-length"
+BINARY_TYPE = "application/vnd.sagemaker-triton.binary+json"
+HEADER_SIZE = re.compile(r";\s*json-header-size\s*=\s*(\d+)")
 SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 THROTTLED = {"ThrottlingException", "ModelNotReadyException", "TooManyRequestsException"}
 UNAVAILABLE = {"ServiceUnavailable", "InternalFailure", "InternalDependencyException"}
@@ -82,12 +90,14 @@ def _route(method: str, path: str) -> tuple[str, str | None, str | None] | None:
         return "health-live", None, None
     if method == "GET" and path == "/v2/health/ready":
         return "health-ready", None, None
+    if method == "GET" and path == "/v2":
+        return "server-metadata", None, None
     match = ROUTE.match(path)
     if not match:
         return None
     op = match["op"]
-    if method == "GET" and op in (None, "/ready"):
-        return ("ready" if op else "metadata"), match["name"], match["version"]
+    if method == "GET" and op in MODEL_OPS:
+        return MODEL_OPS[op], match["name"], match["version"]
     if method == "POST" and op == "/infer":
         return "infer", match["name"], match["version"]
     return None
@@ -131,17 +141,53 @@ def _client_error(error: ClientError) -> dict[str, Any]:
     return _response(502, {"error": f"the model endpoint refused the request: {code} {message}"})
 
 
-def invoke(operation: str, name: str | None, version: str | None, body: bytes) -> dict[str, Any]:
+def _headers(event: dict[str, Any]) -> dict[str, str]:
+    return {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
+
+
+def _content_type(headers: dict[str, str]) -> str:
+    """What InvokeEndpoint's ContentType says of the body: JSON, or binary with its header."""
+    length = headers.get(HEADER_LENGTH, "").strip()
+    return f"{BINARY_TYPE};json-header-size={length}" if length else "application/json"
+
+
+def _reply(reply: dict[str, Any]) -> dict[str, Any]:
+    """The container's answer as the API's: a binary body travels base64-encoded."""
+    body = reply["Body"].read()
+    found = HEADER_SIZE.search(reply.get("ContentType") or "")
+    if not found or not (reply.get("ContentType") or "").startswith(BINARY_TYPE):
+        return _response(200, body.decode())
+    return {
+        "statusCode": 200,
+        "headers": {
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": found[1],
+        },
+        "body": base64.b64encode(body).decode(),
+        "isBase64Encoded": True,
+    }
+
+
+def invoke(
+    operation: str,
+    name: str | None,
+    version: str | None,
+    body: bytes,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    headers = headers or {}
     attributes = [f"onnxlift-route={operation}"]
     if name:
         attributes.append(f"onnxlift-model={name}")
     if version:
         attributes.append(f"onnxlift-version={version}")
+    if coding := headers.get("content-encoding", "").replace(";", "").replace("=", "").strip():
+        attributes.append(f"onnxlift-content-encoding={coding}")
     try:
         reply = runtime.invoke_endpoint(
             EndpointName=ENDPOINT_NAME,
             Body=body if operation == "infer" else b"{}",
-            ContentType="application/json",
+            ContentType=_content_type(headers) if operation == "infer" else "application/json",
             Accept="application/json",
             CustomAttributes="; ".join(attributes),
         )
@@ -156,7 +202,7 @@ def invoke(operation: str, name: str | None, version: str | None, body: bytes) -
     except BotoCoreError as error:
         log.exception("InvokeEndpoint failed")
         return _response(502, {"error": f"the model endpoint call failed: {error}"})
-    return _response(200, reply["Body"].read().decode())
+    return _reply(reply)
 
 
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
@@ -175,14 +221,9 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             404, {"error": f"version '{version}' of model '{name}' is not served here"}
         )
     raw = event.get("body") or ""
-    if event.get("isBase64Encoded"):
-        import base64
-
-        body = base64.b64decode(raw)
-    else:
-        body = raw.encode()
+    body = base64.b64decode(raw) if event.get("isBase64Encoded") else raw.encode()
     if len(body) > MAX_PAYLOAD_BYTES:
         return _response(
             413, {"error": f"request body is {len(body)} bytes; the limit is {MAX_PAYLOAD_BYTES}"}
         )
-    return invoke(operation, name, version, body)
+    return invoke(operation, name, version, body, _headers(event))

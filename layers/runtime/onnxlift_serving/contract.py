@@ -16,7 +16,10 @@ from typing import Final
 __all__ = [
     "API_GATEWAY_MAX_BODY_BYTES",
     "API_GATEWAY_TIMEOUT_S",
+    "BINARY_CONTENT_TYPE",
+    "EXTENSIONS",
     "HEALTH_PATHS",
+    "INFERENCE_HEADER_LENGTH",
     "JSON_CONTENT_TYPE",
     "LAMBDA_MAX_VCPUS",
     "LAMBDA_MB_PER_VCPU",
@@ -24,11 +27,14 @@ __all__ = [
     "LAMBDA_PAYLOAD_BYTES",
     "LAMBDA_TIMEOUT_S",
     "MODELS_PREFIX",
+    "OPENAPI_PATH",
     "POWERTOOLS_NAMESPACE",
     "ROUTES",
+    "SAGEMAKER_BINARY_CONTENT_TYPE",
     "SAGEMAKER_INVOCATION_TIMEOUT_S",
     "SAGEMAKER_PAYLOAD_BYTES",
     "SAGEMAKER_VARIANT",
+    "ContentEncoding",
     "Env",
     "Op",
     "Route",
@@ -154,7 +160,9 @@ def error_body(message: str) -> dict[str, str]:
 class Op(StrEnum):
     HEALTH_LIVE = "health-live"
     HEALTH_READY = "health-ready"
+    SERVER_METADATA = "server-metadata"
     METADATA = "metadata"
+    CONFIG = "config"
     READY = "ready"
     INFER = "infer"
 
@@ -180,16 +188,44 @@ class Route:
 ROUTES: Final[tuple[Route, ...]] = (
     Route("GET", "/v2/health/live", Op.HEALTH_LIVE),
     Route("GET", "/v2/health/ready", Op.HEALTH_READY),
+    Route("GET", "/v2", Op.SERVER_METADATA),
     Route("GET", "/v2/models/{name}", Op.METADATA),
     Route("GET", "/v2/models/{name}/versions/{version}", Op.METADATA),
     Route("GET", "/v2/models/{name}/ready", Op.READY),
     Route("GET", "/v2/models/{name}/versions/{version}/ready", Op.READY),
+    Route("GET", "/v2/models/{name}/config", Op.CONFIG),
+    Route("GET", "/v2/models/{name}/versions/{version}/config", Op.CONFIG),
     Route("POST", "/v2/models/{name}/infer", Op.INFER),
     Route("POST", "/v2/models/{name}/versions/{version}/infer", Op.INFER),
 )
 _COMPILED = tuple((route, route.pattern) for route in ROUTES)
 HEALTH_PATHS: Final = tuple(r.template for r in ROUTES if "{name}" not in r.template)
 MODELS_PREFIX: Final = "/v2/models/"
+
+
+# -- the rest of the V2 REST protocol -----------------------------------------------------------
+# What GET /v2 announces (Triton's extension names): binary tensors in and out, and
+# GET /v2/models/{name}/config.
+EXTENSIONS: Final = ("binary_tensor_data", "model_configuration")
+# The binary tensor data extension: the JSON header's length in bytes; the raw tensors follow it.
+INFERENCE_HEADER_LENGTH: Final = "Inference-Header-Content-Length"
+BINARY_CONTENT_TYPE: Final = "application/octet-stream"
+# InvokeEndpoint carries no custom headers: SageMaker's Triton convention puts the header
+# length in the content type instead (`...;json-header-size=N`), both ways.
+SAGEMAKER_BINARY_CONTENT_TYPE: Final = "application/vnd.sagemaker-triton.binary+json"
+
+
+class ContentEncoding(StrEnum):
+    """Request body codings both paths decode (RFC 9110 names; deflate is zlib-wrapped)."""
+
+    IDENTITY = "identity"
+    GZIP = "gzip"
+    X_GZIP = "x-gzip"
+    DEFLATE = "deflate"
+
+
+# The OpenAPI document of the API (onnxlift_serving.openapi), served by the local gateway.
+OPENAPI_PATH: Final = "/openapi.json"
 
 
 def infer_path(name: str, version: str | None = None) -> str:

@@ -32,6 +32,12 @@ class PayloadTooLarge(InferenceError):
     status = 413
 
 
+class UnsupportedMediaType(InferenceError):
+    """A request body in a Content-Encoding the service does not decode."""
+
+    status = 415
+
+
 class Unprocessable(InferenceError):
     """Well-formed V2 request that does not fit the model: input name, shape, datatype."""
 

@@ -270,6 +270,13 @@ class ModelService:
     ) -> dict[str, Any]:
         self.check_route(name)
         doc = protocol.decode_body(body, max_bytes=self.config.max_payload_bytes)
+        return self.infer_doc(doc, name, version)
+
+    def infer_doc(
+        self, doc: dict[str, Any], name: str, version: str | None = None
+    ) -> dict[str, Any]:
+        """Inference on a parsed V2 request (binary.py turns binary bodies into one)."""
+        self.check_route(name)
         loaded = self.resolve(name, version)
         pipeline = loaded.pipeline
         request = protocol.decode_infer_request(doc, pipeline.inputs, pipeline.outputs)
