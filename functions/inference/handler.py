@@ -6,6 +6,8 @@ onnxruntime session created during the init phase, never on the request path.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,8 +18,14 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from onnxlift_serving import protocol
-from onnxlift_serving.contract import JSON_CONTENT_TYPE, ROUTES, Op, error_body
-from onnxlift_serving.errors import InferenceError
+from onnxlift_serving.contract import (
+    JSON_CONTENT_TYPE,
+    ROUTES,
+    Op,
+    allowed_methods,
+    error_body,
+)
+from onnxlift_serving.errors import BadRequest, InferenceError
 from onnxlift_serving.service import ModelService, ServiceConfig
 
 logger = Logger()
@@ -63,8 +71,32 @@ def _unexpected(error: Exception) -> Response:
 
 @app.not_found
 def _not_found(_: Exception) -> Response:
+    """Any method on any path reaches here when no route takes it (OPTIONS, TRACE and made-up
+    methods too): a JSON 405 with Allow on a path that exists, else a JSON 404."""
     event = app.current_event
-    return _json(404, error_body(f"no route for {event.http_method} {event.path}"))
+    method, path = str(event.http_method)[:16], str(event.path)
+    allowed = allowed_methods(path)
+    if allowed:
+        return _json(
+            405,
+            error_body(f"{method} is not allowed on {path[:256]}; use {', '.join(allowed)}"),
+            {"Allow": ", ".join(allowed)},
+        )
+    return _json(404, error_body(f"no route for {method} {path[:256]}"))
+
+
+def request_body(event: dict[str, Any]) -> bytes:
+    """The body as the client's bytes: base64-decoded when API Gateway says so, never decoded
+    to text here (protocol.decode_body checks UTF-8 and counts the limit in bytes)."""
+    raw = event.get("body")
+    if raw is None:
+        return b""
+    if event.get("isBase64Encoded"):
+        try:
+            return base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError, TypeError):
+            raise BadRequest("request body is marked base64 but is not valid base64") from None
+    return protocol.body_bytes(raw)
 
 
 def _health_live(name: str | None, version: str | None) -> Response:
@@ -87,7 +119,7 @@ def _ready(name: str, version: str | None) -> Response:
 @tracer.capture_method
 def _infer(name: str, version: str | None) -> Response:
     started = time.perf_counter()
-    result = service.infer(app.current_event.decoded_body, name, version)
+    result = service.infer(request_body(app.current_event.raw_event), name, version)
     metrics.add_metric(
         name="InferLatency",
         unit=MetricUnit.Milliseconds,

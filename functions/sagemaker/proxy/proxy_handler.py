@@ -25,6 +25,8 @@ Stdlib and boto3 only (both in the Lambda Python runtime): no layer, no packagin
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import os
@@ -50,7 +52,9 @@ MAX_PAYLOAD_BYTES = 6 * 1024 * 1024  # InvokeEndpoint's limit, and Lambda's
 ROUTE = re.compile(
     r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<op>/ready|/infer)?$"
 )
-SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# contract.VERSION_PATTERN (this asset has no dependencies; tests hold it to the contract)
+VERSION = re.compile(r"^[1-9][0-9]{0,9}$")
+METHODS = ("GET", "POST")  # every method some route answers
 THROTTLED = {"ThrottlingException", "ModelNotReadyException", "TooManyRequestsException"}
 UNAVAILABLE = {"ServiceUnavailable", "InternalFailure", "InternalDependencyException"}
 
@@ -159,28 +163,47 @@ def invoke(operation: str, name: str | None, version: str | None, body: bytes) -
     return _response(200, reply["Body"].read().decode())
 
 
+def _no_route(method: str, path: str) -> dict[str, Any]:
+    """A JSON 405 (with Allow) on a path some route answers, else a JSON 404."""
+    allowed = [m for m in METHODS if _route(m, path) is not None]
+    if allowed:
+        return _response(
+            405,
+            {"error": f"{method[:16]} is not allowed on {path[:256]}; use {', '.join(allowed)}"},
+            {"Allow": ", ".join(allowed)},
+        )
+    return _response(404, {"error": f"no route for {method[:16]} {path[:256]}"})
+
+
+def _body(event: dict[str, Any]) -> bytes | None:
+    """The client's bytes (None: marked base64 but not base64); the container checks UTF-8."""
+    raw = event.get("body") or ""
+    if event.get("isBase64Encoded"):
+        try:
+            return base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError, TypeError):
+            return None
+    return raw.encode("utf-8", "surrogatepass")  # a lone surrogate stays invalid UTF-8: a 400
+
+
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    method = event.get("httpMethod", "")
-    path = event.get("path", "")
+    method = str(event.get("httpMethod") or "")
+    path = str(event.get("path") or "")
     route = _route(method, path)
     if route is None:
-        return _response(404, {"error": f"no route for {method} {path}"})
+        return _no_route(method, path)
     operation, name, version = route
     if operation == "health-live":
         return _response(200, {"live": True})
     if name is not None and name != MODEL_NAME:
-        return _response(404, {"error": f"model '{name}' is not served here"})
-    if version is not None and not SAFE.match(version):
+        return _response(404, {"error": f"model '{name[:64]}' is not served here"})
+    if version is not None and not VERSION.fullmatch(version):
         return _response(
-            404, {"error": f"version '{version}' of model '{name}' is not served here"}
+            404, {"error": f"version '{version[:64]}' of model '{name}' does not exist"}
         )
-    raw = event.get("body") or ""
-    if event.get("isBase64Encoded"):
-        import base64
-
-        body = base64.b64decode(raw)
-    else:
-        body = raw.encode()
+    body = _body(event)
+    if body is None:
+        return _response(400, {"error": "request body is marked base64 but is not valid base64"})
     if len(body) > MAX_PAYLOAD_BYTES:
         return _response(
             413, {"error": f"request body is {len(body)} bytes; the limit is {MAX_PAYLOAD_BYTES}"}
