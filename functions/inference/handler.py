@@ -76,7 +76,7 @@ def _not_found(_: Exception) -> Response:
     event = app.current_event
     method, path = str(event.http_method)[:16], str(event.path)
     allowed = allowed_methods(path)
-    if allowed:
+    if allowed and method not in allowed:  # (in `allowed`: a parameter no route accepts)
         return _json(
             405,
             error_body(f"{method} is not allowed on {path[:256]}; use {', '.join(allowed)}"),
