@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 import pytest
+from onnxlift_serving.contract import VERSION_PATTERN
 
 from tests.conftest import ROOT, published_copy
 from tests.serving.test_fuzz import SEED, Generator
@@ -142,6 +143,7 @@ def test_the_proxy_refuses_what_it_can_without_calling_the_endpoint(
         result = proxy.lambda_handler(event, None)
         return result["statusCode"], result["headers"], json.loads(result["body"])
 
+    assert proxy.VERSION.pattern == f"^{VERSION_PATTERN}$"  # the contract's, in its own copy
     with Stubber(proxy.runtime) as stubber:
         infer = "/v2/models/minilm/infer"
         assert call("POST", infer, "not base64!", b64=True)[0] == 400
