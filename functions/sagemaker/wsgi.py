@@ -202,7 +202,7 @@ class ContainerApp:
         if stream is None:
             return b""
         declared = str(environ.get("CONTENT_LENGTH") or "").strip()
-        if declared and not declared.isdigit():  # negative or not a number: never read to EOF
+        if declared and not (declared.isascii() and declared.isdigit()):  # never read to EOF
             raise BadRequest(f"Content-Length '{declared[:32]}' is not a non-negative integer")
         length = int(declared) if declared else 0
         limit = self.config.max_payload_bytes + 1  # one byte over: decode_body says 413

@@ -83,10 +83,10 @@ def test_the_measured_cases_on_the_container(app: wsgi.ContainerApp) -> None:
         assert got == status and fragment in json.loads(payload)["error"], (path[:60], payload)
         if status == 405:
             assert headers["Allow"]
-    status, _, payload = serve(
-        app, "POST", "/invocations", b"{}", {"CONTENT_LENGTH": "-1", "wsgi.input": io.BytesIO()}
-    )
-    assert status == 400 and "Content-Length" in json.loads(payload)["error"]
+    for declared in ("-1", "abc", "\u00b2", "1e3"):
+        extra = {"CONTENT_LENGTH": declared, "wsgi.input": io.BytesIO(b"x" * 64)}
+        status, _, payload = serve(app, "POST", "/invocations", b"{}", extra)
+        assert status == 400 and "Content-Length" in json.loads(payload)["error"], declared
     status, _, payload = serve(
         app,
         "POST",
