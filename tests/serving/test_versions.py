@@ -140,3 +140,20 @@ def test_metadata_is_unchanged_for_a_good_version(monkeypatch: pytest.MonkeyPatc
     assert not service.model_ready("m", "3") or "3" in service._loaded
     with pytest.raises(NotFound):
         service.model_ready("m", "x")
+
+
+def test_through_the_handler_other_versions_never_evict_the_default(
+    load_handler: Any, registry: Any, minilm_build: Any, published: str, lambda_context: Any
+) -> None:
+    from tests.conftest import call, texts_body
+
+    others = [registry.publish(minilm_build.folder, name="minilm") for _ in range(2)]
+    module = load_handler(MAX_LOADED_VERSIONS="2")
+    for version in [*others, "a" * 300, "01", *others]:
+        path = f"/v2/models/minilm/versions/{version}/infer"
+        status, body, _ = call(module, lambda_context, texts_body(["x"]), path=path)
+        assert status == (200 if version in others else 404), body
+        assert "/" not in body.get("error", "")
+        assert published in module.service._loaded
+    status, body, _ = call(module, lambda_context, texts_body(["x"]))
+    assert status == 200 and body["model_version"] == published
