@@ -21,6 +21,7 @@ from onnxlift_serving.contract import (
     JSON_CONTENT_TYPE,
     ROUTES,
     Op,
+    allowed_methods,
     error_body,
 )
 from onnxlift_serving.encoding import event_body, header
@@ -70,8 +71,18 @@ def _unexpected(error: Exception) -> Response:
 
 @app.not_found
 def _not_found(_: Exception) -> Response:
+    """Any method on any path reaches here when no route takes it (OPTIONS, TRACE and made-up
+    methods too): a JSON 405 with Allow on a path that exists, else a JSON 404."""
     event = app.current_event
-    return _json(404, error_body(f"no route for {event.http_method} {event.path}"))
+    method, path = str(event.http_method)[:16], str(event.path)
+    allowed = allowed_methods(path)
+    if allowed and method not in allowed:  # (in `allowed`: a parameter no route accepts)
+        return _json(
+            405,
+            error_body(f"{method} is not allowed on {path[:256]}; use {', '.join(allowed)}"),
+            {"Allow": ", ".join(allowed)},
+        )
+    return _json(404, error_body(f"no route for {method} {path[:256]}"))
 
 
 def _health_live(name: str | None, version: str | None) -> Response:

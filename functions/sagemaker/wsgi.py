@@ -35,8 +35,21 @@ from pathlib import Path
 from typing import Any
 
 from onnxlift_serving import binary, protocol, server_info
-from onnxlift_serving.contract import JSON_CONTENT_TYPE, Env, Op, error_body, match_route
-from onnxlift_serving.errors import BadRequest, InferenceError, NotFound, ServiceUnavailable
+from onnxlift_serving.contract import (
+    JSON_CONTENT_TYPE,
+    Env,
+    Op,
+    allowed_methods,
+    error_body,
+    match_route,
+)
+from onnxlift_serving.errors import (
+    BadRequest,
+    InferenceError,
+    MethodNotAllowed,
+    NotFound,
+    ServiceUnavailable,
+)
 from onnxlift_serving.layout import MANIFEST_FILE
 from onnxlift_serving.service import DEFAULT_MAX_PAYLOAD_BYTES, ModelService, ServiceConfig
 from onnxlift_serving.session import default_threads
@@ -47,6 +60,7 @@ DEFAULT_MODEL_DIR = "/opt/ml/model"
 DEFAULT_PROVIDERS = "CUDAExecutionProvider"
 CUSTOM_ATTRIBUTES = "HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES"
 ROUTES = tuple(Op)  # what the onnxlift-route custom attribute may name
+_CONTAINER_ROUTES = {"/ping": ("GET", "HEAD"), "/invocations": ("POST",)}
 StartResponse = Callable[..., Any]
 
 
@@ -142,8 +156,9 @@ class ContainerApp:
             return 200, {"status": "healthy", "model": self.config.name}
         if self.service is None:
             return 503, error_body(f"model '{self.config.name}' is loading")
+        # the whole reason (paths, hashes) is in the container's log, never in an answer
         return 503, error_body(
-            f"model '{self.config.name}' is not loaded: {self.service.load_error}"
+            f"model '{self.config.name}' is not loaded: {self.service.load_problem}"
         )
 
     def _operation(
@@ -191,16 +206,22 @@ class ContainerApp:
         if found is not None:
             name = found.name or self.config.name  # the health routes name no model
             return self._operation(found.op, name, found.version, body, environ)
-        raise NotFound(f"no route for {method} {path}")
+        allowed = _CONTAINER_ROUTES.get(path) or allowed_methods(path)
+        if allowed:
+            raise MethodNotAllowed(
+                f"{method[:16]} is not allowed on {path[:256]}; use {', '.join(allowed)}",
+                headers={"Allow": ", ".join(allowed)},
+            )
+        raise NotFound(f"no route for {method[:16]} {path[:256]}")
 
     def _read_body(self, environ: Mapping[str, Any]) -> bytes:
         stream = environ.get("wsgi.input")
         if stream is None:
             return b""
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = 0
+        declared = str(environ.get("CONTENT_LENGTH") or "").strip()
+        if declared and not (declared.isascii() and declared.isdigit()):  # never read to EOF
+            raise BadRequest(f"Content-Length '{declared[:32]}' is not a non-negative integer")
+        length = int(declared) if declared else 0
         limit = self.config.max_payload_bytes + 1  # one byte over: decode_body says 413
         return bytes(stream.read(min(length, limit) if length else limit))
 
@@ -257,6 +278,7 @@ _REASONS = {
     200: "OK",
     400: "Bad Request",
     404: "Not Found",
+    405: "Method Not Allowed",
     413: "Payload Too Large",
     415: "Unsupported Media Type",
     422: "Unprocessable Entity",

@@ -134,7 +134,8 @@ def test_v2_routes_answer_like_the_lambda_path(app: wsgi.ContainerApp) -> None:
     assert meta["parameters"]["providers"] == ["CPUExecutionProvider"]  # reported, no GPU here
     assert call(app, "GET", "/v2/models/other")[0] == 404
     assert call(app, "GET", "/v2/models/minilm/versions/9/ready")[0] == 404
-    assert call(app, "DELETE", "/v2/models/minilm")[0] == 404
+    status, headers, _ = call(app, "DELETE", "/v2/models/minilm")
+    assert status == 405 and headers["Allow"] == "GET"
 
 
 def test_custom_attributes_select_the_operation(app: wsgi.ContainerApp) -> None:

@@ -222,7 +222,7 @@ def test_gateway_metadata_and_readiness(gateway: str) -> None:
             "shape",
         ),
         ("GET", "/v2/models/minilm/versions/7/ready", None, 404, "version '7'"),
-        ("GET", "/v2/models/minilm/versions/..%2F/ready", None, 404, "not served"),
+        ("GET", "/v2/models/minilm/versions/..%2F/ready", None, 404, "does not exist"),
     ],
 )
 def test_gateway_errors_match_the_lambda_path(

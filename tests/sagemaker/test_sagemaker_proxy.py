@@ -158,7 +158,8 @@ def test_sagemaker_errors_become_v2_errors(
 def test_answers_without_calling_the_endpoint(proxy: Any) -> None:
     assert proxy.lambda_handler(event("GET", "/v2/health/live"), None)["statusCode"] == 200
     assert proxy.lambda_handler(event("GET", "/v2/models/other"), None)["statusCode"] == 404
-    assert proxy.lambda_handler(event("DELETE", "/v2/models/minilm"), None)["statusCode"] == 404
+    refused = proxy.lambda_handler(event("DELETE", "/v2/models/minilm"), None)
+    assert refused["statusCode"] == 405 and refused["headers"]["Allow"] == "GET"
     big = "x" * (6 * 1024 * 1024 + 1)
     assert (
         proxy.lambda_handler(event("POST", "/v2/models/minilm/infer", big), None)["statusCode"]

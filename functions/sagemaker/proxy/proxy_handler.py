@@ -26,6 +26,7 @@ Stdlib and boto3 only (both in the Lambda Python runtime): no layer, no packagin
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import logging
 import os
@@ -58,7 +59,9 @@ MODEL_OPS = {None: "metadata", "/ready": "ready", "/config": "config"}  # GET on
 HEADER_LENGTH = "inference-header-content-length"
 BINARY_TYPE = "application/vnd.sagemaker-triton.binary+json"
 HEADER_SIZE = re.compile(r";\s*json-header-size\s*=\s*(\d+)")
-SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# contract.VERSION_PATTERN (this asset has no dependencies; tests hold it to the contract)
+VERSION = re.compile(r"^[1-9][0-9]{0,9}$")
+METHODS = ("GET", "POST")  # every method some route answers
 THROTTLED = {"ThrottlingException", "ModelNotReadyException", "TooManyRequestsException"}
 UNAVAILABLE = {"ServiceUnavailable", "InternalFailure", "InternalDependencyException"}
 
@@ -205,23 +208,47 @@ def invoke(
     return _reply(reply)
 
 
+def _no_route(method: str, path: str) -> dict[str, Any]:
+    """A JSON 405 (with Allow) on a path some route answers, else a JSON 404."""
+    allowed = [m for m in METHODS if _route(m, path) is not None]
+    if allowed:
+        return _response(
+            405,
+            {"error": f"{method[:16]} is not allowed on {path[:256]}; use {', '.join(allowed)}"},
+            {"Allow": ", ".join(allowed)},
+        )
+    return _response(404, {"error": f"no route for {method[:16]} {path[:256]}"})
+
+
+def _body(event: dict[str, Any]) -> bytes | None:
+    """The client's bytes (None: marked base64 but not base64); the container checks UTF-8."""
+    raw = event.get("body") or ""
+    if event.get("isBase64Encoded"):
+        try:
+            return base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError, TypeError):
+            return None
+    return raw.encode("utf-8", "surrogatepass")  # a lone surrogate stays invalid UTF-8: a 400
+
+
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    method = event.get("httpMethod", "")
-    path = event.get("path", "")
+    method = str(event.get("httpMethod") or "")
+    path = str(event.get("path") or "")
     route = _route(method, path)
     if route is None:
-        return _response(404, {"error": f"no route for {method} {path}"})
+        return _no_route(method, path)
     operation, name, version = route
     if operation == "health-live":
         return _response(200, {"live": True})
     if name is not None and name != MODEL_NAME:
-        return _response(404, {"error": f"model '{name}' is not served here"})
-    if version is not None and not SAFE.match(version):
+        return _response(404, {"error": f"model '{name[:64]}' is not served here"})
+    if version is not None and not VERSION.fullmatch(version):
         return _response(
-            404, {"error": f"version '{version}' of model '{name}' is not served here"}
+            404, {"error": f"version '{version[:64]}' of model '{name}' does not exist"}
         )
-    raw = event.get("body") or ""
-    body = base64.b64decode(raw) if event.get("isBase64Encoded") else raw.encode()
+    body = _body(event)
+    if body is None:
+        return _response(400, {"error": "request body is marked base64 but is not valid base64"})
     if len(body) > MAX_PAYLOAD_BYTES:
         return _response(
             413, {"error": f"request body is {len(body)} bytes; the limit is {MAX_PAYLOAD_BYTES}"}

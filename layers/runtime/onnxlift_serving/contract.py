@@ -34,15 +34,18 @@ __all__ = [
     "SAGEMAKER_INVOCATION_TIMEOUT_S",
     "SAGEMAKER_PAYLOAD_BYTES",
     "SAGEMAKER_VARIANT",
+    "VERSION_PATTERN",
     "ContentEncoding",
     "Env",
     "Op",
     "Route",
     "RouteMatch",
+    "allowed_methods",
     "endpoint_name",
     "error_body",
     "function_name",
     "infer_path",
+    "is_canonical_version",
     "match_route",
     "sandbox_environment",
     "serving_environment",
@@ -152,8 +155,21 @@ JSON_CONTENT_TYPE: Final = "application/json"
 
 
 def error_body(message: str) -> dict[str, str]:
-    """Every error on every path: `{"error": "..."}`, status in the HTTP response."""
-    return {"error": message}
+    """Every error on every path: `{"error": "..."}`, status in the HTTP response. A message
+    that echoes a client's text may hold lone surrogates, which JSON encoders refuse: those
+    become '?', so no error can fail to be written."""
+    return {"error": message.encode("utf-8", "replace").decode("utf-8")}
+
+
+# -- versions ---------------------------------------------------------------------------------
+# What a version in a path may be: a positive integer without leading zeros, at most 10 digits
+# (the registry numbers versions 1, 2, 3, ...). Anything else is a 404 before any lookup.
+VERSION_PATTERN: Final = r"[1-9][0-9]{0,9}"
+_VERSION = re.compile(VERSION_PATTERN)
+
+
+def is_canonical_version(version: str) -> bool:
+    return _VERSION.fullmatch(version) is not None
 
 
 # -- routes (Open Inference Protocol V2) -----------------------------------------------------
@@ -250,6 +266,11 @@ class RouteMatch:
     @property
     def version(self) -> str | None:
         return self.params.get("version")
+
+
+def allowed_methods(path: str) -> tuple[str, ...]:
+    """The methods some route answers on `path` (empty: no such path; a 404, else a 405)."""
+    return tuple(sorted({route.method for route, pattern in _COMPILED if pattern.match(path)}))
 
 
 def match_route(method: str, path: str) -> RouteMatch | None:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 from onnxlift_serving.contract import ContentEncoding
 from onnxlift_serving.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from onnxlift_serving.protocol import body_bytes
 
 _CHUNK = 64 * 1024
 # wbits for zlib.decompressobj: gzip wrapper, zlib wrapper, raw deflate.
@@ -33,10 +34,10 @@ def event_body(body: str | None, is_base64: bool) -> bytes:
     if not body:
         return b""
     if not is_base64:
-        return body.encode()
+        return body_bytes(body)  # a lone surrogate has no UTF-8 bytes: 400
     try:
         return base64.b64decode(body, validate=True)
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, TypeError):
         raise BadRequest("request body is not valid base64") from None
 
 

@@ -26,6 +26,12 @@ class NotFound(InferenceError):
     status = 404
 
 
+class MethodNotAllowed(InferenceError):
+    """A known path asked with a method it does not answer; `Allow` names the ones it does."""
+
+    status = 405
+
+
 class PayloadTooLarge(InferenceError):
     """Body over the payload limit, or a batch over the model's maximum."""
 

@@ -6,11 +6,12 @@ from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 from tokenizers import Tokenizer
 
 from onnxlift_serving.artifact import Artifact
-from onnxlift_serving.errors import ArtifactError, PayloadTooLarge
-from onnxlift_serving.protocol import TensorSpec
+from onnxlift_serving.errors import ArtifactError, PayloadTooLarge, Unprocessable
+from onnxlift_serving.protocol import DATATYPES, TensorSpec
 
 
 class Pipeline(Protocol):
@@ -26,6 +27,30 @@ def load_tokenizer(path: str, max_length: int) -> Tokenizer:
     pad_id = tokenizer.token_to_id("[PAD]")
     tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")
     return tokenizer
+
+
+def run_session(
+    session: ort.InferenceSession, outputs: list[str], feeds: dict[str, np.ndarray]
+) -> list[np.ndarray]:
+    """One session run; onnxruntime's InvalidArgument is about the feeds, so a 422, not a 500.
+
+    The request was checked against the manifest before; this catches what only the graph
+    knows (a value a kernel refuses), so no client input can end in a 500 here."""
+    try:
+        return session.run(outputs, feeds)
+    except InvalidArgument as exc:
+        raise Unprocessable(f"the model refused the input: {str(exc).splitlines()[0]}") from None
+
+
+def empty_outputs(outputs: dict[str, TensorSpec]) -> dict[str, np.ndarray]:
+    """The answer to a batch of 0: each output with 0 rows, or 422 where a shape is unknown."""
+    result = {}
+    for name, spec in outputs.items():
+        rest = spec.shape[1:]
+        if any(d < 0 for d in rest):
+            raise Unprocessable("an empty batch cannot be answered by this model; send a row")
+        result[name] = np.zeros((0, *rest), dtype=DATATYPES[spec.datatype])
+    return result
 
 
 class TextEmbeddingPipeline:
@@ -64,9 +89,8 @@ class TextEmbeddingPipeline:
                 f"batch of {len(texts)} texts is over this model's maximum of {self.max_batch}"
             )
         if not texts:
-            dim = self.outputs[self.embedding_output].shape[-1]
-            return {self.embedding_output: np.zeros((0, dim), dtype=np.float32)}
-        (embedding,) = self.session.run([self.graph_output], self.prepare(texts))
+            return empty_outputs(self.outputs)
+        (embedding,) = run_session(self.session, [self.graph_output], self.prepare(texts))
         return {self.embedding_output: embedding}
 
 
@@ -102,9 +126,10 @@ class TensorPipeline:
                 )
             rank = len(self.graph_inputs[name].shape)
             feeds[name] = array.reshape(*array.shape, 1) if array.ndim == rank - 1 else array
-        results = dict(
-            zip(self.graph_outputs, self.session.run(self.graph_outputs, feeds), strict=True)
-        )
+        if any(array.ndim and array.shape[0] == 0 for array in inputs.values()):
+            return empty_outputs(self.outputs)
+        ran = run_session(self.session, self.graph_outputs, feeds)
+        results = dict(zip(self.graph_outputs, ran, strict=True))
         if "label" in self.outputs and "label" not in results:
             results["label"] = np.asarray(self.labels, dtype=object)[
                 np.argmax(results["probabilities"], axis=-1)

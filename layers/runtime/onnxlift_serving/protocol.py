@@ -2,6 +2,16 @@
 
 Validation is split on purpose: a body that is not a V2 request is a 400; a V2 request
 that does not fit the model's signature (input name, shape, datatype) is a 422.
+
+What a tensor's `data` may hold (anything else is a 422, never a 500 or a silent cast):
+- flat row-major, or nested lists that are regular (every list at one depth has the same
+  length, scalars only at the deepest level), nested at most MAX_DATA_DEPTH deep (else 400);
+- FP16/FP32/FP64: JSON numbers only (no null, strings, booleans), finite in the datatype:
+  NaN and +-Inf (and numbers that overflow it, such as 1e39 for FP32) are refused unless the
+  model declares the input with `allow_non_finite` (TensorSpec(..., allow_non_finite=True) in
+  the model's source.py; it is written to the manifest's input and shown in its metadata);
+- INT* / UINT*: JSON integers in the datatype's range; BOOL: true/false; BYTES: strings.
+The body limit counts bytes (UTF-8 as sent), not characters.
 """
 
 from __future__ import annotations
@@ -32,6 +42,16 @@ DATATYPES: dict[str, Any] = {
     "BYTES": np.object_,
 }
 NUMPY_TO_DATATYPE = {np.dtype(v).name: k for k, v in DATATYPES.items() if k != "BYTES"}
+# The JSON scalar types each datatype accepts (exact types: a bool is not an int here).
+_FLOATS = frozenset({int, float})
+_SCALARS: dict[str, tuple[frozenset[type], str]] = {
+    "BOOL": (frozenset({bool}), "true or false"),
+    "BYTES": (frozenset({str}), "strings"),
+    **{k: (_FLOATS, "numbers") for k in ("FP16", "FP32", "FP64")},
+    **{k: (frozenset({int}), "integers") for k in DATATYPES if k.startswith(("INT", "UINT"))},
+}
+_JSON_NAMES = {bool: "boolean", int: "integer", float: "number", str: "string", dict: "object"}
+MAX_DATA_DEPTH = 400  # nesting of a tensor's `data`; orjson alone stops at 1024
 
 
 @dataclass(frozen=True)
@@ -41,13 +61,26 @@ class TensorSpec:
     name: str
     datatype: str
     shape: tuple[int, ...]
+    allow_non_finite: bool = False  # FP inputs only: let NaN and +-Inf through to the model
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+        doc: dict[str, Any] = {
+            "name": self.name,
+            "datatype": self.datatype,
+            "shape": list(self.shape),
+        }
+        if self.allow_non_finite:
+            doc["allow_non_finite"] = True
+        return doc
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> TensorSpec:
-        return cls(name=raw["name"], datatype=raw["datatype"], shape=tuple(raw["shape"]))
+        return cls(
+            name=raw["name"],
+            datatype=raw["datatype"],
+            shape=tuple(raw["shape"]),
+            allow_non_finite=bool(raw.get("allow_non_finite", False)),
+        )
 
 
 @dataclass(frozen=True)
@@ -57,31 +90,79 @@ class InferRequest:
     requested_outputs: tuple[str, ...] | None
 
 
+def body_bytes(body: str | bytes | None) -> bytes:
+    """The body as the bytes the client sent (a str is UTF-8 encoded); 400 if it cannot be."""
+    if body is None:
+        return b""
+    if isinstance(body, str):
+        try:
+            return body.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: no UTF-8 byte sequence carries it
+            raise BadRequest("request body is not valid UTF-8") from None
+    return bytes(body)
+
+
 def decode_body(body: str | bytes | None, *, max_bytes: int) -> dict[str, Any]:
-    """Parse the HTTP body into a JSON object, or raise 400/413."""
-    if body is None or len(body) == 0:
+    """Parse the HTTP body into a JSON object, or raise 400/413. Limits count bytes."""
+    raw = body_bytes(body)
+    if not raw:
         raise BadRequest("request body is empty; expected a V2 inference request")
-    if len(body) > max_bytes:
-        raise PayloadTooLarge(f"request body is {len(body)} bytes; the limit is {max_bytes}")
+    if len(raw) > max_bytes:
+        raise PayloadTooLarge(f"request body is {len(raw)} bytes; the limit is {max_bytes}")
     try:
-        doc = orjson.loads(body)
+        doc = orjson.loads(raw)  # checks UTF-8 itself; no decoded copy of a 6 MB body
     except orjson.JSONDecodeError as exc:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            raise BadRequest(f"request body is not valid UTF-8 (byte {bad.start})") from None
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise BadRequest("request body must be a JSON object with an 'inputs' list")
     return doc
 
 
-def _flatten(data: Any) -> list[Any]:
-    """Row-major flattening of nested JSON lists (V2 allows nested or flat data)."""
+def _flatten(name: str, data: Any) -> list[Any]:
+    """Row-major flattening of `data`, level by level (no recursion, so no depth can crash it).
+
+    V2 allows flat or nested data; nested data must be regular: at each depth either all
+    lists of one length (ragged: 422) or all scalars. Deeper than MAX_DATA_DEPTH is a 400."""
     if not isinstance(data, list):
         return [data]
-    if not any(isinstance(item, list) for item in data):
-        return data
-    flat: list[Any] = []
-    for item in data:
-        flat.extend(_flatten(item))
-    return flat
+    level: list[Any] = data
+    depth = 1
+    while level and any(isinstance(item, list) for item in level):
+        if depth >= MAX_DATA_DEPTH:
+            raise BadRequest(f"input '{name}': data is nested deeper than {MAX_DATA_DEPTH}")
+        if not all(isinstance(item, list) for item in level):
+            raise Unprocessable(f"input '{name}': data mixes lists and scalars at depth {depth}")
+        if len({len(item) for item in level}) > 1:
+            raise Unprocessable(f"input '{name}': nested data is ragged at depth {depth}")
+        level = [element for item in level for element in item]
+        depth += 1
+    return level
+
+
+def _to_array(name: str, datatype: str, data: list[Any], spec: TensorSpec) -> np.ndarray:
+    """`data` as an array of `datatype`, every element checked (422 for what does not fit)."""
+    allowed, what = _SCALARS[datatype]
+    if not all(type(item) in allowed for item in data):
+        bad = next(item for item in data if type(item) not in allowed)
+        kind = "null" if bad is None else f"a {_JSON_NAMES.get(type(bad), 'value')}"
+        raise Unprocessable(f"input '{name}': {datatype} data must be {what}, got {kind}")
+    if datatype == "BYTES":
+        return np.array(data, dtype=object)
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            array = np.asarray(data, dtype=DATATYPES[datatype])
+    except (TypeError, ValueError, OverflowError):
+        raise Unprocessable(f"input '{name}': data does not fit datatype {datatype}") from None
+    if allowed is _FLOATS and not spec.allow_non_finite and not np.isfinite(array).all():
+        raise Unprocessable(
+            f"input '{name}': {datatype} data must be finite (NaN, Inf or a number too large "
+            f"for {datatype}); this model does not accept non-finite values"
+        )
+    return array
 
 
 def _check_shape(name: str, shape: Any) -> tuple[int, ...]:
@@ -125,22 +206,13 @@ def _decode_tensor(
             "(-1 is any size)"
         )
 
-    data = _flatten(raw["data"])
+    data = _flatten(name, raw["data"])
     count = math.prod(shape)
     if len(data) != count:
         raise Unprocessable(
             f"input '{name}': shape {list(shape)} holds {count} elements, data has {len(data)}"
         )
-    if datatype == "BYTES":
-        if not all(isinstance(item, str) for item in data):
-            raise Unprocessable(f"input '{name}': BYTES data must be strings")
-        array = np.array(data, dtype=object).reshape(shape)
-    else:
-        try:
-            array = np.asarray(data, dtype=DATATYPES[datatype]).reshape(shape)
-        except (TypeError, ValueError, OverflowError):
-            raise Unprocessable(f"input '{name}': data does not fit datatype {datatype}") from None
-    return name, array
+    return name, _to_array(name, datatype, data, spec).reshape(shape)
 
 
 def decode_infer_request(

@@ -10,10 +10,17 @@ Which version answers:
 - Otherwise the version the alias (default `prod`) names in the registry answers, re-read at
   most every `alias_ttl_s`, so `onnxlift promote` / `rollback` move traffic without a deploy.
   With no registry (or no alias yet, or the registry unreachable) the baked-in version answers.
+- Only a canonical version string (contract.is_canonical_version) is ever looked up: any other
+  is a 404 before a file or the registry is touched. The default version is never evicted by
+  requests for other versions.
+- A failed load is remembered per version and retried at most every RELOAD_INTERVAL_S; one
+  broken version never makes another answer 503. Error bodies say what failed, never where:
+  paths and hashes go to the log.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -28,7 +35,7 @@ from typing import Any
 from onnxlift_serving import layout, protocol
 from onnxlift_serving.aliases import DEFAULT_ALIAS, read_alias
 from onnxlift_serving.artifact import Artifact, fetch_from_registry, load_artifact
-from onnxlift_serving.contract import LAMBDA_PAYLOAD_BYTES, Env
+from onnxlift_serving.contract import LAMBDA_PAYLOAD_BYTES, Env, is_canonical_version
 from onnxlift_serving.cpu import cpu_facts
 from onnxlift_serving.errors import ArtifactError, NotFound, ServiceUnavailable
 from onnxlift_serving.pipelines import Pipeline, build_pipeline
@@ -37,6 +44,7 @@ from onnxlift_serving.session import create_session, default_threads, integer_ke
 # Lambda's synchronous invocation payload limit; API Gateway itself allows 10 MB.
 DEFAULT_MAX_PAYLOAD_BYTES = LAMBDA_PAYLOAD_BYTES
 RELOAD_INTERVAL_S = 5.0
+MAX_REMEMBERED_FAILURES = 32  # per-version load errors kept (only canonical versions get here)
 log = logging.getLogger(__name__)
 
 
@@ -92,15 +100,18 @@ class ModelService:
         self._loaded: OrderedDict[str, LoadedVersion] = OrderedDict()
         self._alias_version: str | None = None
         self._alias_checked = float("-inf")
-        self._load_error: str | None = None
-        self._last_attempt = float("-inf")
+        self._failures: OrderedDict[str, tuple[str, float]] = OrderedDict()  # version -> why, when
+        self._init_error: str | None = None
+        self._init_problem: str | None = None
+        self._baked: str | None = None
         self.load_seconds: float | None = None
         started = time.perf_counter()
         try:
             self._version(self.default_version())
             self.load_seconds = time.perf_counter() - started
         except Exception as exc:  # the service stays up and answers 503 until a load works
-            self._load_error = f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
+            self._init_error = f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
+            self._init_problem = str(getattr(exc, "message", "loading failed (see the logs)"))
 
     # -- where versions come from -------------------------------------------------------
     @property
@@ -125,9 +136,10 @@ class ModelService:
                 log.warning("alias %s unreadable: %s", self.config.alias, exc)
         version = self._alias_version or self.baked_version
         if not version and self.config.source == "image" and self.config.model_dir is not None:
+            log.error("no manifest at %s", self.config.model_dir / layout.MANIFEST_FILE)
             raise ServiceUnavailable(
-                f"model '{self.config.name}' has no version: no manifest at "
-                f"{self.config.model_dir / layout.MANIFEST_FILE} and no alias to follow"
+                f"model '{self.config.name}' has no version: no manifest baked in and no alias "
+                "to follow"
             )
         if not version:
             raise ServiceUnavailable(
@@ -138,14 +150,19 @@ class ModelService:
 
     @property
     def baked_version(self) -> str:
-        """MODEL_VERSION, else (an image with its model baked in) the version its manifest names."""
+        """MODEL_VERSION, else (an image with its model baked in) the version its manifest names.
+
+        Read once it is found: the image never changes under a running sandbox."""
         if self.config.version or self.config.source != "image" or self.config.model_dir is None:
             return self.config.version
+        if self._baked:
+            return self._baked
         try:
             manifest = json.loads((self.config.model_dir / layout.MANIFEST_FILE).read_text())
         except (OSError, ValueError):
             return ""
-        return str(manifest.get("version") or "")
+        self._baked = str(manifest.get("version") or "") if isinstance(manifest, dict) else ""
+        return self._baked
 
     def _locate(self, version: str) -> Path:
         baked = self.config.source == "image" and version == self.baked_version
@@ -181,40 +198,87 @@ class ModelService:
         )
         return LoadedVersion(artifact, build_pipeline(artifact, session))
 
+    def _check_version(self, version: str) -> None:
+        """404 for a version string that can name nothing, before any file or S3 call."""
+        if version in self._loaded or is_canonical_version(version):
+            return
+        if version and version in (self._alias_version, self.baked_version):
+            return  # a non-canonical version the deployment itself names
+        raise NotFound(f"version '{version[:64]}' of model '{self.config.name}' does not exist")
+
+    def _failed_recently(self, version: str) -> None:
+        failure = self._failures.get(version)
+        if failure is not None and time.monotonic() - failure[1] < RELOAD_INTERVAL_S:
+            raise ServiceUnavailable(
+                f"model '{self.config.name}' version {version} is not loaded: its last load "
+                f"failed less than {RELOAD_INTERVAL_S:.0f}s ago (details in the logs)",
+                retry_after_s=int(RELOAD_INTERVAL_S),
+            )
+
+    def _keep(self, version: str, loaded: LoadedVersion) -> None:
+        """Cache `version`; evict least recently used versions, never the default one."""
+        self._loaded[version] = loaded
+        protected = {version, self._alias_version or self.baked_version}
+        for old in list(self._loaded):
+            if len(self._loaded) <= self.config.max_loaded_versions:
+                break
+            if old not in protected:
+                del self._loaded[old]
+
     def _version(self, version: str) -> LoadedVersion:
         loaded = self._loaded.get(version)
         if loaded is not None:
-            self._loaded.move_to_end(version)
+            # evicted meanwhile by another thread: the object is still good for this request
+            with contextlib.suppress(KeyError):
+                self._loaded.move_to_end(version)
             return loaded
+        self._check_version(version)
         with self._lock:
             if version in self._loaded:
                 return self._loaded[version]
-            if self._load_error and time.monotonic() - self._last_attempt < RELOAD_INTERVAL_S:
-                raise ServiceUnavailable(
-                    f"model '{self.config.name}' is not loaded: {self._load_error}",
-                    retry_after_s=int(RELOAD_INTERVAL_S),
-                )
-            self._last_attempt = time.monotonic()
+            self._failed_recently(version)
             try:
                 loaded = self._load(version)
             except NotFound:
                 raise
             except Exception as exc:
-                self._load_error = f"{type(exc).__name__}: {exc}"
+                self._remember_failure(version, exc)
                 raise ServiceUnavailable(
-                    f"model '{self.config.name}' version {version} could not be loaded: {exc}",
+                    f"model '{self.config.name}' version {version} is not loaded: loading it "
+                    "failed (details in the logs)",
                     retry_after_s=int(RELOAD_INTERVAL_S),
                 ) from exc
-            self._load_error = None
-            self._loaded[version] = loaded
-            while len(self._loaded) > self.config.max_loaded_versions:
-                self._loaded.popitem(last=False)
+            self._failures.pop(version, None)
+            self._keep(version, loaded)
             return loaded
+
+    def _remember_failure(self, version: str, exc: Exception) -> None:
+        why = f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
+        log.error("model %s version %s failed to load: %s", self.config.name, version, why)
+        self._failures[version] = (why, time.monotonic())
+        self._failures.move_to_end(version)
+        while len(self._failures) > MAX_REMEMBERED_FAILURES:
+            self._failures.popitem(last=False)
 
     # -- state ----------------------------------------------------------------------------
     @property
     def load_error(self) -> str | None:
-        return self._load_error
+        """Why the default version is not loaded (for logs: it may name paths and hashes)."""
+        version = self._alias_version or self.baked_version
+        if version and version in self._loaded:
+            return None
+        failure = self._failures.get(version) if version else None
+        return failure[0] if failure is not None else self._init_error
+
+    @property
+    def load_problem(self) -> str | None:
+        """Why the default version is not loaded, fit for an answer: no paths, no hashes."""
+        version = self._alias_version or self.baked_version
+        if version and version in self._loaded:
+            return None
+        if version and version in self._failures:
+            return f"version {version} failed to load (details in the logs)"
+        return self._init_problem
 
     @property
     def ready(self) -> bool:
