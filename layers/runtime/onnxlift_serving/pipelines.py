@@ -11,6 +11,7 @@ from tokenizers import Tokenizer
 from onnxlift_serving.artifact import Artifact
 from onnxlift_serving.errors import ArtifactError, PayloadTooLarge
 from onnxlift_serving.protocol import TensorSpec
+from onnxlift_serving.session import run_options
 
 
 class Pipeline(Protocol):
@@ -66,7 +67,7 @@ class TextEmbeddingPipeline:
         if not texts:
             dim = self.outputs[self.embedding_output].shape[-1]
             return {self.embedding_output: np.zeros((0, dim), dtype=np.float32)}
-        (embedding,) = self.session.run([self.graph_output], self.prepare(texts))
+        (embedding,) = self.session.run([self.graph_output], self.prepare(texts), run_options())
         return {self.embedding_output: embedding}
 
 
@@ -103,7 +104,11 @@ class TensorPipeline:
             rank = len(self.graph_inputs[name].shape)
             feeds[name] = array.reshape(*array.shape, 1) if array.ndim == rank - 1 else array
         results = dict(
-            zip(self.graph_outputs, self.session.run(self.graph_outputs, feeds), strict=True)
+            zip(
+                self.graph_outputs,
+                self.session.run(self.graph_outputs, feeds, run_options()),
+                strict=True,
+            )
         )
         if "label" in self.outputs and "label" not in results:
             results["label"] = np.asarray(self.labels, dtype=object)[
