@@ -116,6 +116,10 @@ class SandboxProcess:
             self.child.process.kill()
         self.child.process.wait()
 
+    def terminate(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.child.process.terminate()
+
     def stop(self) -> None:
         self.close_connection()
         self.child.stop()
@@ -164,6 +168,8 @@ class FunctionPool:
             self._closed = True
             sandboxes = list(self._all)
             self._idle.clear()
+        for sandbox in sandboxes:  # all told first, so they wind down side by side
+            sandbox.terminate()
         for sandbox in sandboxes:
             sandbox.stop()
 
