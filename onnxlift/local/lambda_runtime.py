@@ -42,7 +42,10 @@ from onnxlift.local.http import LoopbackHandler, LoopbackServer, Reply, json_rep
 INVOKE_PATH = "/2015-03-31/functions/function/invocations"
 HEALTH_PATH = "/2015-03-31/functions/function/health"
 _NOT_FOUND = json_reply(404, error_body("not found"))
-# After an event this large, the sandbox collects garbage and hands freed heap back to the OS.
+# After an event this large, the sandbox collects garbage and hands freed heap back to the OS
+# (malloc_trim). Measured on minilm through `onnxlift up`, 6 MB requests of four 1.5 MB texts:
+# a sandbox that started at 155 MB held 615 MB after them without it (the tokenizer's freed
+# blocks stay in glibc's heap), 155-165 MB with it.
 TRIM_AFTER_BYTES = 1 << 20
 _M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8  # glibc's mallopt parameters (malloc.h)
 _MMAP_THRESHOLD = 128 * 1024  # glibc's default, held fixed
