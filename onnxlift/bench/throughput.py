@@ -35,8 +35,8 @@ def local_stack(
     root: Path, models: list[str], state: Path | None, report: Callable[[str], None]
 ) -> Iterator[dict[str, Any]]:
     """The local.json of a running stack: the one at `state`, or of `onnxlift up` started here
-    as a user runs it (moto, one local Lambda runtime per model with one thread as at 2,048 MB,
-    the gateway), on free loopback ports with its own state folder."""
+    as a user runs it (moto, a pool of local Lambda sandboxes per model, one thread each as at
+    2,048 MB, the gateway), on free loopback ports with its own state folder."""
     if state is not None:
         info = json.loads(state.read_text())
         report(f"  using the running stack at {info['url']}")
@@ -78,11 +78,17 @@ def drive(
     info: dict[str, Any], path: str, body: str, concurrency: int, requests: int, max_s: float
 ) -> dict[str, Any]:
     """`requests` POSTs over `concurrency` threads, each on its own keep-alive connection
-    warmed up by 3 requests before the clock starts; stops at max_s."""
+    warmed up by 3 requests before the clock starts; stops at max_s. The warm-up runs the
+    clients side by side, so the function's pool has started a sandbox for each of them (its
+    cold starts) before the clock starts."""
     clients = [GatewayClient(info["url"], info["api_key"]) for _ in range(concurrency)]
-    for client in clients:
+
+    def warm(client: GatewayClient) -> None:
         for _ in range(3):
             client.post(path, body)
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(warm, clients))
     taken = itertools.count()  # next() on it is atomic: one ticket per request
 
     def worker(client: GatewayClient) -> list[float]:

@@ -17,7 +17,7 @@ import json
 import re
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
@@ -43,6 +43,12 @@ from onnxlift.local.http import (
     error_reply,
 )
 from onnxlift.local.lambda_runtime import INVOKE_PATH
+from onnxlift.local.lambda_service import (
+    THROTTLE_RETRY_AFTER_S,
+    FunctionPool,
+    SandboxCrashed,
+    Throttled,
+)
 
 UNKNOWN_MODEL = re.compile(rf"^{re.escape(MODELS_PREFIX)}(?P<name>[^/]+)(?:/.*)?$")
 UNKNOWN_MODEL_RESOURCE = f"{MODELS_PREFIX}{{name}}/{{proxy+}}"  # the deployed API's mock
@@ -54,11 +60,13 @@ ResolvedRoute = tuple[str, str, dict[str, str]]
 
 @dataclass(frozen=True)
 class FunctionTarget:
-    """Where a model's function listens (a local Lambda runtime)."""
+    """A model's function: its pool of sandboxes (the local stack), or where one local Lambda
+    runtime listens (host and port, for tests that start one themselves)."""
 
     name: str
-    host: str
-    port: int
+    host: str = ""
+    port: int = 0
+    pool: FunctionPool | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -197,17 +205,25 @@ class Gateway:
     def invoke(self, function: str, event: dict[str, Any]) -> Reply:
         """Invoke the function as the Lambda proxy integration does; the reply it stands for."""
         target = self.config.functions[function]
+        payload = json.dumps(event).encode()
         try:
-            response = self._client.request(
-                target.host,
-                target.port,
-                "POST",
-                INVOKE_PATH,
-                json.dumps(event).encode(),
-                {"Content-Type": JSON_CONTENT_TYPE},
-            )
+            if target.pool is not None:
+                response = target.pool.invoke(payload)
+            else:
+                response = self._client.request(
+                    target.host,
+                    target.port,
+                    "POST",
+                    INVOKE_PATH,
+                    payload,
+                    {"Content-Type": JSON_CONTENT_TYPE},
+                )
+        except Throttled as exc:  # as Lambda's TooManyRequestsException, never a queue
+            return _error(429, str(exc), {"Retry-After": str(THROTTLE_RETRY_AFTER_S)})
         except TimeoutError:
             return _error(504, "Endpoint request timed out")
+        except SandboxCrashed:
+            return _error(502, "Internal server error: the function's sandbox failed")
         except BackendUnreachable:
             return _error(503, f"function '{function}' is not reachable", {"Retry-After": "5"})
         if response.headers.get("X-Amz-Function-Error"):

@@ -1,10 +1,12 @@
 """`onnxlift up`: the whole service on one machine.
 
 moto server (the embedded AWS) -> registry bucket -> build and publish every model that
-changed -> one local Lambda runtime per model, fetching its version from the registry as a
-deployed function configured with MODEL_SOURCE=registry does -> the API gateway on
-127.0.0.1. `.onnxlift/local.json` is written once everything answers and removed on the
-way down; the registry is kept (see snapshot.py).
+changed -> the local Lambda service: a pool of sandbox processes per model's function, its
+first sandbox started (warm) here and more on demand up to the function's reserved
+concurrency, each fetching its version from the registry as a deployed function configured
+with MODEL_SOURCE=registry does -> the API gateway on 127.0.0.1. `.onnxlift/local.json` is
+written once everything answers and removed on the way down; the registry is kept (see
+snapshot.py).
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ from onnxlift.builder.build import build_model
 from onnxlift.errors import OnnxliftError
 from onnxlift.local import snapshot
 from onnxlift.local.gateway import FunctionTarget, Gateway, GatewayConfig
-from onnxlift.local.lambda_runtime import HEALTH_PATH
+from onnxlift.local.lambda_runtime import bound_heap
+from onnxlift.local.lambda_service import FunctionConfig, LambdaService
 from onnxlift.local.moto_server import aws_env, start_moto
-from onnxlift.local.processes import Child, base_env, free_port, port_in_use, start_child, wait_http
+from onnxlift.local.processes import Child, port_in_use
 from onnxlift.local.sagemaker_server import LocalSageMaker, start_sagemaker_models
 from onnxlift.registry import Registry
 from onnxlift.spec import ModelSpec, discover_specs
@@ -68,7 +71,7 @@ class LocalStack:
     gateway: Gateway | None = None
     registry: Registry | None = None
     sagemaker: LocalSageMaker | None = None
-    _starting: list[tuple[Child, str]] = field(default_factory=list)
+    lambdas: LambdaService = field(default_factory=LambdaService)
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -111,6 +114,7 @@ class LocalStack:
     def start(self) -> dict[str, Any]:
         """Bring everything up in order; the info `.onnxlift/local.json` now holds."""
         started = time.perf_counter()
+        bound_heap()  # the gateway forwards request bodies of up to 10 MB on its threads
         self._check_ports()
         aws = self._start_moto()
         self._open_registry(aws)
@@ -169,17 +173,19 @@ class LocalStack:
         functions: dict[str, FunctionTarget] = {}
         served: dict[str, str] = {}
         on_sagemaker: dict[str, Path] = {}
+        concurrency: dict[str, int] = {}  # the proxy functions' reserved concurrency
         for spec in self._specs():
             version, target = self._build_and_publish(spec)
             served[spec.name] = version
             if target == "sagemaker":  # the container serves a published copy, as on AWS
+                concurrency[spec.name] = spec.serving.reserved_concurrency
                 on_sagemaker[spec.name] = self.registry.download(
                     spec.name, version, self.state / "sagemaker-cache"
                 )
             else:
                 functions[spec.name] = self._start_lambda_model(spec, version, aws)
         if on_sagemaker:
-            functions |= self._start_sagemaker_models(on_sagemaker, aws)
+            functions |= self._start_sagemaker_models(on_sagemaker, aws, concurrency)
         return functions, served
 
     def _start_lambda_model(
@@ -198,11 +204,16 @@ class LocalStack:
         )
         self.report(f"starting function {spec.name} (version {version})")
         return self._start_function(
-            spec.name, HANDLER, aws | model_env, spec.serving.memory_mb, spec.serving.timeout_s
+            spec.name,
+            HANDLER,
+            aws | model_env,
+            spec.serving.memory_mb,
+            spec.serving.timeout_s,
+            spec.serving.reserved_concurrency,
         )
 
     def _start_sagemaker_models(
-        self, models: dict[str, Path], aws: dict[str, str]
+        self, models: dict[str, Path], aws: dict[str, str], concurrency: dict[str, int]
     ) -> dict[str, FunctionTarget]:
         """The containers and the runtime front, then the API's thin proxy function for each
         model, as deployed."""
@@ -224,7 +235,7 @@ class LocalStack:
                 "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": self.sagemaker.url,
             }
             functions[name] = self._start_function(
-                name, PROXY_HANDLER, proxy_env, 256, API_GATEWAY_TIMEOUT_S
+                name, PROXY_HANDLER, proxy_env, 256, API_GATEWAY_TIMEOUT_S, concurrency[name]
             )
         return functions
 
@@ -252,6 +263,10 @@ class LocalStack:
             "logs": str(self.logs),
             "pid": os.getpid(),
             **({"sagemaker": self.sagemaker.info()} if self.sagemaker else {}),
+            "functions": {
+                name: {k: pool[k] for k in ("reserved_concurrency", "sandboxes")}
+                for name, pool in self.lambdas.describe().items()
+            },
             "started_in_seconds": round(seconds, 2),
         }
 
@@ -265,25 +280,33 @@ class LocalStack:
         )
 
     def _start_function(
-        self, name: str, handler: Path, env: dict[str, str], memory_mb: int, timeout_s: int
+        self,
+        name: str,
+        handler: Path,
+        env: dict[str, str],
+        memory_mb: int,
+        timeout_s: int,
+        concurrency: int,
     ) -> FunctionTarget:
-        """Start one local Lambda sandbox for `handler`, configured through its environment."""
-        port = free_port(self.options.host)
-        child_env = base_env() | env | sandbox_environment(name, memory_mb)
-        args = ["-m", "onnxlift.local.lambda_runtime", "--handler",
-                str(self.options.root / handler), "--function-name", name,
-                "--host", self.options.host, "--port", str(port),
-                "--memory-mb", str(memory_mb), "--timeout-s", str(timeout_s)]  # fmt: skip
-        child = start_child(f"function {name}", args, log=self.logs / f"{name}.log", env=child_env)
-        self.children.append(child)
-        self._starting.append((child, f"http://{self.options.host}:{port}{HEALTH_PATH}"))
-        return FunctionTarget(name, self.options.host, port)
+        """The function's pool of sandboxes, configured through their environment; its first
+        sandbox starts now, so inits run side by side while other models build."""
+        pool = self.lambdas.add(
+            FunctionConfig(
+                name=name,
+                handler=self.options.root / handler,
+                env=env | sandbox_environment(name, memory_mb),
+                memory_mb=memory_mb,
+                timeout_s=timeout_s,
+                concurrency=concurrency,
+                log=self.logs / f"{name}.log",
+                host=self.options.host,
+            )
+        )
+        return FunctionTarget(name, pool=pool)
 
     def _wait_for_functions(self) -> None:
-        """The sandboxes run their init phases side by side; wait for all of them here."""
-        for child, url in self._starting:
-            wait_http(child, url, timeout=60)
-        self._starting.clear()
+        """The first sandbox of each function has run its init phase once this returns."""
+        self.lambdas.wait_ready()
 
     def _build_and_publish(self, spec: ModelSpec) -> tuple[str, str]:
         """(the version that serves, its target: lambda or sagemaker)."""
@@ -315,6 +338,7 @@ class LocalStack:
         if self.gateway is not None:
             self.gateway.stop()
             self.gateway = None
+        self.lambdas.stop()
         if self.sagemaker is not None:
             self.sagemaker.stop()
             self.sagemaker = None

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -92,8 +96,6 @@ def test_metadata_and_health_through_the_gateway(stack: dict[str, Any]) -> None:
 
 
 def test_concurrent_requests_are_all_answered(stack: dict[str, Any]) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(max_workers=8) as pool:
         statuses = list(pool.map(lambda _: infer(stack, good_body()).status_code, range(32)))
     assert statuses == [200] * 32
@@ -226,6 +228,171 @@ def test_sagemaker_model_answers_through_the_gateway_and_boto3(stack: dict[str, 
     assert via_gateway.json() == in_process == via_boto3
     with pytest.raises(client.exceptions.ModelError, match="not valid JSON"):
         client.invoke_endpoint(EndpointName=endpoint, ContentType="application/json", Body=b"{oops")
+
+
+# -- the local Lambda service under load: sandboxes, throttling, memory ----------------------
+LOAD_CLIENTS = 32
+LOAD_SECONDS = 60.0
+WARMUP_SECONDS = 5.0  # the pool grows to its limit and every sandbox has run events
+TOPICS = ["football", "rain", "bread", "software", "violins", "rivers", "chess", "tea"]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def sandbox_pids(stack: dict[str, Any], function: str) -> set[int]:
+    """The function's sandbox processes: children of `onnxlift up` running its handler."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if (
+            parent == stack["pid"]
+            and b"onnxlift.local.lambda_runtime" in argv
+            and argv[argv.index(b"--function-name") + 1] == function.encode()
+        ):
+            pids.add(int(entry.name))
+    return pids
+
+
+def memory(stack: dict[str, Any], function: str) -> dict[str, Any]:
+    pids = sandbox_pids(stack, function)
+    return {
+        "pids": pids,
+        "sandboxes_mb": round(sum(rss_mb(p) for p in pids), 1),
+        "gateway_mb": round(rss_mb(stack["pid"]), 1),
+    }
+
+
+def grew_by(before: dict[str, Any], after: dict[str, Any], key: str) -> float:
+    return after[key] / before[key] - 1
+
+
+def embed_one(stack: dict[str, Any], text: str, rid: str, session: Any = requests) -> Any:
+    tensor = {"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}
+    body = {"id": rid, "inputs": [tensor]}
+    return session.post(
+        f"{stack['url']}/v2/models/minilm/infer",
+        json=body,
+        headers={"x-api-key": stack["api_key"]},
+        timeout=60,
+    )
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from /proc")
+def test_memory_comes_back_after_a_burst_of_6_mb_requests(stack: dict[str, Any]) -> None:
+    """6 MB bodies of two kinds: 16 texts of 256 tokens padded with JSON whitespace to 6 MB
+    (the body through gateway and sandbox, the model's largest activations), and four texts of
+    1.5 MB each (the tokenizer on long strings). The first of each sets the baseline."""
+    words = " ".join(f"{TOPICS[i % 8]} item{i}" for i in range(200))
+    batch = [f"{i} {words}" for i in range(16)]
+    padded = json.dumps(
+        {"inputs": [{"name": "text", "shape": [16], "datatype": "BYTES", "data": batch}]}
+    )
+    padded = padded[:-1] + " " * (6_000_000 - len(padded)) + "}"
+    long_text = ("onnxlift " * 170_000)[:1_490_000]
+    long = json.dumps(
+        {"inputs": [{"name": "text", "shape": [4], "datatype": "BYTES", "data": [long_text] * 4}]}
+    )
+    bodies = [padded, long]
+    assert all(5_900_000 <= len(b.encode()) <= 6_000_000 for b in bodies)
+    for raw in bodies:  # warm: the first large request of each kind
+        assert infer(stack, None, raw=raw).status_code == 200
+    embed_one(stack, "settle", "settle")  # read once the sandbox has freed the last body
+    before = memory(stack, "minilm")
+    started = time.monotonic()
+    for raw in bodies * 2:
+        response = infer(stack, None, raw=raw)
+        assert response.status_code == 200, response.text[:300]
+    embed_one(stack, "settle", "settle")
+    after = memory(stack, "minilm")
+    print(
+        f"\n6 MB burst: 4 requests in {time.monotonic() - started:.1f} s; minilm sandboxes "
+        f"{before['sandboxes_mb']} -> {after['sandboxes_mb']} MB, gateway (onnxlift up) "
+        f"{before['gateway_mb']} -> {after['gateway_mb']} MB"
+    )
+    assert after["pids"] == before["pids"]
+    assert grew_by(before, after, "sandboxes_mb") < 0.05, (before, after)
+    assert grew_by(before, after, "gateway_mb") < 0.05, (before, after)
+
+
+def load(stack: dict[str, Any], texts: list[str], reference: Any, seconds: float) -> dict:
+    """LOAD_CLIENTS clients, each on its own keep-alive connection, sending one text with a
+    unique id again and again for `seconds`; a throttled client waits 50 ms and goes on."""
+    deadline = time.monotonic() + seconds
+    records: list[tuple[int, float, str | None]] = []  # status, seconds, what went wrong
+    lock = threading.Lock()
+
+    def client(n: int) -> None:
+        session = requests.Session()
+        for i in itertools.count():
+            if time.monotonic() > deadline:
+                return
+            rid, k = f"client{n}-request{i}", (n + i) % len(texts)
+            started = time.perf_counter()
+            response = embed_one(stack, texts[k], rid, session)
+            problem = None
+            if response.status_code == 200:
+                answer = response.json()
+                served = np.asarray(answer["outputs"][0]["data"], dtype=np.float32)
+                if answer.get("id") != rid or float(served @ reference[k]) < 0.9999:
+                    problem = f"cross-talk: sent {rid}, got {answer.get('id')}"
+            elif response.status_code == 429:
+                if "Retry-After" not in response.headers or "error" not in response.json():
+                    problem = f"429 without Retry-After or JSON error: {response.text[:200]}"
+                time.sleep(0.05)
+            else:
+                problem = f"{response.status_code}: {response.text[:200]}"
+            with lock:
+                records.append((response.status_code, time.perf_counter() - started, problem))
+
+    with ThreadPoolExecutor(LOAD_CLIENTS) as clients:
+        list(clients.map(client, range(LOAD_CLIENTS)))
+    answered = sorted(t for status, t, _ in records if status == 200)
+    return {
+        "requests": len(records),
+        "answered": len(answered),
+        "throttled": sum(status == 429 for status, _, _ in records),
+        "problems": [p for _, _, p in records if p],
+        "p50_ms": round(answered[len(answered) // 2] * 1000, 1),
+        "p99_ms": round(answered[int(len(answered) * 0.99)] * 1000, 1),
+    }
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from /proc")
+def test_32_clients_for_60_s_never_get_each_others_answers(stack: dict[str, Any]) -> None:
+    """Every answer is the request's own (its id, the embedding of its text), nothing but 200
+    or 429 comes back, and the sandboxes and the gateway hold no more memory at the end."""
+    texts = [f"a sentence about {topic} number {i}" for i, topic in enumerate(TOPICS * 2)]
+    reference = []
+    for i, text in enumerate(texts):
+        (output,) = embed_one(stack, text, f"reference{i}").json()["outputs"]
+        reference.append(np.asarray(output["data"], dtype=np.float32))
+    warmup = load(stack, texts, reference, WARMUP_SECONDS)
+    before = memory(stack, "minilm")
+    figures = load(stack, texts, reference, LOAD_SECONDS)
+    after = memory(stack, "minilm")
+    print(
+        f"\nload: {LOAD_CLIENTS} clients x {LOAD_SECONDS:.0f} s on minilm: "
+        f"{figures['requests']} requests, {figures['answered']} answered, "
+        f"{figures['throttled']} throttled (429), p50 {figures['p50_ms']} ms, "
+        f"p99 {figures['p99_ms']} ms; {len(after['pids'])} sandboxes "
+        f"{before['sandboxes_mb']} -> {after['sandboxes_mb']} MB, gateway "
+        f"{before['gateway_mb']} -> {after['gateway_mb']} MB"
+    )
+    assert warmup["problems"] == [] and figures["problems"] == [], figures["problems"][:10]
+    assert figures["answered"] > LOAD_CLIENTS and figures["throttled"] > 0
+    assert after["pids"] == before["pids"] and 1 < len(after["pids"]) <= 10
+    assert grew_by(before, after, "sandboxes_mb") < 0.05, (before, after)
+    assert grew_by(before, after, "gateway_mb") < 0.05, (before, after)
 
 
 # Last: it stops the module's stack.

@@ -12,6 +12,7 @@ from tokenizers import Tokenizer
 from onnxlift_serving.artifact import Artifact
 from onnxlift_serving.errors import ArtifactError, PayloadTooLarge, Unprocessable
 from onnxlift_serving.protocol import DATATYPES, TensorSpec
+from onnxlift_serving.session import run_options
 
 
 class Pipeline(Protocol):
@@ -37,7 +38,7 @@ def run_session(
     The request was checked against the manifest before; this catches what only the graph
     knows (a value a kernel refuses), so no client input can end in a 500 here."""
     try:
-        return session.run(outputs, feeds)
+        return session.run(outputs, feeds, run_options())  # the arena shrinks back after
     except InvalidArgument as exc:
         raise Unprocessable(f"the model refused the input: {str(exc).splitlines()[0]}") from None
 
