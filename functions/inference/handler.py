@@ -23,6 +23,9 @@ from onnxlift_serving.contract import (
     Op,
     allowed_methods,
     error_body,
+    no_route_message,
+    not_allowed_message,
+    retry_after,
 )
 from onnxlift_serving.encoding import event_body, header
 from onnxlift_serving.errors import InferenceError
@@ -77,12 +80,9 @@ def _not_found(_: Exception) -> Response:
     method, path = str(event.http_method)[:16], str(event.path)
     allowed = allowed_methods(path)
     if allowed and method not in allowed:  # (in `allowed`: a parameter no route accepts)
-        return _json(
-            405,
-            error_body(f"{method} is not allowed on {path[:256]}; use {', '.join(allowed)}"),
-            {"Allow": ", ".join(allowed)},
-        )
-    return _json(404, error_body(f"no route for {method} {path[:256]}"))
+        message = not_allowed_message(method, path, allowed)
+        return _json(405, error_body(message), {"Allow": ", ".join(allowed)})
+    return _json(404, error_body(no_route_message(method, path)))
 
 
 def _health_live(name: str | None, version: str | None) -> Response:
@@ -90,7 +90,8 @@ def _health_live(name: str | None, version: str | None) -> Response:
 
 
 def _health_ready(name: str | None, version: str | None) -> Response:
-    return _json(200 if service.ready else 503, {"ready": service.ready})
+    ready = service.ready
+    return _json(200 if ready else 503, {"ready": ready}, None if ready else retry_after())
 
 
 def _metadata(name: str, version: str | None) -> Response:
@@ -107,7 +108,8 @@ def _config(name: str, version: str | None) -> Response:
 
 def _ready(name: str, version: str | None) -> Response:
     ready = service.model_ready(name, version)
-    return _json(200 if ready else 503, {"name": name, "ready": ready})
+    headers = None if ready else retry_after()
+    return _json(200 if ready else 503, {"name": name, "ready": ready}, headers)
 
 
 @tracer.capture_method

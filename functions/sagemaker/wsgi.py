@@ -42,6 +42,10 @@ from onnxlift_serving.contract import (
     allowed_methods,
     error_body,
     match_route,
+    no_route_message,
+    not_allowed_message,
+    parse_count,
+    retry_after,
 )
 from onnxlift_serving.errors import (
     BadRequest,
@@ -144,8 +148,7 @@ class ContainerApp:
         if self.service is None:
             raise ServiceUnavailable(
                 f"model '{self.config.name}' is still loading "
-                f"({time.monotonic() - self.started:.0f}s so far)",
-                retry_after_s=5,
+                f"({time.monotonic() - self.started:.0f}s so far)"
             )
         return self.service
 
@@ -209,19 +212,19 @@ class ContainerApp:
         allowed = _CONTAINER_ROUTES.get(path) or allowed_methods(path)
         if allowed:
             raise MethodNotAllowed(
-                f"{method[:16]} is not allowed on {path[:256]}; use {', '.join(allowed)}",
+                not_allowed_message(method, path, allowed),
                 headers={"Allow": ", ".join(allowed)},
             )
-        raise NotFound(f"no route for {method[:16]} {path[:256]}")
+        raise NotFound(no_route_message(method, path))
 
     def _read_body(self, environ: Mapping[str, Any]) -> bytes:
         stream = environ.get("wsgi.input")
         if stream is None:
             return b""
         declared = str(environ.get("CONTENT_LENGTH") or "").strip()
-        if declared and not (declared.isascii() and declared.isdigit()):  # never read to EOF
+        length = parse_count(declared) if declared else 0
+        if length is None:  # never read to EOF
             raise BadRequest(f"Content-Length '{declared[:32]}' is not a non-negative integer")
-        length = int(declared) if declared else 0
         limit = self.config.max_payload_bytes + 1  # one byte over: decode_body says 413
         return bytes(stream.read(min(length, limit) if length else limit))
 
@@ -243,6 +246,8 @@ class ContainerApp:
             status = 500
             doc = error_body(f"internal error ({type(error).__name__}); see the container's logs")
         payload = doc if isinstance(doc, bytes) else protocol.dumps(doc)
+        if status == 503:  # not ready (ping, health, a version's ready): when to ask again
+            headers = {**retry_after(), **headers}
         start_response(
             f"{status} {_REASONS.get(status, 'Error')}",
             [*headers.items(), ("Content-Length", str(len(payload)))],

@@ -29,6 +29,9 @@ from onnxlift_serving.contract import (
     MODELS_PREFIX,
     OPENAPI_PATH,
     ROUTES,
+    THROTTLE_RETRY_AFTER_S,
+    allowed_methods,
+    retry_after,
 )
 from onnxlift_serving.openapi import document
 
@@ -44,7 +47,6 @@ from onnxlift.local.http import (
 )
 from onnxlift.local.lambda_runtime import INVOKE_PATH
 from onnxlift.local.lambda_service import (
-    THROTTLE_RETRY_AFTER_S,
     FunctionPool,
     SandboxCrashed,
     Throttled,
@@ -52,7 +54,7 @@ from onnxlift.local.lambda_service import (
 
 UNKNOWN_MODEL = re.compile(rf"^{re.escape(MODELS_PREFIX)}(?P<name>[^/]+)(?:/.*)?$")
 UNKNOWN_MODEL_RESOURCE = f"{MODELS_PREFIX}{{name}}/{{proxy+}}"  # the deployed API's mock
-_TEMPLATES = tuple(dict.fromkeys(route.template for route in ROUTES))
+_TEMPLATES = {route.template: route.pattern for route in ROUTES}  # each path once, in order
 TEXT_TYPES = ("application/json", "text/")
 # (function, resource, path parameters); function "" is a model the API does not serve
 ResolvedRoute = tuple[str, str, dict[str, str]]
@@ -147,8 +149,8 @@ def resolve_route(path: str, config: GatewayConfig) -> ResolvedRoute | None:
     any method, like the deployed API's resources: a model's routes on its own function
     (resource names the model), the others on the default one, a model the API does not
     serve on "" (the deployed API's 404 mock); None for a path of no route."""
-    for template in _TEMPLATES:
-        if found := _pattern(template).match(path):
+    for template, pattern in _TEMPLATES.items():
+        if found := pattern.match(path):
             params = found.groupdict()
             name = params.pop("name", None)
             if name is None:
@@ -160,15 +162,6 @@ def resolve_route(path: str, config: GatewayConfig) -> ResolvedRoute | None:
     if unknown and unknown["name"] not in config.functions:
         return "", UNKNOWN_MODEL_RESOURCE, {"name": unknown["name"]}
     return None
-
-
-def allowed_methods(path: str) -> list[str]:
-    """The methods the contract's routes take on `path` (the Allow of a 405)."""
-    return sorted({r.method for r in ROUTES if _pattern(r.template).match(path)})
-
-
-def _pattern(template: str) -> re.Pattern[str]:
-    return next(r.pattern for r in ROUTES if r.template == template)
 
 
 class Gateway:
@@ -219,13 +212,13 @@ class Gateway:
                     {"Content-Type": JSON_CONTENT_TYPE},
                 )
         except Throttled as exc:  # as Lambda's TooManyRequestsException, never a queue
-            return _error(429, str(exc), {"Retry-After": str(THROTTLE_RETRY_AFTER_S)})
+            return _error(429, str(exc), retry_after(THROTTLE_RETRY_AFTER_S))
         except TimeoutError:
             return _error(504, "Endpoint request timed out")
         except SandboxCrashed:
             return _error(502, "Internal server error: the function's sandbox failed")
         except BackendUnreachable:
-            return _error(503, f"function '{function}' is not reachable", {"Retry-After": "5"})
+            return _error(503, f"function '{function}' is not reachable", retry_after())
         if response.headers.get("X-Amz-Function-Error"):
             return _error(502, "Internal server error: the function raised an unhandled error")
         return proxy_reply(response.body)

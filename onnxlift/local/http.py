@@ -38,7 +38,13 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from onnxlift_serving.contract import JSON_CONTENT_TYPE, error_body
+from onnxlift_serving.contract import (
+    JSON_CONTENT_TYPE,
+    RETRY_AFTER,
+    THROTTLE_RETRY_AFTER_S,
+    error_body,
+    parse_count,
+)
 
 Reply = tuple[int, dict[str, str], bytes]  # status, headers, body
 LOOPBACK = "127.0.0.1"
@@ -49,7 +55,6 @@ BODY_DEADLINE_S = 60.0  # the longest a whole body may take
 LINGER_S = 1.0  # how long an unread body is discarded before the connection closes
 MAX_CHUNK_LINE = 1024  # a chunk-size line (size and extensions)
 MAX_TRAILERS = 100
-_DIGITS = re.compile(r"[0-9]+")
 _CHUNK_SIZE = re.compile(r"[0-9a-fA-F]+")
 
 
@@ -112,10 +117,11 @@ def body_framing(headers: http.client.HTTPMessage) -> Framing:
         if lengths:
             raise HttpError(400, "a request has Content-Length or Transfer-Encoding, not both")
         return Framing(None)
-    for value in lengths:
-        if not _DIGITS.fullmatch(value):
-            raise HttpError(400, f"invalid Content-Length {value[:40]!r}: not a byte count")
-    if len({int(value) for value in lengths}) > 1:
+    counts = {parse_count(value) for value in lengths}
+    if None in counts:
+        bad = next(value for value in lengths if parse_count(value) is None)
+        raise HttpError(400, f"invalid Content-Length {bad[:40]!r}: not a byte count")
+    if len(counts) > 1:
         raise HttpError(400, "conflicting Content-Length headers")
     return Framing(int(lengths[0]) if lengths else 0)
 
@@ -416,7 +422,8 @@ class LoopbackServer(ThreadingHTTPServer):
 def _refuse_busy(connection: socket.socket) -> None:
     status, headers, body = error_reply(503, "server busy: too many connections")
     head = f"HTTP/1.1 {status} Service Unavailable\r\nContent-Type: {headers['Content-Type']}"
-    head += f"\r\nRetry-After: 1\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    head += f"\r\n{RETRY_AFTER}: {THROTTLE_RETRY_AFTER_S}\r\nContent-Length: {len(body)}"
+    head += "\r\nConnection: close\r\n\r\n"
     try:
         connection.settimeout(1.0)
         connection.sendall(head.encode() + body)

@@ -29,7 +29,6 @@ from onnxlift.local.http import LOOPBACK, BackendResponse
 from onnxlift.local.lambda_runtime import HEALTH_PATH, INVOKE_PATH
 from onnxlift.local.processes import Child, base_env, free_port, start_child, tail
 
-THROTTLE_RETRY_AFTER_S = 1
 INIT_TIMEOUT_S = 60.0  # Lambda's init phase is 10 s; loading from the local registry may be slower
 
 

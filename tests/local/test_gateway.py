@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 import requests
+from onnxlift_serving.contract import allowed_methods
 
 from onnxlift.local.gateway import (
     FunctionTarget,
     Gateway,
     GatewayConfig,
-    allowed_methods,
     build_event,
     resolve_route,
 )
@@ -53,8 +53,8 @@ def test_routes_mirror_the_api_resources() -> None:
     )
     assert resolve_route("/metrics", CONFIG) is None
     assert resolve_route("/v2/models/minilm/nothing-here", CONFIG) is None
-    assert allowed_methods("/v2/models/minilm/infer") == ["POST"]
-    assert allowed_methods("/v2/health/live") == ["GET"]
+    assert allowed_methods("/v2/models/minilm/infer") == ("POST",)
+    assert allowed_methods("/v2/health/live") == ("GET",)
 
 
 def test_event_is_a_rest_v1_proxy_event() -> None:

@@ -82,8 +82,8 @@ def test_config_defaults_to_opt_ml_model_and_cuda(monkeypatch: pytest.MonkeyPatc
 
 def test_ping_is_503_until_loaded_then_200_and_never_loads(artifact: Path) -> None:
     app = wsgi.ContainerApp(wsgi.config_from_env({"SM_MODEL_DIR": str(artifact)}))
-    status, _, doc = call(app, "GET", "/ping")
-    assert status == 503 and "loading" in doc["error"]
+    status, headers, doc = call(app, "GET", "/ping")
+    assert status == 503 and "loading" in doc["error"] and headers["Retry-After"] == "5"
     assert app.service is None  # the ping did not start a load
     status, headers, doc = call(app, "POST", "/invocations", BODY)
     assert status == 503 and headers["Retry-After"] == "5"
@@ -109,8 +109,10 @@ def test_ping_answers_fast_while_the_model_loads(artifact: Path) -> None:
 
 def test_ping_is_503_with_the_reason_when_the_model_cannot_load(tmp_path: Path) -> None:
     app = wsgi.create_app({"SM_MODEL_DIR": str(tmp_path)}, background=False)
-    status, _, doc = call(app, "GET", "/ping")
-    assert status == 503 and "no manifest" in doc["error"]
+    status, headers, doc = call(app, "GET", "/ping")
+    assert status == 503 and "no manifest" in doc["error"] and headers["Retry-After"] == "5"
+    status, headers, _ = call(app, "GET", "/v2/health/ready")
+    assert status == 503 and headers["Retry-After"] == "5"
 
 
 def test_invocations_equals_the_in_process_result(app: wsgi.ContainerApp, artifact: Path) -> None:

@@ -178,8 +178,9 @@ def test_corrupt_artifact_is_refused_and_answers_503(
     assert "sha256" in module.service.load_error
     status, body, headers = call(module, lambda_context, texts_body(["a"]))
     assert status == 503 and headers["Retry-After"] and "not loaded" in body["error"]
-    status, _, _ = call(module, lambda_context, path="/v2/health/ready", method="GET")
-    assert status == 503
+    for path in ("/v2/health/ready", f"/v2/models/minilm/versions/{published}/ready"):
+        status, _, headers = call(module, lambda_context, path=path, method="GET")
+        assert status == 503 and headers["Retry-After"] == "5", path  # every 503 says when
 
 
 def test_alias_decides_the_default_version_and_rollback_moves_it_back(

@@ -205,7 +205,7 @@ def test_bad_binary_tensors_are_400(tensor: dict[str, Any], raw: bytes, fragment
         binary.decode_request(*binary_body(tensor, raw), max_bytes=MB)
 
 
-@pytest.mark.parametrize("value", ["abc", "-1", "1.5", " 1e3"])
+@pytest.mark.parametrize("value", ["abc", "-1", "1.5", " 1e3", "²", "١٢", "9" * 19])
 def test_header_length_must_be_a_count(value: str) -> None:
     with pytest.raises(BadRequest, match="non-negative integer"):
         binary.parse_length(value)

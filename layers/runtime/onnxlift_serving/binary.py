@@ -27,6 +27,7 @@ from onnxlift_serving.contract import (
     INFERENCE_HEADER_LENGTH,
     JSON_CONTENT_TYPE,
     SAGEMAKER_BINARY_CONTENT_TYPE,
+    parse_count,
 )
 from onnxlift_serving.encoding import decode_content
 from onnxlift_serving.errors import BadRequest, PayloadTooLarge
@@ -42,10 +43,10 @@ def parse_length(value: str | None, *, what: str = INFERENCE_HEADER_LENGTH) -> i
     """A header length as sent (None when absent); anything but a non-negative integer is 400."""
     if value is None or value.strip() == "":
         return None
-    text = value.strip()
-    if not text.isdigit():
-        raise BadRequest(f"{what} must be a non-negative integer, got '{text[:40]}'")
-    return int(text)
+    count = parse_count(value.strip())
+    if count is None:
+        raise BadRequest(f"{what} must be a non-negative integer, got '{value.strip()[:40]}'")
+    return count
 
 
 def sagemaker_header_length(content_type: str | None) -> int | None:

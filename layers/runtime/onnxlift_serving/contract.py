@@ -29,11 +29,14 @@ __all__ = [
     "MODELS_PREFIX",
     "OPENAPI_PATH",
     "POWERTOOLS_NAMESPACE",
+    "RETRY_AFTER",
     "ROUTES",
     "SAGEMAKER_BINARY_CONTENT_TYPE",
     "SAGEMAKER_INVOCATION_TIMEOUT_S",
     "SAGEMAKER_PAYLOAD_BYTES",
     "SAGEMAKER_VARIANT",
+    "THROTTLE_RETRY_AFTER_S",
+    "UNAVAILABLE_RETRY_AFTER_S",
     "VERSION_PATTERN",
     "ContentEncoding",
     "Env",
@@ -47,6 +50,10 @@ __all__ = [
     "infer_path",
     "is_canonical_version",
     "match_route",
+    "no_route_message",
+    "not_allowed_message",
+    "parse_count",
+    "retry_after",
     "sandbox_environment",
     "serving_environment",
     "threads_for_memory",
@@ -161,6 +168,24 @@ def error_body(message: str) -> dict[str, str]:
     return {"error": message.encode("utf-8", "replace").decode("utf-8")}
 
 
+# -- counts and retries ---------------------------------------------------------------------
+_COUNT = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() takes '²' too
+RETRY_AFTER: Final = "Retry-After"
+THROTTLE_RETRY_AFTER_S: Final = 1  # 429: a sandbox frees up within one request's time
+UNAVAILABLE_RETRY_AFTER_S: Final = 5  # 503: a model (re)loads or a backend comes back
+
+
+def parse_count(text: str) -> int | None:
+    """A byte count or length as a client writes it (Content-Length, a header length): a
+    non-negative decimal integer in ASCII digits, else None."""
+    return int(text) if _COUNT.fullmatch(text) else None
+
+
+def retry_after(seconds: int = UNAVAILABLE_RETRY_AFTER_S) -> dict[str, str]:
+    """The header every 503 (and 429) carries."""
+    return {RETRY_AFTER: str(seconds)}
+
+
 # -- versions ---------------------------------------------------------------------------------
 # What a version in a path may be: a positive integer without leading zeros, at most 10 digits
 # (the registry numbers versions 1, 2, 3, ...). Anything else is a 404 before any lookup.
@@ -271,6 +296,16 @@ class RouteMatch:
 def allowed_methods(path: str) -> tuple[str, ...]:
     """The methods some route answers on `path` (empty: no such path; a 404, else a 405)."""
     return tuple(sorted({route.method for route, pattern in _COMPILED if pattern.match(path)}))
+
+
+def no_route_message(method: str, path: str) -> str:
+    """The 404 of a path no route takes (client text cut short)."""
+    return f"no route for {method[:16]} {path[:256]}"
+
+
+def not_allowed_message(method: str, path: str, allowed: tuple[str, ...]) -> str:
+    """The 405 of a known path asked with another method; `allowed` also goes in Allow."""
+    return f"{method[:16]} is not allowed on {path[:256]}; use {', '.join(allowed)}"
 
 
 def match_route(method: str, path: str) -> RouteMatch | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from onnxlift_serving.contract import UNAVAILABLE_RETRY_AFTER_S, retry_after
+
 
 class InferenceError(Exception):
     """An error that is answered as `{"error": message}` with `status`."""
@@ -55,8 +57,8 @@ class ServiceUnavailable(InferenceError):
 
     status = 503
 
-    def __init__(self, message: str, *, retry_after_s: int = 5) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+    def __init__(self, message: str, *, retry_after_s: int = UNAVAILABLE_RETRY_AFTER_S) -> None:
+        super().__init__(message, headers=retry_after(retry_after_s))
 
 
 class ArtifactError(Exception):
