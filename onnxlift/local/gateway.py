@@ -13,6 +13,7 @@ and body. Requests are served concurrently, one thread per connection, with keep
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import re
 import time
@@ -226,16 +227,20 @@ class Gateway:
 
 def proxy_reply(raw: bytes) -> Reply:
     """The HTTP reply a Lambda proxy result stands for (502 when it is not one)."""
-    try:
+    try:  # all of it: a malformed result is the function's bug, a 502, never a dropped reply
         result = json.loads(raw)
         status = int(result["statusCode"])
-    except (ValueError, KeyError, TypeError):
+        headers = {str(k): str(v) for k, v in (result.get("headers") or {}).items()}
+        for key, values in (result.get("multiValueHeaders") or {}).items():
+            headers[str(key)] = ", ".join(map(str, values))
+        body = result.get("body") or ""
+        data = (
+            base64.b64decode(body, validate=True)
+            if result.get("isBase64Encoded")
+            else body.encode()
+        )
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
         return _error(502, "Malformed Lambda proxy response")
-    headers = dict(result.get("headers") or {})
-    for key, values in (result.get("multiValueHeaders") or {}).items():
-        headers[key] = ", ".join(values)
-    body = result.get("body") or ""
-    data = base64.b64decode(body) if result.get("isBase64Encoded") else body.encode()
     return status, headers, data
 
 

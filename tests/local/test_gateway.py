@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -219,3 +220,21 @@ def test_function_failures_are_api_gateway_errors(api: str) -> None:
     assert slow.status_code == 504 and slow.json() == {"error": "Endpoint request timed out"}
     time.sleep(0.4)  # the sandbox ends the timed-out event first: one event at a time
     assert call(api, "/v2/models/minilm/infer").status_code == 201  # and it recovers
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"not json",
+        b'{"statusCode": "x"}',
+        b'{"statusCode": 200, "body": 5}',
+        b'{"statusCode": 200, "body": "***", "isBase64Encoded": true}',
+        b'{"statusCode": 200, "headers": [1]}',
+        b'{"statusCode": 200, "multiValueHeaders": {"a": 3}}',
+    ],
+)
+def test_a_malformed_function_result_is_a_502_not_a_dropped_reply(raw: bytes) -> None:
+    from onnxlift.local.gateway import proxy_reply
+
+    status, _, body = proxy_reply(raw)
+    assert status == 502 and json.loads(body) == {"error": "Malformed Lambda proxy response"}

@@ -166,3 +166,28 @@ def test_answers_without_calling_the_endpoint(proxy: Any) -> None:
         == 413
     )
     proxy.stubber.assert_no_pending_responses()
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Inference-Header-Content-Length": "²"}, 400),
+        ({"Inference-Header-Content-Length": "12; x"}, 400),
+        ({"Content-Encoding": "br"}, 415),
+        ({"Content-Encoding": "gzip, ü" * 300}, 415),
+    ],
+)
+def test_headers_invoke_endpoint_would_refuse_are_the_clients_4xx(
+    proxy: Any, headers: dict[str, str], status: int
+) -> None:
+    """Never passed on to InvokeEndpoint, whose ValidationError would be a 502."""
+    request = event("POST", "/v2/models/minilm/infer", '{"inputs": []}') | {"headers": headers}
+    answer = proxy.lambda_handler(request, None)
+    assert answer["statusCode"] == status and "error" in json.loads(answer["body"])
+    proxy.stubber.assert_no_pending_responses()
+
+
+def test_the_proxy_knows_the_contracts_codings(proxy: Any) -> None:
+    from onnxlift_serving.contract import ContentEncoding
+
+    assert set(proxy.CODINGS) == {str(c) for c in ContentEncoding}  # its own copy, the same

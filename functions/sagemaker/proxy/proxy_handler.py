@@ -171,6 +171,24 @@ def _reply(reply: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# What InvokeEndpoint may carry of a client's headers (contract.ContentEncoding, parse_count):
+# anything else would be its ValidationError, a 502, for a client's mistake.
+CODINGS = ("gzip", "x-gzip", "deflate", "identity")
+COUNT = re.compile(r"[0-9]{1,18}")
+
+
+def _refusal(headers: dict[str, str]) -> dict[str, Any] | None:
+    """400/415 for a header length or Content-Encoding the container could not take."""
+    length = headers.get(HEADER_LENGTH, "").strip()
+    if length and not COUNT.fullmatch(length):
+        return _response(400, {"error": f"{HEADER_LENGTH} must be a non-negative integer"})
+    codings = [c.strip().lower() for c in headers.get("content-encoding", "").split(",")]
+    unknown = [c for c in codings if c and c not in CODINGS]
+    if unknown:
+        return _response(415, {"error": f"Content-Encoding {unknown[0][:32]!r} is not supported"})
+    return None
+
+
 def invoke(
     operation: str,
     name: str | None,
@@ -179,6 +197,8 @@ def invoke(
     headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     headers = headers or {}
+    if operation == "infer" and (refusal := _refusal(headers)) is not None:
+        return refusal
     attributes = [f"onnxlift-route={operation}"]
     if name:
         attributes.append(f"onnxlift-model={name}")

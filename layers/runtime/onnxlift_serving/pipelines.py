@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
-from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
 from tokenizers import Tokenizer
 
 from onnxlift_serving.artifact import Artifact
 from onnxlift_serving.errors import ArtifactError, PayloadTooLarge, Unprocessable
 from onnxlift_serving.protocol import DATATYPES, TensorSpec
 from onnxlift_serving.session import run_options
+
+log = logging.getLogger(__name__)
 
 
 class Pipeline(Protocol):
@@ -54,14 +57,19 @@ def tokenizable_prefix(tokenizer: Tokenizer, text: str, max_length: int) -> str:
 def run_session(
     session: ort.InferenceSession, outputs: list[str], feeds: dict[str, np.ndarray]
 ) -> list[np.ndarray]:
-    """One session run; onnxruntime's InvalidArgument is about the feeds, so a 422, not a 500.
+    """One session run; onnxruntime's refusals of the feeds are a 422, not a 500.
 
-    The request was checked against the manifest before; this catches what only the graph
-    knows (a value a kernel refuses), so no client input can end in a 500 here."""
+    The request was checked against the manifest before and the graph passed its parity run
+    at build time; what still fails here is what only the graph knows of the input (a value a
+    kernel refuses, two free dimensions that must agree): InvalidArgument, or Fail /
+    RuntimeException raised by a node. The whole message goes to the log, its first line to
+    the client (node names, no paths)."""
     try:
         return session.run(outputs, feeds, run_options())  # the arena shrinks back after
-    except InvalidArgument as exc:
-        raise Unprocessable(f"the model refused the input: {str(exc).splitlines()[0]}") from None
+    except (InvalidArgument, Fail, RuntimeException) as exc:
+        log.warning("the model refused the input: %s", exc)
+        first = str(exc).splitlines()[0][:300]
+        raise Unprocessable(f"the model refused the input: {first}") from None
 
 
 def empty_outputs(outputs: dict[str, TensorSpec]) -> dict[str, np.ndarray]:

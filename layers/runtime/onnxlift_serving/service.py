@@ -152,15 +152,16 @@ class ModelService:
     def baked_version(self) -> str:
         """MODEL_VERSION, else (an image with its model baked in) the version its manifest names.
 
-        Read once it is found: the image never changes under a running sandbox."""
+        Read once, found or not: the image never changes under a running sandbox, and a
+        client's odd version must not cost a file read per request."""
         if self.config.version or self.config.source != "image" or self.config.model_dir is None:
             return self.config.version
-        if self._baked:
+        if self._baked is not None:
             return self._baked
         try:
             manifest = json.loads((self.config.model_dir / layout.MANIFEST_FILE).read_text())
         except (OSError, ValueError):
-            return ""
+            manifest = None
         self._baked = str(manifest.get("version") or "") if isinstance(manifest, dict) else ""
         return self._baked
 
