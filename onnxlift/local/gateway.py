@@ -202,7 +202,7 @@ class Gateway:
         payload = json.dumps(event).encode()
         try:
             if target.pool is not None:
-                response = target.pool.invoke(payload)
+                response = target.pool.invoke(payload, deadline_s=self.config.timeout_s)
             else:
                 response = self._client.request(
                     target.host,

@@ -67,7 +67,6 @@ class SandboxProcess:
     host: str
     port: int
     connection: http.client.HTTPConnection | None = None
-    events: int = 0
 
     @property
     def alive(self) -> bool:
@@ -99,7 +98,6 @@ class SandboxProcess:
                 if attempt == 2 or not reused or not self.alive:
                     raise
                 continue
-            self.events += 1
             return BackendResponse(response.status, response.headers, body)
         raise AssertionError("the second attempt returns or raises")
 
@@ -152,15 +150,19 @@ class FunctionPool:
         """Start one sandbox now without waiting for its init (wait_ready does)."""
         with self._lock:
             self._slots += 1
-        self._warming.append(self._launch())
+        sandbox = self._launch()
+        with self._lock:
+            self._warming.append(sandbox)
 
     def wait_ready(self) -> None:
         """Wait for the sandboxes prestart started; they become idle, ready for events."""
-        for sandbox in self._warming:
+        with self._lock:
+            warming, self._warming = self._warming, []
+        for sandbox in warming:
             self._await_init(sandbox)  # OnnxliftError with the log tail when it fails
             with self._lock:
-                self._idle.append(sandbox)
-        self._warming.clear()
+                if not self._closed:
+                    self._idle.append(sandbox)
 
     def stop(self) -> None:
         with self._lock:
@@ -183,16 +185,19 @@ class FunctionPool:
             }
 
     # -- events ------------------------------------------------------------------------------
-    def invoke(self, payload: bytes) -> BackendResponse:
-        """Run one event in a sandbox of its own; the sandbox's reply to the invoke API."""
+    def invoke(self, payload: bytes, deadline_s: float | None = None) -> BackendResponse:
+        """Run one event in a sandbox of its own; the sandbox's reply to the invoke API.
+
+        `deadline_s`: how long the caller waits (API Gateway's 29 s), when shorter than the
+        function's timeout. Past it the sandbox is ended too: on AWS it would run on to its own
+        timeout, unseen; locally it would hold a slot and a core for nothing."""
+        timeout_s = min(self.config.timeout_s, deadline_s or self.config.timeout_s)
         sandbox = self._acquire()
         try:
-            response = sandbox.send(payload, self.config.timeout_s)
+            response = sandbox.send(payload, timeout_s)
         except TimeoutError as exc:
             self._remove(sandbox, "timeouts")
-            raise FunctionTimeout(
-                f"{self.config.name} timed out after {self.config.timeout_s:g} s"
-            ) from exc
+            raise FunctionTimeout(f"{self.config.name} timed out after {timeout_s:g} s") from exc
         except (ConnectionError, http.client.HTTPException, OSError) as exc:
             self._remove(sandbox, "crashes")
             raise SandboxCrashed(f"a sandbox of {self.config.name} died: {exc}") from exc
@@ -234,6 +239,8 @@ class FunctionPool:
         try:
             sandbox = self._launch()
             self._await_init(sandbox)
+            if self._closed:
+                raise SandboxCrashed(f"{self.config.name} stopped during the cold start")
         except Exception as exc:
             with self._lock:
                 self._slots -= 1
@@ -276,8 +283,13 @@ class FunctionPool:
         )
         sandbox = SandboxProcess(child, config.host, port)
         with self._lock:
-            self._all.add(sandbox)
-            self.figures.started += 1
+            closed = self._closed
+            if not closed:
+                self._all.add(sandbox)
+                self.figures.started += 1
+        if closed:  # stop() ran while this one was starting: it must not outlive the pool
+            sandbox.kill()
+            raise SandboxCrashed(f"{config.name} is stopping")
         return sandbox
 
     def _await_init(self, sandbox: SandboxProcess) -> None:

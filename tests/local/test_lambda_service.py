@@ -20,7 +20,12 @@ from onnxlift_serving.contract import infer_path
 
 from onnxlift.local.gateway import FunctionTarget, Gateway, GatewayConfig
 from onnxlift.local.lambda_runtime import make_server
-from onnxlift.local.lambda_service import FunctionConfig, FunctionPool
+from onnxlift.local.lambda_service import (
+    FunctionConfig,
+    FunctionPool,
+    FunctionTimeout,
+    SandboxCrashed,
+)
 
 # A proxy-integration handler: the request body says how long to work, whether to die, and
 # carries an id; the reply says which process ran it and how many events it ran at once.
@@ -173,22 +178,65 @@ def test_a_sandbox_past_the_timeout_is_killed_and_replaced(api: tuple[str, Funct
 
 def test_concurrent_clients_never_get_each_others_answers(api: tuple[str, FunctionPool]) -> None:
     url, _ = api
-    seen: list[tuple[int, int | None]] = []
+    seen: list[tuple[int, int, dict[str, Any]]] = []  # (status, id sent, reply)
     lock = threading.Lock()
 
     def client(n: int) -> None:
         for i in range(10):
-            response = send(url, id=n * 100 + i, sleep=0.01)
+            sent = n * 100 + i
+            response = send(url, id=sent, sleep=0.01)
             with lock:
-                seen.append((response.status_code, response.json().get("id")))
+                seen.append((response.status_code, sent, response.json()))
             if response.status_code == 429:
                 time.sleep(0.01)
 
     with ThreadPoolExecutor(6) as clients:
         list(clients.map(client, range(6)))
-    assert {status for status, _ in seen} <= {200, 429}
-    answered = [i for status, i in seen if status == 200]
-    assert len(answered) == len(set(answered)) and answered  # each id answered once, its own
+    assert {status for status, _, _ in seen} <= {200, 429}
+    answered = [(sent, reply) for status, sent, reply in seen if status == 200]
+    assert answered and all(reply["id"] == sent for sent, reply in answered)  # its own answer
+    assert all(reply["overlap"] == 1 for _, reply in answered)  # alone in its sandbox
+
+
+def test_the_gateways_deadline_ends_a_longer_event(tmp_path: Path) -> None:
+    """API Gateway stops waiting at its integration timeout, shorter than the function's."""
+    (tmp_path / "fake_handler.py").write_text(FAKE_HANDLER)
+    config = FunctionConfig(
+        name="slow", handler=tmp_path / "fake_handler.py", env={}, memory_mb=128,
+        timeout_s=30, concurrency=1, log=tmp_path / "slow.log",
+    )  # fmt: skip
+    pool = FunctionPool(config)
+    pool.prestart()
+    try:
+        pool.wait_ready()
+        event = json.dumps({"body": json.dumps({"sleep": 20})}).encode()
+        started = time.monotonic()
+        with pytest.raises(FunctionTimeout, match="after 1 s"):
+            pool.invoke(event, deadline_s=1)
+        assert time.monotonic() - started < 3
+        assert pool.describe()["timeouts"] == 1 and pool.describe()["sandboxes"] == 0
+    finally:
+        pool.stop()
+
+
+def test_a_sandbox_starting_while_the_pool_stops_does_not_outlive_it(tmp_path: Path) -> None:
+    (tmp_path / "fake_handler.py").write_text("import time\ntime.sleep(1)\n" + FAKE_HANDLER)
+    config = FunctionConfig(
+        name="late", handler=tmp_path / "fake_handler.py", env={}, memory_mb=128,
+        timeout_s=5, concurrency=2, log=tmp_path / "late.log",
+    )  # fmt: skip
+    pool = FunctionPool(config)
+    event = json.dumps({"body": "{}"}).encode()
+    with ThreadPoolExecutor(1) as runner:
+        cold = runner.submit(pool.invoke, event)  # a cold start: the init takes a second
+        deadline = time.monotonic() + 5
+        while not pool.describe()["pids"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (pid,) = pool.describe()["pids"]
+        pool.stop()
+        with pytest.raises(SandboxCrashed):
+            cold.result(timeout=30)
+    assert not _alive(pid)
 
 
 def rss_mb(pid: int) -> float:
