@@ -37,6 +37,7 @@ from typing import Any
 from onnxlift_serving import binary, protocol, server_info
 from onnxlift_serving.contract import (
     JSON_CONTENT_TYPE,
+    SAGEMAKER_PAYLOAD_BYTES,
     Env,
     Op,
     allowed_methods,
@@ -55,7 +56,7 @@ from onnxlift_serving.errors import (
     ServiceUnavailable,
 )
 from onnxlift_serving.layout import MANIFEST_FILE
-from onnxlift_serving.service import DEFAULT_MAX_PAYLOAD_BYTES, ModelService, ServiceConfig
+from onnxlift_serving.service import ModelService, ServiceConfig
 from onnxlift_serving.session import default_threads
 
 log = logging.getLogger("onnxlift.sagemaker")
@@ -86,7 +87,8 @@ def config_from_env(env: Mapping[str, str] | None = None) -> ServiceConfig:
         source="image",
         model_dir=model_dir,
         threads=default_threads(env),
-        max_payload_bytes=int(env.get(Env.MAX_PAYLOAD_BYTES, DEFAULT_MAX_PAYLOAD_BYTES)),
+        # InvokeEndpoint's own limit: the container is called directly too, not only by the API
+        max_payload_bytes=int(env.get(Env.MAX_PAYLOAD_BYTES, SAGEMAKER_PAYLOAD_BYTES)),
         providers=tuple(
             p for p in env.get(Env.ORT_PROVIDERS, DEFAULT_PROVIDERS).split(",") if p.strip()
         ),

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
+from onnxlift_serving.contract import API_BODY_BYTES
 
 from onnxlift.local.lambda_runtime import load_handler
 from tests.conftest import ROOT
@@ -160,7 +161,7 @@ def test_answers_without_calling_the_endpoint(proxy: Any) -> None:
     assert proxy.lambda_handler(event("GET", "/v2/models/other"), None)["statusCode"] == 404
     refused = proxy.lambda_handler(event("DELETE", "/v2/models/minilm"), None)
     assert refused["statusCode"] == 405 and refused["headers"]["Allow"] == "GET"
-    big = "x" * (6 * 1024 * 1024 + 1)
+    big = "x" * (API_BODY_BYTES + 1)
     assert (
         proxy.lambda_handler(event("POST", "/v2/models/minilm/infer", big), None)["statusCode"]
         == 413

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from onnxlift_serving.contract import (
-    LAMBDA_PAYLOAD_BYTES,
+    API_BODY_BYTES,
     ROUTES,
     Env,
     Op,
@@ -87,7 +87,7 @@ def test_the_sagemaker_proxy_follows_the_same_table(proxy: Any) -> None:
         assert (op, name, version) == (str(found.op), found.name, found.version)
     for method, path in NEAR_MISSES:
         assert proxy._route(method, path) is None, (method, path)
-    assert proxy.MAX_PAYLOAD_BYTES == LAMBDA_PAYLOAD_BYTES
+    assert proxy.MAX_PAYLOAD_BYTES == API_BODY_BYTES
 
 
 def test_error_body_is_one_shape() -> None:

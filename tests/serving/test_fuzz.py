@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from onnxlift_serving.contract import ROUTES, Env, serving_environment
+from onnxlift_serving.contract import API_BODY_BYTES, ROUTES, Env, serving_environment
 
 from tests.conftest import ROOT, FakeLambdaContext, load_event, published_copy
 
@@ -197,9 +197,9 @@ def test_measured_500s_are_client_errors_now(
         to_json(tensor("features", "FP32", [0, 30], [])),
     )
     assert got == 200 and [o["shape"] for o in json.loads(raw)["outputs"]] == [[0], [0, 2]]
-    # the limit counts bytes: 1.6 M four-byte characters are 6.4 MB
+    # the limit counts bytes: 1.6 M four-byte characters are 6.4 MB (and 1.6 M characters)
     emoji = to_json(tensor("text", "BYTES", [1], ["\U0001f600" * 1_600_000]), ensure_ascii=False)
-    assert len(emoji) < 6 * 1024 * 1024 < len(emoji.encode())
+    assert len(emoji) < API_BODY_BYTES < len(emoji.encode())
     got, _, raw = invoke(minilm, "POST", infer.format("minilm"), emoji)
     assert got == 413 and "bytes; the limit is" in json.loads(raw)["error"]
     assert invoke(minilm, "POST", f"/v2/models/minilm/versions/{version}/infer", "{}")[0] == 400

@@ -101,7 +101,7 @@ def test_compressed_bodies_answer_like_plain_ones(handler: Any, lambda_context: 
         (gzip.compress(b" " * (7 * 1024 * 1024)), {"content-encoding": "gzip"}, 413, "limit"),
         (b'{"inputs": []}', {"Inference-Header-Content-Length": "x"}, 400, "non-negative"),
         (b'{"inputs": []}', {"Inference-Header-Content-Length": "99"}, 400, "only 14 bytes"),
-        (b"\xff\xfe", {}, 400, "not valid JSON"),
+        (b"\xff\xfe", {}, 400, "not valid UTF-8"),
     ],
 )
 def test_client_mistakes_in_codings_and_framing_are_4xx(

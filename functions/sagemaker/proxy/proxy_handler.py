@@ -48,7 +48,8 @@ log.setLevel(os.environ.get("LOG_LEVEL", "INFO"))
 
 ENDPOINT_NAME = os.environ.get("ENDPOINT_NAME", "")
 MODEL_NAME = os.environ.get("MODEL_NAME", "")
-MAX_PAYLOAD_BYTES = 6 * 1024 * 1024  # InvokeEndpoint's limit, and Lambda's
+# contract.API_BODY_BYTES: the body arrives base64 in an event that must fit Lambda's 6 MiB
+MAX_PAYLOAD_BYTES = 4_669_440
 ROUTE = re.compile(
     r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<op>/ready|/infer|/config)?$"
 )

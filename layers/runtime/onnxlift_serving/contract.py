@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Final
 
 __all__ = [
+    "API_BODY_BYTES",
     "API_GATEWAY_MAX_BODY_BYTES",
     "API_GATEWAY_TIMEOUT_S",
     "BINARY_CONTENT_TYPE",
@@ -70,6 +71,11 @@ API_GATEWAY_TIMEOUT_S: Final = 29  # REST integrations stop waiting here
 SAGEMAKER_PAYLOAD_BYTES: Final = 6 * 1024 * 1024  # InvokeEndpoint
 SAGEMAKER_INVOCATION_TIMEOUT_S: Final = 60  # the container's answer
 SAGEMAKER_VARIANT: Final = "AllTraffic"
+# The body a client may send through the API: it reaches the function inside the event,
+# base64-encoded (the API takes every body as binary, binaryMediaTypes */*), and the event
+# must fit Lambda's payload with its headers and request context (64 KiB set aside).
+EVENT_RESERVE_BYTES: Final = 64 * 1024
+API_BODY_BYTES: Final = (LAMBDA_PAYLOAD_BYTES - EVENT_RESERVE_BYTES) // 4 * 3  # 4,669,440
 
 
 def threads_for_memory(memory_mb: int) -> int:

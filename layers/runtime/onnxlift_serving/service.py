@@ -35,14 +35,14 @@ from typing import Any
 from onnxlift_serving import layout, protocol
 from onnxlift_serving.aliases import DEFAULT_ALIAS, read_alias
 from onnxlift_serving.artifact import Artifact, fetch_from_registry, load_artifact
-from onnxlift_serving.contract import LAMBDA_PAYLOAD_BYTES, Env, is_canonical_version
+from onnxlift_serving.contract import API_BODY_BYTES, Env, is_canonical_version
 from onnxlift_serving.cpu import cpu_facts
 from onnxlift_serving.errors import ArtifactError, NotFound, ServiceUnavailable
 from onnxlift_serving.pipelines import Pipeline, build_pipeline
 from onnxlift_serving.session import create_session, default_threads, integer_kernel_setting
 
 # Lambda's synchronous invocation payload limit; API Gateway itself allows 10 MB.
-DEFAULT_MAX_PAYLOAD_BYTES = LAMBDA_PAYLOAD_BYTES
+DEFAULT_MAX_PAYLOAD_BYTES = API_BODY_BYTES  # what a function behind the API can be sent
 RELOAD_INTERVAL_S = 5.0
 MAX_REMEMBERED_FAILURES = 32  # per-version load errors kept (only canonical versions get here)
 log = logging.getLogger(__name__)
