@@ -10,11 +10,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from onnxlift.local.gateway import Gateway, GatewayConfig
 from onnxlift.local.processes import free_port
 from tests.conftest import ROOT
 
@@ -65,3 +67,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory, minilm_build: Any) -> Iterat
     finally:
         if process.poll() is None:
             stop_stack(process)
+
+
+@contextmanager
+def running_gateway(config: GatewayConfig) -> Iterator[str]:
+    """A local gateway on a free loopback port for the block; its URL."""
+    gateway = Gateway(config, port=0)
+    gateway.start()
+    try:
+        yield gateway.url
+    finally:
+        gateway.stop()

@@ -14,13 +14,13 @@ from onnxlift_serving.contract import allowed_methods
 
 from onnxlift.local.gateway import (
     FunctionTarget,
-    Gateway,
     GatewayConfig,
     build_event,
     resolve_route,
 )
 from onnxlift.local.lambda_runtime import make_server
 from onnxlift.local.processes import free_port
+from tests.local.conftest import running_gateway
 
 CONFIG = GatewayConfig(
     api_key="k",
@@ -138,12 +138,10 @@ def api() -> Iterator[str]:
         max_body=64,
         timeout_s=0.3,
     )
-    gateway = Gateway(config, port=0)
-    gateway.start()
     try:
-        yield gateway.url
+        with running_gateway(config) as url:
+            yield url
     finally:
-        gateway.stop()
         function.stop()
 
 

@@ -9,8 +9,9 @@ import pytest
 import requests
 from onnxlift_serving.contract import ROUTES
 
-from onnxlift.local.gateway import FunctionTarget, Gateway, GatewayConfig
+from onnxlift.local.gateway import FunctionTarget, GatewayConfig
 from onnxlift.local.processes import free_port
+from tests.local.conftest import running_gateway
 
 
 @pytest.fixture(scope="module")
@@ -21,12 +22,8 @@ def gateway() -> Iterator[str]:
         default_function="secret-model",
         timeout_s=0.5,
     )
-    gateway = Gateway(config, port=0)
-    gateway.start()
-    try:
-        yield gateway.url
-    finally:
-        gateway.stop()
+    with running_gateway(config) as url:
+        yield url
 
 
 def test_openapi_json_needs_no_key_and_names_no_model(gateway: str) -> None:

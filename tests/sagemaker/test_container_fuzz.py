@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from onnxlift_serving.contract import VERSION_PATTERN
 
-from tests.conftest import ROOT, published_copy
+from tests.conftest import ROOT
+from tests.sagemaker.conftest import wsgi_call
 from tests.serving.test_fuzz import SEED, Generator
 
 sys.path.insert(0, str(ROOT / "functions" / "sagemaker"))
@@ -26,37 +27,6 @@ import wsgi
 pytestmark = pytest.mark.slow
 REQUESTS = 2_000
 ATTRIBUTES = "HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES"
-
-
-@pytest.fixture(scope="module")
-def app(minilm_build: Any, tmp_path_factory: pytest.TempPathFactory) -> wsgi.ContainerApp:
-    artifact = published_copy(minilm_build.folder, tmp_path_factory.mktemp("opt-ml") / "model")
-    return wsgi.create_app(
-        {"SM_MODEL_DIR": str(artifact), "ORT_INTRA_OP_THREADS": "1"}, background=False
-    )
-
-
-def serve(
-    app: wsgi.ContainerApp,
-    method: str,
-    path: str,
-    body: bytes,
-    extra: dict[str, str] | None = None,
-) -> tuple[int, dict[str, str], bytes]:
-    environ = {
-        "REQUEST_METHOD": method,
-        "PATH_INFO": path,
-        "CONTENT_LENGTH": str(len(body)),
-        "wsgi.input": io.BytesIO(body),
-        **(extra or {}),
-    }
-    seen: dict[str, Any] = {}
-
-    def start_response(status: str, headers: list[tuple[str, str]]) -> None:
-        seen["status"], seen["headers"] = int(status.split()[0]), dict(headers)
-
-    payload = b"".join(app(environ, start_response))
-    return seen["status"], seen["headers"], payload
 
 
 def as_bytes(body: Any) -> bytes:
@@ -80,15 +50,15 @@ def test_the_measured_cases_on_the_container(app: wsgi.ContainerApp) -> None:
         ("TRACE", "/nowhere", b"", 404, "no route"),
     ]
     for method, path, body, status, fragment in cases:
-        got, headers, payload = serve(app, method, path, body)
+        got, headers, payload = wsgi_call(app, method, path, body)
         assert got == status and fragment in json.loads(payload)["error"], (path[:60], payload)
         if status == 405:
             assert headers["Allow"]
     for declared in ("-1", "abc", "\u00b2", "1e3"):
         extra = {"CONTENT_LENGTH": declared, "wsgi.input": io.BytesIO(b"x" * 64)}
-        status, _, payload = serve(app, "POST", "/invocations", b"{}", extra)
+        status, _, payload = wsgi_call(app, "POST", "/invocations", b"{}", environ_overrides=extra)
         assert status == 400 and "Content-Length" in json.loads(payload)["error"], declared
-    status, _, payload = serve(
+    status, _, payload = wsgi_call(
         app,
         "POST",
         "/invocations",
@@ -118,7 +88,7 @@ def test_fuzz_the_container_never_answers_a_server_error(
             method, path = rng.choice((("GET", "/ping"), ("HEAD", "/ping"), ("PUT", "/ping")))
         if b64 and isinstance(body, str):
             raw = base64.b64encode(raw)
-        status, headers, payload = serve(app, method, path, raw, extra)
+        status, headers, payload = wsgi_call(app, method, path, raw, environ_overrides=extra)
         assert status < 500 or (status == 503 and headers.get("Retry-After")), (path, payload)
         if status >= 400 and method != "HEAD":
             assert isinstance(json.loads(payload)["error"], str)

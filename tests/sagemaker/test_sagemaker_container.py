@@ -3,7 +3,6 @@ the model.tar.gz packing, the auto target rule and the proxy function's error ma
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 import tarfile
@@ -15,7 +14,8 @@ import pytest
 from onnxlift_serving import protocol
 
 from onnxlift.lockfile import read_pins
-from tests.conftest import ROOT, published_copy
+from tests.conftest import ROOT
+from tests.sagemaker.conftest import wsgi_call
 
 sys.path.insert(0, str(ROOT / "functions" / "sagemaker"))
 
@@ -30,18 +30,6 @@ BODY = {
 }
 
 
-@pytest.fixture(scope="module")
-def artifact(minilm_build: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return published_copy(minilm_build.folder, tmp_path_factory.mktemp("opt-ml") / "model")
-
-
-@pytest.fixture(scope="module")
-def app(artifact: Path) -> wsgi.ContainerApp:
-    return wsgi.create_app(
-        {"SM_MODEL_DIR": str(artifact), "ORT_INTRA_OP_THREADS": "1"}, background=False
-    )
-
-
 def call(
     app: wsgi.ContainerApp,
     method: str,
@@ -49,24 +37,11 @@ def call(
     body: bytes | str | dict | None = None,
     headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], Any]:
+    """wsgi_call with a JSON body in and the JSON answer out."""
     raw = json.dumps(body).encode() if isinstance(body, dict) else body or b""
     raw = raw.encode() if isinstance(raw, str) else raw
-    environ = {
-        "REQUEST_METHOD": method,
-        "PATH_INFO": path,
-        "CONTENT_LENGTH": str(len(raw)),
-        "wsgi.input": io.BytesIO(raw),
-    }
-    for key, value in (headers or {}).items():
-        environ["HTTP_" + key.upper().replace("-", "_")] = value
-    seen: dict[str, Any] = {}
-
-    def start_response(status: str, response_headers: list[tuple[str, str]]) -> None:
-        seen["status"] = int(status.split()[0])
-        seen["headers"] = dict(response_headers)
-
-    payload = b"".join(app(environ, start_response))
-    return seen["status"], seen["headers"], json.loads(payload) if payload else None
+    status, response_headers, payload = wsgi_call(app, method, path, raw, headers)
+    return status, response_headers, json.loads(payload) if payload else None
 
 
 def test_config_defaults_to_opt_ml_model_and_cuda(monkeypatch: pytest.MonkeyPatch) -> None:

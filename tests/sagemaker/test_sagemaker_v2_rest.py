@@ -17,7 +17,8 @@ import pytest
 from botocore.response import StreamingBody
 from botocore.stub import ANY
 
-from tests.conftest import ROOT, published_copy
+from tests.conftest import ROOT
+from tests.sagemaker.conftest import wsgi_call
 from tests.sagemaker.test_sagemaker_proxy import proxy  # noqa: F401 (fixture)
 
 sys.path.insert(0, str(ROOT / "functions" / "sagemaker"))
@@ -31,37 +32,7 @@ PLAIN = json.dumps(
 BINARY_TYPE = "application/vnd.sagemaker-triton.binary+json"
 
 
-@pytest.fixture(scope="module")
-def app(minilm_build: Any, tmp_path_factory: pytest.TempPathFactory) -> wsgi.ContainerApp:
-    folder = published_copy(minilm_build.folder, tmp_path_factory.mktemp("opt-ml") / "model")
-    return wsgi.create_app(
-        {"SM_MODEL_DIR": str(folder), "ORT_INTRA_OP_THREADS": "1"}, background=False
-    )
-
-
-def call(
-    app: wsgi.ContainerApp,
-    method: str,
-    path: str,
-    body: bytes = b"",
-    headers: dict[str, str] | None = None,
-) -> tuple[int, dict[str, str], bytes]:
-    environ = {
-        "REQUEST_METHOD": method,
-        "PATH_INFO": path,
-        "CONTENT_LENGTH": str(len(body)),
-        "wsgi.input": io.BytesIO(body),
-    }
-    for key, value in (headers or {}).items():
-        name = key.upper().replace("-", "_")
-        environ[name if name == "CONTENT_TYPE" else "HTTP_" + name] = value
-    seen: dict[str, Any] = {}
-
-    def start_response(status: str, response_headers: list[tuple[str, str]]) -> None:
-        seen["status"], seen["headers"] = int(status.split()[0]), dict(response_headers)
-
-    payload = b"".join(app(environ, start_response))
-    return seen["status"], seen["headers"], payload
+call = wsgi_call
 
 
 def triton_body(binary_output: bool) -> tuple[bytes, int]:
@@ -137,27 +108,21 @@ def test_container_binary_extension_on_both_doors(app: wsgi.ContainerApp) -> Non
     header_length = int(headers["Inference-Header-Content-Length"])
     np.testing.assert_allclose(embeddings(payload, header_length), reference, atol=1e-6)
 
-    status, headers, payload = call(
-        app,
-        "POST",
-        "/invocations",
-        body,
-        {"Content-Type": f"{BINARY_TYPE};json-header-size={length}"},
-    )
+    status, headers, payload = invocation(app, body, length)
     assert status == 200 and headers["Content-Type"].startswith(BINARY_TYPE)
     header_length = int(headers["Content-Type"].rsplit("=", 1)[1])
     np.testing.assert_allclose(embeddings(payload, header_length), reference, atol=1e-6)
 
     body, length = triton_body(binary_output=False)  # binary in, JSON out
-    status, headers, payload = call(
-        app,
-        "POST",
-        "/invocations",
-        body,
-        {"Content-Type": f"{BINARY_TYPE};json-header-size={length}"},
-    )
+    status, headers, payload = invocation(app, body, length)
     assert status == 200 and headers["Content-Type"] == "application/json"
     np.testing.assert_allclose(embeddings(payload, None), reference, atol=1e-6)
+
+
+def invocation(app: wsgi.ContainerApp, body: bytes, length: int) -> tuple[int, dict, bytes]:
+    """A binary body to /invocations, its header length in SageMaker's Triton content type."""
+    content_type = f"{BINARY_TYPE};json-header-size={length}"
+    return call(app, "POST", "/invocations", body, {"Content-Type": content_type})
 
 
 def stream(body: bytes, content_type: str) -> dict[str, Any]:
