@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import base64
 import collections
+import gzip
 import json
 import random
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -58,8 +60,10 @@ def invoke(
     body: str | bytes | None = None,
     *,
     b64: bool = False,
+    headers: dict[str, str] | None = None,
 ) -> Result:
     event = load_event("infer", path=path, httpMethod=method, resource=path)
+    event["headers"] = {**(event.get("headers") or {}), **(headers or {})}
     if isinstance(body, bytes):
         body, b64 = base64.b64encode(body).decode(), True
     event["body"], event["isBase64Encoded"] = body, b64
@@ -345,6 +349,28 @@ class Generator:
         return method, self.path(), body, False
 
 
+def coded(rng: random.Random, body: Any) -> tuple[Any, dict[str, str]]:
+    """Most requests as they are; some compressed (well or badly) or with a binary-extension
+    header length, good or not: the paths in front of the JSON decoder."""
+    if rng.random() < 0.8 or not isinstance(body, str | bytes):
+        return body, {}
+    raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+    kind = rng.choice(("gzip", "deflate", "coding", "length", "binary"))
+    if kind == "gzip":
+        return gzip.compress(raw), {"Content-Encoding": rng.choice(("gzip", "x-gzip", "GZIP"))}
+    if kind == "deflate":
+        return zlib.compress(raw), {"Content-Encoding": "deflate"}
+    if kind == "coding":
+        value = rng.choice(("br", "gzip, gzip", "ü", "x" * 300, "", "identity", "gzip;q=1"))
+        return raw, {"Content-Encoding": value}
+    if kind == "length":
+        value = rng.choice(("²", "-1", "0", "99999999", "1e3", str(len(raw)), str(len(raw) // 2)))
+        return raw, {"Inference-Header-Content-Length": value}
+    header = b'{"inputs":[{"name":"x","datatype":"FP32","shape":[2],'
+    header += b'"parameters":{"binary_data_size":%d}}]}' % rng.choice((8, 7, 0, 10**9))
+    return header + rng.randbytes(8), {"Inference-Header-Content-Length": str(len(header))}
+
+
 def requests_for(model: str, version: str, count: int) -> Iterator[tuple[str, str, Any, bool]]:
     generator = Generator(model, version, random.Random(f"{SEED}-{model}"))
     for _ in range(count):
@@ -359,8 +385,10 @@ def test_fuzz_every_route_of_every_model_never_answers_a_server_error(
     for model in MODELS:
         module, version = served[model]
         counts = histogram.setdefault(model, collections.Counter())
+        rng = random.Random(f"{SEED}-coded-{model}")
         for method, path, body, b64 in requests_for(model, version, REQUESTS_PER_MODEL):
-            result = invoke(module, method, path, body, b64=b64)
+            body, headers = coded(rng, body) if not b64 else (body, {})
+            result = invoke(module, method, path, body, b64=b64, headers=headers)
             counts[check(result, f"{method} {path[:80]} {str(body)[:120]!r}")] += 1
     elapsed = time.perf_counter() - started
     total = sum(sum(c.values()) for c in histogram.values())

@@ -134,12 +134,16 @@ def test_an_unset_alias_says_so_without_a_path(tmp_path: Path) -> None:
     assert "no manifest" in (service.load_problem or "")
 
 
-def test_metadata_is_unchanged_for_a_good_version(monkeypatch: pytest.MonkeyPatch) -> None:
-    service: Any = make()
+def test_readiness_is_per_version() -> None:
+    service: Any = make(broken={"2"}, missing={"4"})
     assert service.model_ready("m") and service.model_ready("m", "1")
-    assert not service.model_ready("m", "3") or "3" in service._loaded
+    assert service.model_ready("m", "3") and "3" in service._loaded  # loaded on first ask
+    assert not service.model_ready("m", "2")  # broken: not ready, the others unaffected
+    assert service.model_ready("m", "1") and service.model_ready("m", "3")
     with pytest.raises(NotFound):
-        service.model_ready("m", "x")
+        service.model_ready("m", "4")  # not published
+    with pytest.raises(NotFound):
+        service.model_ready("m", "x")  # not a version at all
 
 
 def test_through_the_handler_other_versions_never_evict_the_default(
