@@ -64,7 +64,7 @@ log = logging.getLogger("onnxlift.sagemaker")
 DEFAULT_MODEL_DIR = "/opt/ml/model"
 DEFAULT_PROVIDERS = "CUDAExecutionProvider"
 CUSTOM_ATTRIBUTES = "HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES"
-ROUTES = tuple(Op)  # what the onnxlift-route custom attribute may name
+ROUTE_ATTRIBUTES = tuple(Op)  # what the onnxlift-route custom attribute may name
 _CONTAINER_ROUTES = {"/ping": ("GET", "HEAD"), "/invocations": ("POST",)}
 StartResponse = Callable[..., Any]
 
@@ -195,8 +195,8 @@ class ContainerApp:
     def invocations(self, environ: Mapping[str, Any], body: bytes) -> tuple[int, dict[str, Any]]:
         attributes = parse_custom_attributes(environ.get(CUSTOM_ATTRIBUTES))
         route = attributes.get("onnxlift-route", Op.INFER)
-        if route not in ROUTES:
-            raise BadRequest(f"onnxlift-route '{route}' is not one of {', '.join(ROUTES)}")
+        if route not in ROUTE_ATTRIBUTES:
+            raise BadRequest(f"onnxlift-route '{route}' is not one of {', '.join(ROUTE_ATTRIBUTES)}")
         name = attributes.get("onnxlift-model", self.config.name)
         return self._operation(route, name, attributes.get("onnxlift-version"), body, environ)
 

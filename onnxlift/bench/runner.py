@@ -41,7 +41,7 @@ METHOD = [
     "pipeline's run (tokenizer + session.run); V2 = ModelService.infer + json.dumps; handler = "
     "the real Lambda handler (powertools resolver, logger, tracer disabled, metrics flushed to "
     "stdout, here /dev/null) on the API Gateway proxy event the local gateway builds; HTTP = one "
-    "keep-alive connection through the local gateway to the local Lambda runtime.",
+    "keep-alive connection through the local gateway to a sandbox of the local Lambda service.",
     "Parity: min and mean cosine against sentence-transformers on PyTorch over the model's "
     "parity set (65 texts, one word to past 256 tokens), computed in this run (full mode) or "
     "taken from the build manifest (quick mode).",
