@@ -196,7 +196,9 @@ class ContainerApp:
         attributes = parse_custom_attributes(environ.get(CUSTOM_ATTRIBUTES))
         route = attributes.get("onnxlift-route", Op.INFER)
         if route not in ROUTE_ATTRIBUTES:
-            raise BadRequest(f"onnxlift-route '{route}' is not one of {', '.join(ROUTE_ATTRIBUTES)}")
+            raise BadRequest(
+                f"onnxlift-route '{route}' is not one of {', '.join(ROUTE_ATTRIBUTES)}"
+            )
         name = attributes.get("onnxlift-model", self.config.name)
         return self._operation(route, name, attributes.get("onnxlift-version"), body, environ)
 

@@ -18,7 +18,7 @@ TIERS = {
     "prep_run": "pre-processing + run",  # tokenizer + session.run: the pipeline's `run`
     "v2": "V2 decode/validate/run/encode (no powertools)",  # ModelService.infer + json.dumps
     "handler": "Lambda handler (API Gateway event)",  # the real one: powertools, metrics
-    "http": "HTTP via local gateway",  # through the local gateway to a sandbox of the local Lambda service
+    "http": "HTTP via local gateway",  # the gateway, then a sandbox of the local Lambda service
 }
 
 
