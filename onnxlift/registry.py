@@ -22,6 +22,7 @@ from botocore.exceptions import ClientError
 from onnxlift_serving import layout
 from onnxlift_serving.aliases import read_alias
 from onnxlift_serving.artifact import fetch_from_registry
+from onnxlift_serving.contract import is_canonical_version, is_model_name
 
 from onnxlift.errors import RegistryError, VersionExistsError
 
@@ -90,9 +91,11 @@ class Registry:
         names = [
             p.rstrip("/").rsplit("/", 1)[-1] for p in self._prefixes(layout.model_prefix(name))
         ]
-        return sorted((v for v in names if v.isdigit()), key=int)
+        return sorted((v for v in names if is_canonical_version(v)), key=int)
 
     def manifest(self, name: str, version: str) -> dict[str, Any]:
+        if not is_model_name(name) or not is_canonical_version(version):  # never a key of them
+            raise RegistryError(f"{name[:64]} version {version[:16]} is not a published version")
         key = layout.object_key(name, version, layout.MANIFEST_FILE)
         try:
             body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
@@ -148,9 +151,13 @@ class Registry:
         manifest = json.loads((folder / layout.MANIFEST_FILE).read_text())
         if manifest.get("name") != name:
             raise RegistryError(f"{folder} holds model '{manifest.get('name')}', not '{name}'")
+        if not is_model_name(name):
+            raise RegistryError(f"'{name[:64]}' is not a model name (letters, digits, '-', '_')")
         if version is not None:
-            if not version.isdigit():
-                raise RegistryError(f"version must be a positive integer, got '{version}'")
+            if not is_canonical_version(version):  # '01' would be a second version 1, '²' none
+                raise RegistryError(
+                    f"version must be a whole number without leading zeros, got '{version[:16]}'"
+                )
             self._publish_as(folder, manifest, name, version)
             return version
         for _ in range(AUTO_VERSION_ATTEMPTS):
@@ -234,8 +241,8 @@ class Registry:
 
     def _update_alias(self, name: str, alias: str, change: Any, action: str) -> dict[str, Any]:
         """Read-modify-write with S3 conditional writes, so concurrent changes never get lost."""
-        if not alias.replace("-", "").replace("_", "").isalnum():
-            raise RegistryError(f"alias must be letters, digits, '-' or '_', got '{alias}'")
+        if not is_model_name(alias) or not is_model_name(name):  # ASCII: '²' is alnum too
+            raise RegistryError(f"alias must be letters, digits, '-' or '_', got '{alias[:64]}'")
         for _ in range(AUTO_VERSION_ATTEMPTS):
             current, etag = read_alias(self.s3, self.bucket, name, alias)
             if current is None and action == "rollback":

@@ -282,7 +282,7 @@ def _measure_parity(
     figures: dict[str, dict[str, Any]] = {}
     for label, path in candidates.items():
         draft = work / f"draft-{label}"
-        _write_artifact(draft, path, source.assets, dict(manifest, version="draft"))
+        _write_artifact(draft, path, source.assets, dict(manifest, version=""))  # none yet
         served = serve_batched(
             draft, source.parity_inputs, threads=threads, batch=min(16, spec.serving.max_batch)
         )

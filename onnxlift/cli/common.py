@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from onnxlift_serving.errors import ArtifactError
 from rich.console import Console
 from rich.markup import escape
 
@@ -107,8 +108,9 @@ class OnnxliftGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except OnnxliftError as exc:
-            # One line however wide the terminal: scripts and people grep it.
+        except (OnnxliftError, ArtifactError) as exc:
+            # One line however wide the terminal: scripts and people grep it. ArtifactError is
+            # the serving runtime's refusal of a tampered or malformed version (pull).
             console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", soft_wrap=True)
             ctx.exit(2)
 

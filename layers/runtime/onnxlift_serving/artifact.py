@@ -2,17 +2,43 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import os
+import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from onnxlift_serving import layout
+from onnxlift_serving.contract import is_asset_key, is_canonical_version, is_model_name
 from onnxlift_serving.errors import ArtifactError
 from onnxlift_serving.protocol import TensorSpec
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def check_manifest(manifest: Any, *, name: str | None = None, version: str | None = None) -> None:
+    """The manifest's identity and every file it names, checked before any of them becomes a
+    path or a download: a model name, a canonical version (when it has one; a build has
+    none yet), asset keys that stay under assets/, and a sha256 for each file."""
+    if not isinstance(manifest, dict):
+        raise ArtifactError("the manifest is not a JSON object")
+    if not is_model_name(manifest.get("name")) or (name is not None and manifest["name"] != name):
+        raise ArtifactError(f"the manifest names model {str(manifest.get('name'))[:64]!r}")
+    found = str(manifest.get("version") or "")
+    if (found and not is_canonical_version(found)) or (version is not None and found != version):
+        raise ArtifactError(f"the manifest names version {found[:16]!r}")
+    assets = manifest.get("assets", {})
+    if not isinstance(assets, dict):
+        raise ArtifactError("the manifest's assets are not an object of file -> sha256")
+    for key, digest in [(layout.MODEL_FILE, manifest.get("sha256")), *assets.items()]:
+        if not is_asset_key(key):
+            raise ArtifactError(f"the manifest names an asset {str(key)[:64]!r} outside assets/")
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise ArtifactError(f"the manifest's sha256 of {key} is not a sha256")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -66,6 +92,7 @@ def load_artifact(folder: Path) -> Artifact:
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"manifest {manifest_path} is not JSON: {exc}") from None
 
+    check_manifest(manifest)
     artifact = Artifact(folder=folder, manifest=manifest)
     model_path = artifact.model_path
     if not model_path.is_file():
@@ -87,8 +114,13 @@ def fetch_from_registry(
 ) -> Path:
     """Download one published version into `cache_dir` (Lambda: under /tmp) and return the folder.
 
-    A folder that already holds a verified copy is reused, so a warm sandbox never downloads twice.
+    The name, version and every key the manifest names are checked before anything is written;
+    the files go to a fresh folder beside the target and are verified there (sha256 of every
+    file) before it is renamed into place, so a refused download leaves nothing behind. A
+    folder that already holds a verified copy is reused: a warm sandbox never downloads twice.
     """
+    if not is_model_name(name) or not is_canonical_version(version):
+        raise ArtifactError(f"no such model version: {name[:64]!r} {version[:16]!r}")
     target = cache_dir / name / version
     if (target / layout.MANIFEST_FILE).is_file():
         try:
@@ -102,19 +134,24 @@ def fetch_from_registry(
         s3_client = boto3.client("s3")
     prefix = layout.version_prefix(name, version)
     manifest_obj = s3_client.get_object(Bucket=bucket, Key=prefix + layout.MANIFEST_FILE)
-    manifest = json.loads(manifest_obj["Body"].read())
-    files = [layout.MODEL_FILE] + [f"{layout.ASSETS_DIR}/{a}" for a in manifest.get("assets", {})]
-    staging = target.with_name(f".{version}.partial-{os.getpid()}")
-    staging.mkdir(parents=True, exist_ok=True)
-    for relative in files:
-        destination = staging / relative
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        s3_client.download_file(bucket, prefix + relative, str(destination))
-    (staging / layout.MANIFEST_FILE).write_text(json.dumps(manifest))
-    shutil.rmtree(target, ignore_errors=True)  # a corrupt earlier copy, if any
     try:
-        staging.rename(target)
-    except OSError:  # a concurrent download won the race; its copy is as good as ours
+        manifest = json.loads(manifest_obj["Body"].read())
+    except ValueError:
+        raise ArtifactError(f"the manifest of {name} version {version} is not JSON") from None
+    check_manifest(manifest, name=name, version=version)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=target.parent))
+    try:
+        files = [layout.MODEL_FILE, *(f"{layout.ASSETS_DIR}/{a}" for a in manifest["assets"])]
+        for relative in files:
+            destination = staging / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            s3_client.download_file(bucket, prefix + relative, str(destination))
+        (staging / layout.MANIFEST_FILE).write_text(json.dumps(manifest))
+        load_artifact(staging)  # every sha256, before it takes the target's place
+        shutil.rmtree(target, ignore_errors=True)  # a corrupt earlier copy, if any
+        with contextlib.suppress(OSError):  # a concurrent download won: its copy is as good
+            staging.rename(target)
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-    load_artifact(target)
     return target

@@ -17,6 +17,7 @@ __all__ = [
     "API_BODY_BYTES",
     "API_GATEWAY_MAX_BODY_BYTES",
     "API_GATEWAY_TIMEOUT_S",
+    "ASSET_MAX_DEPTH",
     "BINARY_CONTENT_TYPE",
     "EXTENSIONS",
     "HEALTH_PATHS",
@@ -28,6 +29,7 @@ __all__ = [
     "LAMBDA_PAYLOAD_BYTES",
     "LAMBDA_TIMEOUT_S",
     "MODELS_PREFIX",
+    "MODEL_NAME_PATTERN",
     "OPENAPI_PATH",
     "POWERTOOLS_NAMESPACE",
     "RETRY_AFTER",
@@ -49,7 +51,9 @@ __all__ = [
     "error_body",
     "function_name",
     "infer_path",
+    "is_asset_key",
     "is_canonical_version",
+    "is_model_name",
     "match_route",
     "no_route_message",
     "not_allowed_message",
@@ -190,6 +194,28 @@ def parse_count(text: str) -> int | None:
 def retry_after(seconds: int = UNAVAILABLE_RETRY_AFTER_S) -> dict[str, str]:
     """The header every 503 (and 429) carries."""
     return {RETRY_AFTER: str(seconds)}
+
+
+# -- names ------------------------------------------------------------------------------------
+# What a model name and an asset key may be, wherever they come from (a spec, the command line,
+# a URL, a manifest in the bucket): checked before either becomes part of a path or a key.
+MODEL_NAME_PATTERN: Final = r"[A-Za-z][A-Za-z0-9_-]{0,63}"
+_MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
+# one path segment of an asset: no leading '.', so never '.', '..' or a hidden file
+_ASSET_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+ASSET_MAX_DEPTH: Final = 4
+
+
+def is_model_name(name: object) -> bool:
+    return isinstance(name, str) and _MODEL_NAME.fullmatch(name) is not None
+
+
+def is_asset_key(key: object) -> bool:
+    """A relative path under assets/: ASCII segments, no '..', no absolute path, no '\\'."""
+    if not isinstance(key, str):
+        return False
+    parts = key.split("/")
+    return len(parts) <= ASSET_MAX_DEPTH and all(_ASSET_SEGMENT.fullmatch(p) for p in parts)
 
 
 # -- versions ---------------------------------------------------------------------------------
