@@ -56,9 +56,20 @@ class VersionInfo:
 
 
 class Registry:
-    def __init__(self, bucket: str, client: Any = None) -> None:
+    def __init__(self, bucket: str, client: Any = None, *, mirror: Path | None = None) -> None:
+        """`mirror`: a folder that gets every object as soon as it is written (the local stack's
+        `.onnxlift/registry/<bucket>/`: moto keeps the bucket in memory only, so a version the
+        CLI called published must be on disk before it says so, whatever kills the stack)."""
         self.bucket = bucket
         self.s3 = client or s3_client()
+        self.mirror = mirror
+
+    def _keep(self) -> None:
+        """Write-through to the mirror, if any: new versions and changed aliases."""
+        if self.mirror is not None:
+            from onnxlift.local import snapshot
+
+            snapshot.save(self.s3, self.bucket, self.mirror)
 
     # -- bucket -----------------------------------------------------------------------
     def ensure_bucket(self) -> None:
@@ -193,6 +204,7 @@ class Registry:
             layout.object_key(name, version, layout.MANIFEST_FILE),
             body=json.dumps(final, indent=2).encode(),
         )
+        self._keep()
 
     def _put_archive(self, folder: Path, manifest: dict[str, Any], name: str, version: str) -> None:
         import shutil
@@ -271,6 +283,7 @@ class Registry:
                     ContentType="application/json",
                     **condition,
                 )
+                self._keep()
                 return doc
             except ClientError as exc:
                 if _error_code(exc) not in ("PreconditionFailed", "ConditionalRequestConflict"):

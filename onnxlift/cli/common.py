@@ -61,7 +61,9 @@ def open_registry(bucket: str | None) -> Any:
         aws_access_key_id=LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
     )
-    return Registry(local["registry_bucket"], client)
+    bucket = local["registry_bucket"]
+    mirror = paths.state_dir(project_root()) / "registry" / bucket  # as `up` restores it
+    return Registry(bucket, client, mirror=mirror)
 
 
 def target_text(row: dict[str, Any]) -> str:

@@ -1,8 +1,9 @@
 """Keep the local registry across restarts: moto keeps state in memory only.
 
-On the way down the stack copies the bucket to `.onnxlift/registry/<bucket>/`; on the way up
-it puts it back. Versions are immutable, so a file already on disk is never fetched again;
-alias files can change and are always refreshed.
+Every publish and alias change through the local stack's registry is copied to
+`.onnxlift/registry/<bucket>/` as it happens (Registry's mirror), and the stack copies the
+bucket again on the way down; on the way up it puts it back. Versions are immutable, so a
+file already on disk is never fetched again; alias files can change and are always refreshed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ def save(s3: Any, bucket: str, folder: Path) -> int:
         for item in page.get("Contents", []):
             key = item["Key"]
             target = folder / key
+            if ".." in key.split("/") or key.startswith("/"):  # a key is never a way out
+                continue
             mutable = "/aliases/" in key
             if target.is_file() and target.stat().st_size == item["Size"] and not mutable:
                 continue

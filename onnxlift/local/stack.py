@@ -156,7 +156,7 @@ class LocalStack:
             aws_access_key_id=aws["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=aws["AWS_SECRET_ACCESS_KEY"],
         )
-        self.registry = Registry(LOCAL_BUCKET, s3)
+        self.registry = Registry(LOCAL_BUCKET, s3, mirror=self.state / "registry" / LOCAL_BUCKET)
         self.registry.ensure_bucket()
         restored = snapshot.restore(s3, LOCAL_BUCKET, self.state / "registry" / LOCAL_BUCKET)
         if restored:

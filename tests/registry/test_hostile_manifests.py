@@ -114,3 +114,37 @@ def test_pull_of_a_tampered_version_is_one_line_and_exit_2(
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and "does not match" in result.output
     assert not (tmp_path / ".onnxlift" / "artifacts" / "tiny" / "1").exists()
+
+
+def test_a_version_is_on_disk_as_soon_as_it_is_published(
+    registry: Any, s3: Any, tmp_path: Path
+) -> None:
+    """The local stack's registry writes through to its mirror: when publish returns, the
+    version survives whatever then kills moto (restore puts it back in a fresh bucket)."""
+    from onnxlift.local import snapshot
+    from onnxlift.registry import Registry
+
+    mirror = tmp_path / "registry" / registry.bucket
+    local = Registry(registry.bucket, s3, mirror=mirror)
+    version = local.publish(make_artifact(tmp_path / "a"), name="tiny")
+    local.promote("tiny", version, "prod")
+    assert (mirror / "models/tiny/1/manifest.json").is_file()
+    assert json.loads((mirror / "models/tiny/aliases/prod.json").read_text())["version"] == "1"
+
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=registry.bucket):
+        for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
+            s3.delete_object(Bucket=registry.bucket, Key=item["Key"], VersionId=item["VersionId"])
+    assert registry.versions("tiny") == []  # moto's memory is gone, as after SIGKILL
+    assert snapshot.restore(s3, registry.bucket, mirror) >= 3
+    assert registry.versions("tiny") == ["1"] and registry.alias("tiny", "prod")["version"] == "1"
+    assert registry.download("tiny", "1", tmp_path / "cache").is_dir()  # and it verifies
+
+
+def test_the_mirror_never_follows_a_key_out_of_its_folder(
+    registry: Any, s3: Any, tmp_path: Path
+) -> None:
+    from onnxlift.local import snapshot
+
+    s3.put_object(Bucket=registry.bucket, Key="models/../../escaped", Body=b"x")
+    snapshot.save(s3, registry.bucket, tmp_path / "mirror" / "bucket")
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "mirror" / "escaped").exists()
