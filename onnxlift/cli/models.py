@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import click
+from onnxlift_serving.contract import is_model_name
 from rich.table import Table
 
 from onnxlift import paths
@@ -74,6 +76,47 @@ def build(names: tuple[str, ...], all_models: bool, force: bool) -> None:
     console.print(table)
 
 
+def _add_staged(
+    folder: Path, path: Path, model: Any, samples: Path | None, spec: dict[str, Any]
+) -> Any:
+    """Build the new model in a hidden folder beside models/NAME and move it there only once
+    every check has passed: a failed or killed add leaves no model folder that `up` would
+    pick up (discover_specs reads models/*/model.toml), and no build of it either."""
+    import shutil
+    import tempfile
+
+    import tomli_w
+
+    from onnxlift.builder.build import build_model
+    from onnxlift.sources.onnx_file import external_data_files
+    from onnxlift.spec import load_spec
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".adding-{folder.name}-", dir=folder.parent))
+    draft = staging / folder.name  # the spec's name must match its folder's
+    build_dir = paths.cache_dir(project_root()) / "build" / folder.name
+    try:
+        draft.mkdir()
+        shutil.copyfile(path, draft / "model.onnx")
+        for location in external_data_files(model):
+            (draft / location).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path.parent / location, draft / location)
+        if samples is not None:
+            shutil.copyfile(samples, draft / "samples.npz")
+        header = f"# Added with `onnxlift add` from {json.dumps(path.name)}.\n"
+        (draft / "model.toml").write_text(header + tomli_w.dumps(spec))
+        result = build_model(
+            load_spec(draft), root=project_root(), report=lambda m: console.print(f"  {m}")
+        )
+        draft.rename(folder)
+    except BaseException:
+        shutil.rmtree(build_dir, ignore_errors=True)  # nothing of a failed add stays
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return result
+
+
 @click.command()
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--name", required=True, help="Model name (a new folder models/NAME).")
@@ -113,12 +156,13 @@ def add(
     bucket: str | None,
 ) -> None:
     """Bring an ONNX file you already have: check it, optionally quantize it, publish it."""
-    import shutil
+    from onnxlift.sources.onnx_file import check_onnx_file
 
-    from onnxlift.builder.build import build_model
-    from onnxlift.sources.onnx_file import check_onnx_file, external_data_files
-    from onnxlift.spec import load_spec
-
+    if not is_model_name(name):  # before any folder is made of it
+        raise OnnxliftError(
+            f"--name {name[:64]!r} is not a model name: a letter, then letters, digits, "
+            "'-' or '_' (at most 64)"
+        )
     model = check_onnx_file(path)  # before anything is written
     folder = paths.models_dir(project_root()) / name
     if folder.exists():
@@ -126,27 +170,15 @@ def add(
     threshold = (
         max_abs_error if max_abs_error is not None else (1e-5 if quantize == "none" else 0.05)
     )
-    try:
-        folder.mkdir(parents=True)
-        shutil.copyfile(path, folder / "model.onnx")
-        for location in external_data_files(model):
-            (folder / location).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path.parent / location, folder / location)
-        if samples is not None:
-            shutil.copyfile(samples, folder / "samples.npz")
-        (folder / "model.toml").write_text(
-            f"# Added with `onnxlift add {path.name} --name {name}`.\n"
-            f'name = "{name}"\ntask = "tensor"\n\n[source]\nframework = "onnx"\n'
-            f'file = "model.onnx"\n\n[quantization]\nmode = "{quantize}"\n\n'
-            f'[parity]\nmetric = "max_abs_error"\nthreshold = {threshold}\n\n'
-            f'[serving]\ntarget = "lambda"\nmemory_mb = {memory_mb}\n'
-        )
-        result = build_model(
-            load_spec(folder), root=project_root(), report=lambda m: console.print(f"  {m}")
-        )
-    except Exception:
-        shutil.rmtree(folder, ignore_errors=True)  # a failed add leaves nothing behind
-        raise
+    spec = {
+        "name": name,
+        "task": "tensor",
+        "source": {"framework": "onnx", "file": "model.onnx"},
+        "quantization": {"mode": quantize},
+        "parity": {"metric": "max_abs_error", "threshold": threshold},
+        "serving": {"target": "lambda", "memory_mb": memory_mb},
+    }
+    result = _add_staged(folder, path, model, samples, spec)
     figure = result.manifest["parity"]
     console.print(f"{name}: max abs error {figure['value']:.2e} (gate {threshold}) -> {folder}")
     if publish:

@@ -262,3 +262,42 @@ def test_add_with_a_failed_gate_prints_one_line_and_exits_2(project: Path, tmp_p
     assert "> threshold 1e-09; worst input #" in line and "x[16]=[" in line and "try: " in line
     assert "([quantization] exclude_nodes" in line  # square brackets survive the console
     assert "Traceback" not in result.output
+    leftovers = [p.name for p in (project / "models").iterdir()]
+    assert "scorer" not in leftovers and not [n for n in leftovers if n.startswith(".adding")]
+    assert not (project / ".onnxlift" / "build" / "scorer").exists()  # no build of it either
+
+
+HOSTILE_NAMES = ["../../../onnxlift-hostile", "/tmp/onnxlift-hostile", "a/b", "x\ny", "ünï", "1abc"]
+
+
+@pytest.mark.parametrize("name", [*HOSTILE_NAMES, "a" * 65])
+def test_add_refuses_a_name_before_making_any_folder(
+    project: Path, tmp_path: Path, name: str
+) -> None:
+    from onnxlift.cli import cli
+
+    before = sorted(p.name for p in (project / "models").iterdir())
+    outside = tmp_path / "x.onnx"
+    outside.write_bytes(b"never read")
+    result = CliRunner().invoke(cli, ["add", str(outside), "--name", name, "--no-publish"])
+    assert result.exit_code == 2 and "is not a model name" in result.output, result.output
+    assert sorted(p.name for p in (project / "models").iterdir()) == before
+    models = project / "models"
+    assert not (models / "../../../onnxlift-hostile").resolve().exists()
+    assert not Path("/tmp/onnxlift-hostile").exists()
+
+
+def test_add_writes_a_hostile_file_name_into_model_toml_as_data(
+    project: Path, tmp_path: Path
+) -> None:
+    import tomllib
+
+    from onnxlift.cli import cli
+
+    weird = tmp_path / 'a"\nname = "pwned'
+    weird.mkdir()
+    outside = export_scorer(weird / 'x\n[serving]\ntarget = "sagemaker".onnx')
+    result = CliRunner().invoke(cli, ["add", str(outside), "--name", "safe", "--no-publish"])
+    assert result.exit_code == 0, result.output
+    spec = tomllib.loads((project / "models" / "safe" / "model.toml").read_text())
+    assert spec["name"] == "safe" and spec["serving"]["target"] == "lambda"
