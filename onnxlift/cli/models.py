@@ -76,6 +76,12 @@ def build(names: tuple[str, ...], all_models: bool, force: bool) -> None:
     console.print(table)
 
 
+def refusal(path: Path, exc: BaseException) -> str:
+    """One line for a file the checks refused: what raised, and its first line."""
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    return f"{path.name} refused: {type(exc).__name__}: {first} (nothing was added)"
+
+
 def _add_staged(
     folder: Path, path: Path, model: Any, samples: Path | None, spec: dict[str, Any]
 ) -> Any:
@@ -163,7 +169,12 @@ def add(
             f"--name {name[:64]!r} is not a model name: a letter, then letters, digits, "
             "'-' or '_' (at most 64)"
         )
-    model = check_onnx_file(path)  # before anything is written
+    try:
+        model = check_onnx_file(path)  # before anything is written
+    except OnnxliftError:
+        raise
+    except Exception as exc:  # onnx's and onnxruntime's own refusals of the file
+        raise OnnxliftError(refusal(path, exc)) from None
     folder = paths.models_dir(project_root()) / name
     if folder.exists():
         raise OnnxliftError(f"{folder} exists: pick another --name (nothing was changed)")
@@ -178,7 +189,12 @@ def add(
         "parity": {"metric": "max_abs_error", "threshold": threshold},
         "serving": {"target": "lambda", "memory_mb": memory_mb},
     }
-    result = _add_staged(folder, path, model, samples, spec)
+    try:
+        result = _add_staged(folder, path, model, samples, spec)
+    except OnnxliftError:
+        raise
+    except Exception as exc:  # the build's checks and reference run refused the file or samples
+        raise OnnxliftError(refusal(path, exc)) from None
     figure = result.manifest["parity"]
     console.print(f"{name}: max abs error {figure['value']:.2e} (gate {threshold}) -> {folder}")
     if publish:

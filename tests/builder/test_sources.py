@@ -301,3 +301,28 @@ def test_add_writes_a_hostile_file_name_into_model_toml_as_data(
     assert result.exit_code == 0, result.output
     spec = tomllib.loads((project / "models" / "safe" / "model.toml").read_text())
     assert spec["name"] == "safe" and spec["serving"]["target"] == "lambda"
+
+
+def test_add_refuses_an_op_of_an_unknown_domain_in_one_line(project: Path, tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from onnxlift.cli import cli
+
+    graph = helper.make_graph(
+        [helper.make_node("Mystery", ["x"], ["y"], domain="com.nobody")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.nobody", 1)]
+    )
+    model.ir_version = 8
+    path = tmp_path / "mystery.onnx"
+    onnx.save(model, path)
+    result = CliRunner().invoke(cli, ["add", str(path), "--name", "mystery", "--no-publish"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and "mystery.onnx refused" in result.output
+    assert not (project / "models" / "mystery").exists()
+    assert not (project / ".onnxlift" / "build" / "mystery").exists()
