@@ -148,3 +148,13 @@ def test_the_mirror_never_follows_a_key_out_of_its_folder(
     s3.put_object(Bucket=registry.bucket, Key="models/../../escaped", Body=b"x")
     snapshot.save(s3, registry.bucket, tmp_path / "mirror" / "bucket")
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "mirror" / "escaped").exists()
+
+
+def test_a_manifest_without_assets_downloads_the_model_alone(
+    registry: Any, s3: Any, tmp_path: Path
+) -> None:
+    manifest = published_manifest(registry, s3, tmp_path)
+    manifest.pop("assets")
+    rewrite(registry, s3, manifest)
+    folder = registry.download("tiny", "1", tmp_path / "cache")
+    assert (folder / "model.onnx").is_file() and not (folder / "assets").exists()

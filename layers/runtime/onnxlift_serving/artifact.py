@@ -142,7 +142,8 @@ def fetch_from_registry(
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=target.parent))
     try:
-        files = [layout.MODEL_FILE, *(f"{layout.ASSETS_DIR}/{a}" for a in manifest["assets"])]
+        assets = manifest.get("assets", {})
+        files = [layout.MODEL_FILE, *(f"{layout.ASSETS_DIR}/{a}" for a in assets)]
         for relative in files:
             destination = staging / relative
             destination.parent.mkdir(parents=True, exist_ok=True)
