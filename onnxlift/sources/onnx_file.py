@@ -23,6 +23,10 @@ from onnxlift.sources import ModelSource
 MIN_OPSET, MAX_OPSET = 7, onnx.defs.onnx_opset_version()
 PICKLE_PROTOCOLS = {2, 3, 4, 5}
 SAMPLE_BATCH, SAMPLE_DIM, SAMPLE_COUNT = 4, 8, 16
+# What the parity inputs may cost before anything is read or generated: a samples.npz's
+# members as they unpack (a zip bomb says so in its directory) and a generated input.
+SAMPLES_MAX_BYTES = 256 * 1024 * 1024
+GENERATED_MAX_ELEMENTS = 16 * 1024 * 1024
 
 
 def is_pickle(path: Path) -> bool:
@@ -91,6 +95,11 @@ def sample_inputs(
     samples = {}
     for spec in inputs:
         shape = [SAMPLE_COUNT] + [d if d > 0 else SAMPLE_DIM for d in spec.shape[1:]]
+        if np.prod(shape, dtype=np.float64) > GENERATED_MAX_ELEMENTS:
+            raise BuildError(
+                f"input '{spec.name}' declares {list(spec.shape)}: {SAMPLE_COUNT} samples of it "
+                f"are over {GENERATED_MAX_ELEMENTS:,} elements; give --samples"
+            )
         dtype = onnx.helper.tensor_dtype_to_np_dtype(types[spec.name])
         if dtype.kind == "f":
             samples[spec.name] = rng.standard_normal(shape).astype(dtype)
@@ -103,14 +112,45 @@ def sample_inputs(
     return samples
 
 
+def read_samples(path: Path, inputs: list[TensorSpec]) -> dict[str, np.ndarray]:
+    """The user's parity inputs: an .npz without pickles, its unpacked size bounded before any
+    member is read, one array per model input with the input's rank and fixed dimensions."""
+    if not zipfile.is_zipfile(path):
+        raise BuildError("--samples must be an .npz file (numpy.savez)")
+    with zipfile.ZipFile(path) as archive:
+        unpacked = sum(info.file_size for info in archive.infolist())
+    if unpacked > SAMPLES_MAX_BYTES:
+        raise BuildError(
+            f"--samples unpacks to {unpacked:,} bytes; the limit is {SAMPLES_MAX_BYTES:,}"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:  # pickled objects, a broken member
+        raise BuildError(f"--samples cannot be read without pickle: {exc}") from None
+    expected = {spec.name: spec for spec in inputs}
+    if set(arrays) != set(expected):
+        raise BuildError(
+            f"--samples holds {sorted(arrays)}; the model's inputs are {sorted(expected)}"
+        )
+    for name, array in arrays.items():
+        shape = expected[name].shape
+        same_rank = array.ndim == len(shape)
+        if not same_rank or any(d not in (-1, a) for a, d in zip(array.shape, shape, strict=True)):
+            raise BuildError(
+                f"--samples '{name}' has shape {list(array.shape)}; the input is {list(shape)} "
+                "(-1 is any size)"
+            )
+    return arrays
+
+
 def onnx_file_source(spec: Any) -> ModelSource:
     path = spec.folder / spec.raw.get("source", {}).get("file", "model.onnx")
     model = check_onnx_file(path)
     inputs, outputs = signature(model.graph.input), signature(model.graph.output)
     samples_file = spec.folder / "samples.npz"
     if samples_file.is_file():
-        with np.load(samples_file, allow_pickle=False) as data:
-            parity_inputs = {k: data[k] for k in data.files}
+        parity_inputs = read_samples(samples_file, inputs)
     else:
         parity_inputs = sample_inputs(inputs, model)
     from onnxlift_serving.session import create_session
