@@ -54,7 +54,8 @@ def stage_artifact(build: Path, model: Path, dest: Path) -> Path:
     dest.mkdir(parents=True)
     (dest / layout.MODEL_FILE).symlink_to(model.resolve())
     shutil.copytree(build / layout.ASSETS_DIR, dest / layout.ASSETS_DIR)
-    manifest |= {"version": "bench", "sha256": sha256_file(model), "bytes": model.stat().st_size}
+    # version 1: a staged copy is served as a baked-in version, and versions are whole numbers
+    manifest |= {"version": "1", "sha256": sha256_file(model), "bytes": model.stat().st_size}
     (dest / layout.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
     return dest
 
