@@ -340,8 +340,8 @@ class ModelService:
     def infer_doc(
         self, doc: dict[str, Any], name: str, version: str | None = None
     ) -> dict[str, Any]:
-        """Inference on a parsed V2 request (binary.py turns binary bodies into one)."""
-        self.check_route(name)
+        """Inference on a parsed V2 request (binary.py turns binary bodies into one); resolve
+        answers 404 for another model's name."""
         loaded = self.resolve(name, version)
         pipeline = loaded.pipeline
         request = protocol.decode_infer_request(doc, pipeline.inputs, pipeline.outputs)
