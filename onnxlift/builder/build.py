@@ -20,15 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 from onnxlift_serving import layout
 from onnxlift_serving.artifact import load_artifact, sha256_file
+from onnxlift_serving.contract import is_asset_key
 from onnxlift_serving.cpu import cpu_facts
 from onnxlift_serving.pipelines import build_pipeline, load_tokenizer
 from onnxlift_serving.session import create_session, integer_kernel_setting
 
 from onnxlift import __version__, paths
 from onnxlift.builder import parity
-from onnxlift.builder.check import check_model, opset_of
+from onnxlift.builder.check import check_model, external_data_files, opset_of
 from onnxlift.builder.gate import check_parity_gate
 from onnxlift.builder.integer_audit import audit_integer_kernels
 from onnxlift.builder.optimize import optimize_transformer
@@ -88,15 +90,53 @@ def graph_names(spec: ModelSpec, source: ModelSource) -> tuple[list[str], list[s
     return [i.name for i in source.inputs], outputs
 
 
+EXTERNAL_DATA_ASSETS = "external"  # assets/external/<location>: a model's external data
+
+
+def external_data_bytes(model: Path) -> int:
+    """The bytes of the files a model's initializers keep outside the .onnx file."""
+    proto = onnx.load(str(model), load_external_data=False)
+    return sum((model.parent / name).stat().st_size for name in external_data_files(proto))
+
+
+def _copy_model(model: Path, folder: Path) -> dict[str, Path]:
+    """model.onnx into `folder`; its external data (if any) as assets, the graph pointing there.
+
+    A version's files are model.onnx, manifest.json and assets/, each with its sha256 in the
+    manifest: external data moved under assets/ is published, fetched and verified like any
+    asset, and onnxruntime finds it relative to model.onnx as before."""
+    target = folder / layout.MODEL_FILE
+    proto = onnx.load(str(model), load_external_data=False)
+    locations = external_data_files(proto)
+    if not locations:
+        if model.resolve() != target.resolve():
+            shutil.copyfile(model, target)
+        return {}
+    moved = {}
+    for location in sorted(locations):
+        key = f"{EXTERNAL_DATA_ASSETS}/{location}"
+        if not is_asset_key(key):
+            raise BuildError(
+                f"external data file name {location[:64]!r} cannot be published: use ASCII "
+                "letters, digits, '.', '-' and '_' in at most 3 folders"
+            )
+        moved[key] = model.parent / location
+    for tensor in proto.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = f"{layout.ASSETS_DIR}/{EXTERNAL_DATA_ASSETS}/{entry.value}"
+    onnx.save(proto, str(target))
+    return moved
+
+
 def _write_artifact(
     folder: Path, model: Path, assets: dict[str, Path], manifest: dict[str, Any]
 ) -> None:
     """Lay out `folder` like a registry version and fill in sha256, bytes and asset digests."""
     (folder / layout.ASSETS_DIR).mkdir(parents=True, exist_ok=True)
-    if model.resolve() != (folder / layout.MODEL_FILE).resolve():
-        shutil.copyfile(model, folder / layout.MODEL_FILE)
     digests = {}
-    for name, path in assets.items():
+    for name, path in (assets | _copy_model(model, folder)).items():
+        (folder / layout.ASSETS_DIR / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, folder / layout.ASSETS_DIR / name)
         digests[name] = sha256_file(folder / layout.ASSETS_DIR / name)
     manifest["sha256"] = sha256_file(folder / layout.MODEL_FILE)
@@ -184,6 +224,7 @@ def _load_source(spec: ModelSpec, report: Report) -> ModelSource:
     if spec.framework == "onnx":
         from onnxlift.sources.onnx_file import onnx_file_source
 
+        report(f"{spec.name}: checking the file and running it on the parity inputs")
         return onnx_file_source(spec)
     report(f"{spec.name}: loading the {spec.framework} source")
     return load_source_module(spec).load(spec)
@@ -311,10 +352,9 @@ def build_model(
     chain = toolchain()
     fingerprint = spec.fingerprint(chain)
     folder = paths.build_dir(spec.name, fingerprint, root)
-    if source is None and (folder / BUILD_MANIFEST).is_file() and not force:
-        manifest = json.loads((folder / layout.MANIFEST_FILE).read_text())
+    if source is None and not force and (cached := cached_build(spec, root)) is not None:
         report(f"{spec.name}: build {fingerprint} is up to date")
-        return BuildResult(spec, folder, manifest, True, time.perf_counter() - started)
+        return cached
 
     shutil.rmtree(folder, ignore_errors=True)
     work = folder / "work"
@@ -343,7 +383,9 @@ def build_model(
     check_parity_gate(spec, figures[gated_label], source.parity_inputs, gated_label)
 
     decision = decide_target(
-        spec.serving.target, model_bytes=served_path.stat().st_size, requires_gpu=spec.serving.gpu
+        spec.serving.target,
+        model_bytes=served_path.stat().st_size + external_data_bytes(served_path),
+        requires_gpu=spec.serving.gpu,
     )
     manifest["target"] = decision.target
     manifest["target_reason"] = decision.reason
@@ -354,6 +396,16 @@ def build_model(
     )
     report(f"{spec.name}: built in {time.perf_counter() - started:.1f}s -> {folder}")
     return BuildResult(spec, folder, manifest, False, time.perf_counter() - started)
+
+
+def cached_build(spec: ModelSpec, root: Path | None = None) -> BuildResult | None:
+    """The finished build for the spec as it is now, as build_model would return it."""
+    started = time.perf_counter()
+    folder = latest_build(spec, root)
+    if folder is None:
+        return None
+    manifest = json.loads((folder / layout.MANIFEST_FILE).read_text())
+    return BuildResult(spec, folder, manifest, True, time.perf_counter() - started)
 
 
 def latest_build(spec: ModelSpec, root: Path | None = None) -> Path | None:

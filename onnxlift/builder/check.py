@@ -44,3 +44,14 @@ def check_model(
 
 def opset_of(model: onnx.ModelProto) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def external_data_files(model: onnx.ModelProto) -> set[str]:
+    """The files (relative to the .onnx file) that the model's initializers are stored in."""
+    return {
+        entry.value
+        for tensor in model.graph.initializer
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }

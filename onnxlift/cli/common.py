@@ -12,14 +12,18 @@ from rich.console import Console
 from rich.markup import escape
 
 from onnxlift import paths
+from onnxlift.builder.bounded import DEFAULT_MEMORY_MB, DEFAULT_SECONDS
 from onnxlift.errors import OnnxliftError
 
 __all__ = [
     "BUCKET_OPTION",
+    "EXIT_INTERRUPTED",
+    "EXIT_REFUSED",
     "OnnxliftGroup",
     "console",
     "human_size",
     "integer_kernels_text",
+    "limit_options",
     "local_stack_info",
     "open_registry",
     "project_root",
@@ -28,6 +32,9 @@ __all__ = [
 ]
 
 console = Console(stderr=True, highlight=False)
+
+# The CLI's exit codes (README, "Exit codes"); LimitExceeded carries 3 itself.
+EXIT_REFUSED, EXIT_INTERRUPTED = 2, 130
 
 
 def project_root() -> Path:
@@ -114,9 +121,34 @@ class OnnxliftGroup(click.Group):
             # One line however wide the terminal: scripts and people grep it. ArtifactError is
             # the serving runtime's refusal of a tampered or malformed version (pull).
             console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", soft_wrap=True)
-            ctx.exit(2)
+            ctx.exit(getattr(exc, "exit_code", EXIT_REFUSED))
+        except KeyboardInterrupt:
+            # Whatever was half made has been removed on the way out (add's staging folder,
+            # the build's child process); 128 + SIGINT, as shells report it.
+            console.print("[bold red]interrupted[/bold red]: nothing was left half done")
+            ctx.exit(EXIT_INTERRUPTED)
 
 
 BUCKET_OPTION = click.option(
     "--bucket", envvar="ONNXLIFT_BUCKET", help="Registry bucket (default: the local stack's)."
 )
+
+
+def limit_options(command: Any) -> Any:
+    """--time-limit-s and --memory-limit-mb: the bounds of a build's child process."""
+    command = click.option(
+        "--memory-limit-mb",
+        type=click.IntRange(min=256),
+        default=DEFAULT_MEMORY_MB,
+        envvar="ONNXLIFT_BUILD_MEMORY_LIMIT_MB",
+        show_default=True,
+        help="Memory the checks and reference run of a build may use (exit 3 beyond it).",
+    )(command)
+    return click.option(
+        "--time-limit-s",
+        type=click.FloatRange(min=1),
+        default=DEFAULT_SECONDS,
+        envvar="ONNXLIFT_BUILD_TIME_LIMIT_S",
+        show_default=True,
+        help="Wall-clock seconds one model's build may take (exit 3 beyond it).",
+    )(command)

@@ -11,14 +11,16 @@ from onnxlift_serving.contract import is_model_name
 from rich.table import Table
 
 from onnxlift import paths
+from onnxlift.builder.bounded import BuildLimits, build_bounded
 from onnxlift.cli.common import (
     BUCKET_OPTION,
     console,
+    limit_options,
     open_registry,
     project_root,
     select_specs,
 )
-from onnxlift.errors import OnnxliftError
+from onnxlift.errors import ModelRejected, OnnxliftError
 
 __all__ = ["add", "build"]
 
@@ -27,12 +29,20 @@ __all__ = ["add", "build"]
 @click.argument("names", nargs=-1)
 @click.option("--all", "all_models", is_flag=True, help="Build every model under models/.")
 @click.option("--force", is_flag=True, help="Rebuild even when an identical build exists.")
-def build(names: tuple[str, ...], all_models: bool, force: bool) -> None:
-    """Export, quantize and verify models (all of them when no NAME is given)."""
+@limit_options
+def build(
+    names: tuple[str, ...],
+    all_models: bool,
+    force: bool,
+    time_limit_s: float,
+    memory_limit_mb: int,
+) -> None:
+    """Export, quantize and verify models (all of them when no NAME is given).
+
+    Each model builds in a child process under --time-limit-s and --memory-limit-mb."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from onnxlift.builder.build import build_model
-
+    limits = BuildLimits(seconds=time_limit_s, memory_mb=memory_limit_mb)
     specs = select_specs(names, all_models)
     table = Table(
         "model",
@@ -55,7 +65,9 @@ def build(names: tuple[str, ...], all_models: bool, force: bool) -> None:
             def report(message: str, step: Any = step) -> None:
                 progress.update(step, description=message)
 
-            result = build_model(spec, root=project_root(), force=force, report=report)
+            result = build_bounded(
+                spec.folder, root=project_root(), force=force, limits=limits, report=report
+            )
             progress.update(
                 step, description=f"[green]{spec.name}: done[/green]", total=1, completed=1
             )
@@ -83,7 +95,12 @@ def refusal(path: Path, exc: BaseException) -> str:
 
 
 def _add_staged(
-    folder: Path, path: Path, model: Any, samples: Path | None, spec: dict[str, Any]
+    folder: Path,
+    path: Path,
+    model: Any,
+    samples: Path | None,
+    spec: dict[str, Any],
+    limits: BuildLimits,
 ) -> Any:
     """Build the new model in a hidden folder beside models/NAME and move it there only once
     every check has passed: a failed or killed add leaves no model folder that `up` would
@@ -93,9 +110,7 @@ def _add_staged(
 
     import tomli_w
 
-    from onnxlift.builder.build import build_model
-    from onnxlift.sources.onnx_file import external_data_files
-    from onnxlift.spec import load_spec
+    from onnxlift.builder.check import external_data_files
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".adding-{folder.name}-", dir=folder.parent))
@@ -111,8 +126,11 @@ def _add_staged(
             shutil.copyfile(samples, draft / "samples.npz")
         header = f"# Added with `onnxlift add` from {json.dumps(path.name)}.\n"
         (draft / "model.toml").write_text(header + tomli_w.dumps(spec))
-        result = build_model(
-            load_spec(draft), root=project_root(), report=lambda m: console.print(f"  {m}")
+        result = build_bounded(  # the checks and reference run, bounded, in a child
+            draft,
+            root=project_root(),
+            limits=limits,
+            report=lambda m: console.print(f"  {m}", markup=False),
         )
         draft.rename(folder)
     except BaseException:
@@ -121,6 +139,24 @@ def _add_staged(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return result
+
+
+def _precheck(path: Path, name: str) -> Any:
+    """What `add` checks in its own process before anything is copied: the name, then the
+    file's protobuf, opset and external data (the full checks run with the build)."""
+    from onnxlift.sources.onnx_file import check_onnx_file
+
+    if not is_model_name(name):  # before any folder is made of it
+        raise OnnxliftError(
+            f"--name {name[:64]!r} is not a model name: a letter, then letters, digits, "
+            "'-' or '_' (at most 64)"
+        )
+    try:
+        return check_onnx_file(path, full=False)
+    except OnnxliftError:
+        raise
+    except Exception as exc:  # onnx's own refusal of the file
+        raise OnnxliftError(refusal(path, exc)) from None
 
 
 @click.command()
@@ -151,6 +187,7 @@ def _add_staged(
     help="Publish to the registry (--bucket, or the running local stack).",
 )
 @BUCKET_OPTION
+@limit_options
 def add(
     path: Path,
     name: str,
@@ -160,21 +197,14 @@ def add(
     memory_mb: int,
     publish: bool,
     bucket: str | None,
+    time_limit_s: float,
+    memory_limit_mb: int,
 ) -> None:
-    """Bring an ONNX file you already have: check it, optionally quantize it, publish it."""
-    from onnxlift.sources.onnx_file import check_onnx_file
+    """Bring an ONNX file you already have: check it, optionally quantize it, publish it.
 
-    if not is_model_name(name):  # before any folder is made of it
-        raise OnnxliftError(
-            f"--name {name[:64]!r} is not a model name: a letter, then letters, digits, "
-            "'-' or '_' (at most 64)"
-        )
-    try:
-        model = check_onnx_file(path)  # before anything is written
-    except OnnxliftError:
-        raise
-    except Exception as exc:  # onnx's and onnxruntime's own refusals of the file
-        raise OnnxliftError(refusal(path, exc)) from None
+    Nothing is written under models/ until every check has passed; the checks and the
+    reference run happen in a child process under --time-limit-s and --memory-limit-mb."""
+    model = _precheck(path, name)
     folder = paths.models_dir(project_root()) / name
     if folder.exists():
         raise OnnxliftError(f"{folder} exists: pick another --name (nothing was changed)")
@@ -190,10 +220,13 @@ def add(
         "serving": {"target": "lambda", "memory_mb": memory_mb},
     }
     try:
-        result = _add_staged(folder, path, model, samples, spec)
+        limits = BuildLimits(seconds=time_limit_s, memory_mb=memory_limit_mb)
+        result = _add_staged(folder, path, model, samples, spec, limits)
+    except ModelRejected as exc:  # onnx's or onnxruntime's refusal, in the child
+        raise OnnxliftError(f"{path.name} refused: {exc} (nothing was added)") from None
     except OnnxliftError:
         raise
-    except Exception as exc:  # the build's checks and reference run refused the file or samples
+    except Exception as exc:  # staging the copy failed (a file vanished, a disk filled)
         raise OnnxliftError(refusal(path, exc)) from None
     figure = result.manifest["parity"]
     console.print(f"{name}: max abs error {figure['value']:.2e} (gate {threshold}) -> {folder}")

@@ -33,7 +33,7 @@ from onnxlift_serving.contract import (
 )
 
 from onnxlift import paths
-from onnxlift.builder.build import build_model
+from onnxlift.builder.bounded import build_bounded
 from onnxlift.errors import OnnxliftError
 from onnxlift.local import snapshot
 from onnxlift.local.gateway import FunctionTarget, Gateway, GatewayConfig
@@ -311,7 +311,8 @@ class LocalStack:
     def _build_and_publish(self, spec: ModelSpec) -> tuple[str, str]:
         """(the version that serves, its target: lambda or sagemaker)."""
         assert self.registry is not None
-        result = build_model(spec, root=self.options.root, report=self.report)
+        # Bounded in a child as `onnxlift build` is: a runaway model cannot hang the stack.
+        result = build_bounded(spec.folder, root=self.options.root, report=self.report)
         target = str(result.manifest.get("target", "lambda"))
         fingerprint = result.manifest["build_fingerprint"]
         existing = self.registry.find_by_fingerprint(spec.name, fingerprint)

@@ -8,6 +8,7 @@ allow_pickle=False) or, without them, on seeded random inputs shaped like the si
 
 from __future__ import annotations
 
+import math
 import shutil
 import zipfile
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 import onnx
 from onnxlift_serving.protocol import NUMPY_TO_DATATYPE, TensorSpec
 
+from onnxlift.builder.check import external_data_files
 from onnxlift.errors import BuildError
 from onnxlift.sources import ModelSource
 
@@ -41,19 +43,34 @@ def is_pickle(path: Path) -> bool:
     return path.suffix in (".pkl", ".pickle", ".joblib")
 
 
-def check_onnx_file(path: Path) -> onnx.ModelProto:
+def check_onnx_file(path: Path, *, full: bool = True) -> onnx.ModelProto:
+    """The file's checks. `full=False` is what `onnxlift add` runs in its own process before
+    anything is copied: the protobuf, the opset, external data's place and extent. The full
+    onnx.checker (shape inference, which a hostile graph can make slow) runs with the build,
+    in the bounded child process."""
     if not path.is_file():
         raise BuildError(f"{path}: no such file")
     if is_pickle(path):
         raise BuildError(f"{path} is a pickle, not ONNX: onnxlift never unpickles anything")
     try:
-        onnx.checker.check_model(str(path), full_check=True)
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         raise BuildError(f"{path}: not a valid ONNX model: {exc}") from exc
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise BuildError(f"{path}: opset {opset} is outside {MIN_OPSET}..{MAX_OPSET}")
+    check_external_data(path, model)
+    if full:
+        try:
+            onnx.checker.check_model(str(path), full_check=True)
+        except Exception as exc:
+            raise BuildError(f"{path}: not a valid ONNX model: {exc}") from exc
+    return model
+
+
+def check_external_data(path: Path, model: onnx.ModelProto) -> None:
+    """External data lies in the model's folder, in plain files, and every tensor's offset and
+    length fall inside its file and match the tensor's size."""
     folder = path.parent.resolve()
     for location in external_data_files(model):
         target = (folder / location).resolve()
@@ -63,17 +80,26 @@ def check_onnx_file(path: Path) -> onnx.ModelProto:
             raise BuildError(f"{path}: external data file '{location}' is missing")
         if is_pickle(target):
             raise BuildError(f"{path}: external data '{location}' is a pickle")
-    return model
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            _check_extent(path, folder, tensor)
 
 
-def external_data_files(model: onnx.ModelProto) -> set[str]:
-    return {
-        entry.value
-        for tensor in model.graph.initializer
-        if tensor.data_location == onnx.TensorProto.EXTERNAL
-        for entry in tensor.external_data
-        if entry.key == "location"
-    }
+def _check_extent(path: Path, folder: Path, tensor: onnx.TensorProto) -> None:
+    entries = {entry.key: entry.value for entry in tensor.external_data}
+    size = (folder / entries.get("location", "")).stat().st_size
+    try:
+        offset, length = int(entries.get("offset", 0)), entries.get("length")
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (TypeError, ValueError, KeyError):
+        raise BuildError(f"{path}: tensor '{tensor.name}' has unreadable external data") from None
+    expected = math.prod(tensor.dims) * itemsize  # exact: hostile dims must not wrap around
+    length = int(length) if length is not None else size - offset
+    if offset < 0 or length != expected or offset + length > size:
+        raise BuildError(
+            f"{path}: tensor '{tensor.name}' needs {expected:,} bytes of external data; its "
+            f"entry points at {length:,} bytes from offset {offset:,} of a {size:,}-byte file"
+        )
 
 
 def signature(values: Any) -> list[TensorSpec]:

@@ -1,0 +1,256 @@
+"""`onnxlift add` and `build` do their checks and reference run in a child process that a time
+limit, a memory limit and Ctrl-C stop; a model with external data can be added, published,
+fetched and served; nothing of a stopped add stays behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from onnxlift.cli import cli
+from tests.builder.hostile_models import (
+    constant_of_huge_shape,
+    external_data_model,
+    point_external_data,
+    runaway_loop,
+    save,
+)
+from tests.conftest import ROOT
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A scratch project root with the repo's serving code, so `add` writes models/ there."""
+    root = tmp_path / "project"
+    (root / "models").mkdir(parents=True)
+    (root / "pyproject.toml").write_text("")
+    for part in ("functions", "layers"):
+        (root / part).symlink_to(ROOT / part)
+    monkeypatch.setenv("ONNXLIFT_ROOT", str(root))
+    return root
+
+
+def nothing_left(project: Path, name: str) -> None:
+    leftovers = [p.name for p in (project / "models").iterdir()]
+    assert name not in leftovers and not [n for n in leftovers if n.startswith(".adding")]
+    assert not (project / ".onnxlift" / "build" / name).exists()
+
+
+def error_lines(output: str) -> list[str]:
+    assert "Traceback" not in output, output
+    return [line for line in output.splitlines() if line.startswith("error:")]
+
+
+def test_a_runaway_reference_run_is_stopped_at_the_time_limit(
+    project: Path, tmp_path: Path
+) -> None:
+    path = save(runaway_loop(), tmp_path / "spin.onnx")
+    started = time.monotonic()
+    result = CliRunner().invoke(
+        cli, ["add", str(path), "--name", "spin", "--no-publish", "--time-limit-s", "4"]
+    )
+    elapsed = time.monotonic() - started
+    assert result.exit_code == 3, result.output
+    (line,) = error_lines(result.output)
+    assert "ran past its 4 s time limit" in line and "--time-limit-s" in line
+    assert elapsed < 30, elapsed  # stopped, not run to its 10^12 trips
+    nothing_left(project, "spin")
+
+
+def test_a_huge_constant_is_stopped_at_the_memory_limit(project: Path, tmp_path: Path) -> None:
+    path = save(constant_of_huge_shape(), tmp_path / "huge.onnx")
+    result = CliRunner().invoke(
+        cli, ["add", str(path), "--name", "huge", "--no-publish", "--memory-limit-mb", "1024"]
+    )
+    assert result.exit_code == 3, result.output
+    (line,) = error_lines(result.output)
+    assert "more than its 1,024 MiB memory limit" in line
+    assert "40,000,000,000 bytes" in line  # what it tried, in the user's terms
+    nothing_left(project, "huge")
+
+
+def test_build_of_a_model_folder_is_bounded_too(project: Path, tmp_path: Path) -> None:
+    folder = project / "models" / "spin"
+    folder.mkdir()
+    save(runaway_loop(), folder / "model.onnx")
+    (folder / "model.toml").write_text(
+        'name = "spin"\ntask = "tensor"\n[source]\nframework = "onnx"\nfile = "model.onnx"\n'
+        '[parity]\nmetric = "max_abs_error"\nthreshold = 1e-5\n'
+    )
+    result = CliRunner().invoke(cli, ["build", "spin", "--time-limit-s", "4"])
+    assert result.exit_code == 3, result.output
+    assert "ran past its 4 s time limit" in result.output
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (from /proc: children of children too)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                parents[int(entry.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier}
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running: not gone and not a zombie waiting for a parent to read its status."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+    except OSError:
+        return "?"
+
+
+def test_ctrl_c_stops_add_and_its_child_and_leaves_nothing(project: Path, tmp_path: Path) -> None:
+    """As a terminal does it: SIGINT to the whole process group while the child is running."""
+    path = save(runaway_loop(), tmp_path / "spin.onnx")
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'layers' / 'runtime'}")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "onnxlift.cli", "add", str(path), "--name", "spin", "--no-publish"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own group, as a shell gives a foreground job
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout or []), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 60
+    while not any("running it on the parity inputs" in line for line in lines):
+        assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
+        time.sleep(0.1)
+    time.sleep(1.0)  # the reference run is under way in the child
+    below = descendants(process.pid)
+    assert below, "the build runs in a child process"
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        code = process.wait(timeout=20)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    reader.join(5)
+    output = "".join(lines)
+    assert code == 130, output
+    assert "interrupted" in output and "Traceback" not in output
+    deadline = time.monotonic() + 10
+    while (left := {pid: cmdline(pid) for pid in below if alive(pid)}) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.2)
+    assert not left, f"left running: {left}"
+    nothing_left(project, "spin")
+
+
+def test_a_model_with_external_data_is_added_published_fetched_and_served(
+    project: Path, tmp_path: Path, registry: Any
+) -> None:
+    from onnxlift_serving.artifact import fetch_from_registry, load_artifact
+    from onnxlift_serving.session import create_session
+
+    path, weight = external_data_model(tmp_path / "outside")
+    result = CliRunner().invoke(
+        cli, ["add", str(path), "--name", "ext", "--bucket", registry.bucket]
+    )
+    assert result.exit_code == 0, result.output
+    assert (project / "models" / "ext" / "weights.bin").is_file()  # copied with the model
+    manifest = registry.manifest("ext", "1")
+    assert set(manifest["assets"]) == {"external/weights.bin"}
+
+    folder = fetch_from_registry(
+        bucket=registry.bucket,
+        name="ext",
+        version="1",
+        cache_dir=tmp_path / "cache",
+        s3_client=registry.s3,
+    )
+    artifact = load_artifact(folder)  # every sha256, the external data's included
+    session = create_session(artifact.model_path)
+    x = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)
+    (y,) = session.run(None, {"x": x})
+    np.testing.assert_allclose(y, x @ weight, rtol=1e-6)
+
+
+def test_a_tampered_external_data_file_is_refused_at_fetch(
+    project: Path, tmp_path: Path, registry: Any
+) -> None:
+    from onnxlift_serving.artifact import fetch_from_registry
+    from onnxlift_serving.errors import ArtifactError
+
+    path, _ = external_data_model(tmp_path / "outside")
+    result = CliRunner().invoke(
+        cli, ["add", str(path), "--name", "ext", "--bucket", registry.bucket]
+    )
+    assert result.exit_code == 0, result.output
+    key = "models/ext/1/assets/external/weights.bin"
+    registry.s3.put_object(Bucket=registry.bucket, Key=key, Body=b"\0" * 128)
+    with pytest.raises(ArtifactError, match="sha256"):
+        fetch_from_registry(
+            bucket=registry.bucket,
+            name="ext",
+            version="1",
+            cache_dir=tmp_path / "cache",
+            s3_client=registry.s3,
+        )
+    assert not list((tmp_path / "cache").rglob("weights.bin"))  # nothing of it kept
+
+
+@pytest.mark.parametrize(
+    ("entries", "fragment"),
+    [
+        ({"offset": "64", "length": "128"}, "points at 128 bytes from offset 64"),
+        ({"length": "4096"}, "points at 4,096 bytes"),
+        ({"offset": "-8"}, "from offset -8"),
+        ({"offset": "many"}, "unreadable external data"),
+    ],
+)
+def test_external_data_beyond_its_file_is_one_line(
+    project: Path, tmp_path: Path, entries: dict[str, str], fragment: str
+) -> None:
+    path, _ = external_data_model(tmp_path / "outside")
+    point_external_data(path, **entries)
+    result = CliRunner().invoke(cli, ["add", str(path), "--name", "ext", "--no-publish"])
+    assert result.exit_code == 2, result.output
+    (line,) = error_lines(result.output)
+    assert fragment in line
+    nothing_left(project, "ext")
+
+
+def test_the_served_graph_points_at_its_external_data_under_assets(
+    project: Path, tmp_path: Path
+) -> None:
+    path, _ = external_data_model(tmp_path / "outside")
+    result = CliRunner().invoke(cli, ["add", str(path), "--name", "ext", "--no-publish"])
+    assert result.exit_code == 0, result.output
+    (built,) = (project / ".onnxlift" / "build" / "ext").iterdir()
+    served = onnx.load(str(built / "model.onnx"), load_external_data=False)
+    (location,) = {e.value for t in served.graph.initializer for e in t.external_data
+                   if e.key == "location"}  # fmt: skip
+    assert location == "assets/external/weights.bin"
+    assert (built / location).is_file()
