@@ -140,7 +140,8 @@ class LocalStack:
             old = json.loads(self.info_path.read_text())
         except (OSError, ValueError):
             return
-        pid = old.get("pid") if isinstance(old, dict) else None
+        old = old if isinstance(old, dict) else {}
+        pid = old.get("pid")
         if pid != os.getpid() and stack_alive(pid):
             raise OnnxliftError(
                 f"onnxlift up is already running with state {self.state} (pid {pid}, "

@@ -19,7 +19,7 @@ import requests
 from onnxlift_serving.artifact import fetch_from_registry, load_artifact
 
 from onnxlift.local.moto_server import LOCAL_CREDENTIALS
-from onnxlift.local.processes import port_in_use
+from onnxlift.local.processes import free_port, port_in_use
 from tests.conftest import ROOT
 from tests.local.conftest import start_stack, stop_stack
 
@@ -102,6 +102,10 @@ def test_sigkill_after_publish_loses_nothing(tmp_path: Path) -> None:
         assert f"prod -> version {second}" in ok(cli(state, "promote", MODEL, second))
         before = listed(state)
         children = children_of(process.pid)
+        port, aws = str(free_port()), str(free_port())
+        second_up = cli(state, "up", "--port", port, "--aws-port", aws, f"--model={MODEL}")
+        assert second_up.returncode == 2 and "already running" in second_up.stderr
+        assert json.loads((state / "local.json").read_text())["pid"] == process.pid  # untouched
     finally:
         os.kill(process.pid, signal.SIGKILL)  # right after the CLI said so: no clean stop
         process.communicate(timeout=30)
