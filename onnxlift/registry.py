@@ -64,12 +64,24 @@ class Registry:
         self.s3 = client or s3_client()
         self.mirror = mirror
 
-    def _keep(self) -> None:
-        """Write-through to the mirror, if any: new versions and changed aliases."""
-        if self.mirror is not None:
-            from onnxlift.local import snapshot
+    def _keep(self, what: str) -> None:
+        """Write-through to the mirror, if any: new versions and changed aliases.
 
+        A mirror that cannot be written fails the command (exit 2) rather than warning: the
+        change is in moto's memory only, and a script that checks the exit status must not
+        take it as durable. It is kept if the stack is later stopped cleanly (Ctrl-C)."""
+        if self.mirror is None:
+            return
+        from onnxlift.local import snapshot
+
+        try:
             snapshot.save(self.s3, self.bucket, self.mirror)
+        except OSError as exc:
+            raise RegistryError(
+                f"{what} is in the running local stack's s3://{self.bucket} but could not be "
+                f"kept on disk in {self.mirror} ({exc}): it is lost if the stack is killed; "
+                "fix that folder, or stop the stack with Ctrl-C, which saves the registry"
+            ) from None
 
     # -- bucket -----------------------------------------------------------------------
     def ensure_bucket(self) -> None:
@@ -204,7 +216,7 @@ class Registry:
             layout.object_key(name, version, layout.MANIFEST_FILE),
             body=json.dumps(final, indent=2).encode(),
         )
-        self._keep()
+        self._keep(f"{name} version {version}")
 
     def _put_archive(self, folder: Path, manifest: dict[str, Any], name: str, version: str) -> None:
         import shutil
@@ -283,7 +295,7 @@ class Registry:
                     ContentType="application/json",
                     **condition,
                 )
-                self._keep()
+                self._keep(f"{name} {alias} -> version {version}")
                 return doc
             except ClientError as exc:
                 if _error_code(exc) not in ("PreconditionFailed", "ConditionalRequestConflict"):

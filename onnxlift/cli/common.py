@@ -60,6 +60,15 @@ def open_registry(bucket: str | None) -> Any:
     import boto3
 
     from onnxlift.local.moto_server import LOCAL_CREDENTIALS
+    from onnxlift.local.processes import stack_alive
+
+    if not stack_alive(local.get("pid")):  # killed: its moto and local.json are leftovers
+        state = paths.state_dir(project_root())
+        raise OnnxliftError(
+            f"the local stack in {state} (pid {local.get('pid')}) is not running: it was "
+            f"killed before it could clean up; start it again with `onnxlift up` (what it "
+            f"published is kept in {state / 'registry'})"
+        )
 
     client = boto3.client(
         "s3",

@@ -27,6 +27,28 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def stack_alive(pid: object) -> bool:
+    """Whether `pid` is a live `onnxlift up` (what local.json records as "pid"): not gone, not
+    a zombie, and where /proc tells, still an onnxlift process (pids are reused)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: not ours, whatever it is
+        return False
+    proc = Path(f"/proc/{pid}")
+    if not proc.is_dir():
+        return True  # no /proc (macOS): the signal check is all there is
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        command = (proc / "cmdline").read_bytes()
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and b"onnxlift" in command
+
+
 @dataclass
 class Child:
     name: str
@@ -46,10 +68,12 @@ class Child:
 
 
 def start_child(name: str, args: list[str], *, log: Path, env: dict[str, str]) -> Child:
+    """`python ARGS` in its own session, watched so it dies with this process (parent_watch)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     handle = log.open("ab")
+    watched = ["-m", "onnxlift.local.parent_watch", str(os.getpid())]
     process = subprocess.Popen(
-        [sys.executable, *args],
+        [sys.executable, *watched, *args],
         stdout=handle,
         stderr=subprocess.STDOUT,
         env=env,

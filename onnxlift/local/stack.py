@@ -40,12 +40,13 @@ from onnxlift.local.gateway import FunctionTarget, Gateway, GatewayConfig
 from onnxlift.local.lambda_runtime import bound_heap
 from onnxlift.local.lambda_service import FunctionConfig, LambdaService
 from onnxlift.local.moto_server import aws_env, start_moto
-from onnxlift.local.processes import Child, port_in_use
+from onnxlift.local.processes import Child, port_in_use, stack_alive
 from onnxlift.local.sagemaker_server import LocalSageMaker, start_sagemaker_models
 from onnxlift.registry import Registry
 from onnxlift.spec import ModelSpec, discover_specs
 
 LOCAL_BUCKET = "onnxlift-registry-local"
+LEFTOVER_WAIT_S = 5.0  # a killed stack's children need WATCH_INTERVAL_S to notice
 LOCAL_ALIAS_TTL_S = 1.0  # promote/rollback show up within a second locally (30 s on AWS)
 HANDLER = Path("functions/inference/handler.py")
 PROXY_HANDLER = Path("functions/sagemaker/proxy/proxy_handler.py")
@@ -115,6 +116,7 @@ class LocalStack:
         """Bring everything up in order; the info `.onnxlift/local.json` now holds."""
         started = time.perf_counter()
         bound_heap()  # the gateway forwards request bodies of up to 10 MB on its threads
+        self._clear_leftovers()
         self._check_ports()
         aws = self._start_moto()
         self._open_registry(aws)
@@ -123,10 +125,40 @@ class LocalStack:
         api_key = self._api_key()
         self._start_gateway(api_key, functions)
         self.info = self._describe(api_key, served, time.perf_counter() - started)
-        self.info_path.write_text(json.dumps(self.info, indent=2))
-        self.info_path.chmod(0o600)
+        written = self.info_path.with_name(f".local.json.{os.getpid()}")  # whole or not at all
+        written.write_text(json.dumps(self.info, indent=2))
+        written.chmod(0o600)
+        written.replace(self.info_path)
         self.info["curl"] = self._curl_example(api_key, next(iter(functions)))
         return self.info
+
+    def _clear_leftovers(self) -> None:
+        """A local.json whose `onnxlift up` still runs: refuse. One left by a stack that was
+        killed (SIGKILL, OOM) goes: its children follow it (parent_watch), so wait a moment for
+        its ports; its registry is on disk and restored as always."""
+        try:
+            old = json.loads(self.info_path.read_text())
+        except (OSError, ValueError):
+            return
+        old = old if isinstance(old, dict) else {}
+        pid = old.get("pid")
+        if pid != os.getpid() and stack_alive(pid):
+            raise OnnxliftError(
+                f"onnxlift up is already running with state {self.state} (pid {pid}, "
+                f"{old.get('url')}): stop it first, or set ONNXLIFT_STATE_DIR for a second one"
+            )
+        self.report(f"the last onnxlift up (pid {pid}) did not stop cleanly; starting afresh")
+        ports = [
+            int(url.rsplit(":", 1)[1])
+            for url in (old.get("url"), old.get("aws_endpoint_url"))
+            if isinstance(url, str) and url.rsplit(":", 1)[-1].isdigit()
+        ]
+        deadline = time.monotonic() + LEFTOVER_WAIT_S
+        while any(port_in_use(p, self.options.host) for p in ports):
+            if time.monotonic() > deadline:
+                break  # someone else's now: _check_ports says which
+            time.sleep(0.1)
+        self.info_path.unlink(missing_ok=True)
 
     def _check_ports(self) -> None:
         opts = self.options
@@ -356,7 +388,9 @@ class LocalStack:
         for child in reversed(self.children):
             child.stop()
         self.children.clear()
-        self.info_path.unlink(missing_ok=True)
+        if self.info:  # ours: not another stack's, when this one was refused at the start
+            self.info_path.unlink(missing_ok=True)
+            self.info = {}
 
 
 def run_until_signalled(stack: LocalStack, on_ready: Callable[[dict[str, Any]], None]) -> None:

@@ -21,7 +21,10 @@ from onnxlift.local.processes import free_port
 from tests.conftest import ROOT
 
 
-def start_stack(state: Path) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+def start_stack(
+    state: Path, models: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """`onnxlift up` (only `models`, if given) on free ports; its local.json once it is up."""
     port, aws_port = free_port(), free_port()
     env = dict(os.environ, ONNXLIFT_STATE_DIR=str(state), ONNXLIFT_ROOT=str(ROOT))
     process = subprocess.Popen(
@@ -34,6 +37,7 @@ def start_stack(state: Path) -> tuple[subprocess.Popen[str], dict[str, Any]]:
             str(port),
             "--aws-port",
             str(aws_port),
+            *(f"--model={m}" for m in models),
         ],
         cwd=ROOT,
         env=env,
@@ -43,12 +47,20 @@ def start_stack(state: Path) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     )
     info_path = state / "local.json"
     deadline = time.monotonic() + 300
-    while not info_path.is_file():
+    while (info := read_info(info_path)) is None or info.get("pid") != process.pid:
+        # a local.json of another process is a killed stack's leftover: not this one's
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             raise AssertionError(f"onnxlift up did not come up:\n{process.stdout.read()}")
         time.sleep(0.2)
-    return process, json.loads(info_path.read_text())
+    return process, info
+
+
+def read_info(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # not there, or not written in full yet
+        return None
 
 
 def stop_stack(process: subprocess.Popen[str]) -> str:
