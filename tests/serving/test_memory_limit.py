@@ -18,7 +18,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxlift_serving import binary
-from onnxlift_serving.contract import SERVING_RESERVE_MB, sandbox_environment, serving_environment
+from onnxlift_serving.contract import (
+    SERVING_RESERVE_MB,
+    Env,
+    memory_limit_mb,
+    sandbox_environment,
+    serving_environment,
+)
 from onnxlift_serving.errors import PayloadTooLarge
 from onnxlift_serving.pipelines import run_session
 from onnxlift_serving.service import ModelService, ServiceConfig
@@ -94,8 +100,17 @@ def shape_body(rows: int, cols: int, **parameters: Any) -> dict[str, Any]:
 # -- in this process: uncapped sessions -----------------------------------------------------
 def test_the_arena_cap_leaves_the_reserve_and_the_weights_out() -> None:
     assert arena_bytes(1024, 30 * MIB) == (1024 - SERVING_RESERVE_MB - 30) * MIB
-    with pytest.raises(ModelTooLarge, match="raise serving.memory_mb to at least"):
+    with pytest.raises(ModelTooLarge, match=r"raise serving\.memory_mb to at least 521"):
         arena_bytes(512, 100 * MIB)  # 156 MiB left: not the packed copy and a request
+
+
+def test_the_memory_limit_is_lambdas_unless_set_explicitly() -> None:
+    lambda_env = {Env.LAMBDA_MEMORY: "1024"}
+    assert memory_limit_mb(lambda_env) == 1024
+    assert memory_limit_mb(lambda_env | {Env.MEMORY_LIMIT_MB: "700"}) == 700
+    assert memory_limit_mb(lambda_env | {Env.MEMORY_LIMIT_MB: "0"}) is None  # no cap
+    assert memory_limit_mb({}) is None and memory_limit_mb({Env.LAMBDA_MEMORY: "x"}) is None
+    assert ServiceConfig.from_env({Env.MODEL_NAME: "m", **lambda_env}).memory_mb == 1024
 
 
 def test_weights_over_the_budget_fail_at_load_with_a_clear_message(tmp_path: Path) -> None:

@@ -139,12 +139,12 @@ class Env(StrEnum):
 
 
 def memory_limit_mb(env: Mapping[str, str]) -> int | None:
-    """The memory a serving process may use (MiB): MEMORY_LIMIT_MB, else Lambda's memory size,
-    else None (no cap: a process with no known budget is not capped by a guess)."""
-    for key in (Env.MEMORY_LIMIT_MB, Env.LAMBDA_MEMORY):
-        if (value := parse_count(env.get(key, "").strip())) is not None and value > 0:
-            return value
-    return None
+    """The memory a serving process may use (MiB): MEMORY_LIMIT_MB (0: no cap), else Lambda's
+    memory size, else None (no cap: a process with no known budget is not capped by a guess)."""
+    explicit = parse_count(env.get(Env.MEMORY_LIMIT_MB, "").strip())
+    if explicit is not None:
+        return explicit or None
+    return parse_count(env.get(Env.LAMBDA_MEMORY, "").strip()) or None
 
 
 POWERTOOLS_NAMESPACE: Final = "onnxlift"  # CloudWatch metrics namespace
