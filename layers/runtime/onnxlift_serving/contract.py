@@ -87,11 +87,12 @@ API_BODY_BYTES: Final = (LAMBDA_PAYLOAD_BYTES - EVENT_RESERVE_BYTES) // 4 * 3  #
 # payload; a binary answer rides in it base64-encoded.
 LAMBDA_RESPONSE_BYTES: Final = LAMBDA_PAYLOAD_BYTES - EVENT_RESERVE_BYTES
 # What a serving process holds besides onnxruntime's arena and the model's weights: Python,
-# onnxruntime, numpy, tokenizers, powertools (the local Lambda sandbox measured 141 MiB RSS
-# with minilm loaded before any request, of which ~47 MiB are the weights and their packed
-# copies), a decoded request (a 4.5 MB body of texts: +34 MiB; a body of 1.1 M numbers
-# parsed into Python floats: ~40 MiB more) and the encoded answer (at most LAMBDA_RESPONSE_BYTES,
-# checked before it is built). 256 MiB rounds 95 + 2 x 64 up with room to spare.
+# onnxruntime, numpy, tokenizers, powertools (a local Lambda sandbox: 141 MiB RSS with minilm
+# loaded before any request, of which ~47 MiB are its weights and their packed copies), one
+# decoded request (peak growth for a 4.6 MB body: 34 MiB of texts, 57 MiB of 1.1 M FP32
+# numbers, 39 MiB of 2.3 M INT8 ones) and the encoded answer (at most LAMBDA_RESPONSE_BYTES,
+# checked before it is built; the outputs themselves are in the arena). 94 + 57 + 6 is 157
+# MiB; 256 leaves room for Python's heap fragmentation between requests.
 SERVING_RESERVE_MB: Final = 256
 
 
