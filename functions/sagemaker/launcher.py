@@ -68,15 +68,32 @@ def cuda_provider_available() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
-def memory_bytes() -> int:
+def memory_bytes(root: Path = Path("/")) -> int:
+    """The container's memory: its cgroup's limit where one is set, else the machine's."""
+    total = 4 * 1024**3
     try:
-        with open("/proc/meminfo") as handle:
+        with open(root / "proc/meminfo") as handle:
             for line in handle:
                 if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
+                    total = int(line.split()[1]) * 1024
+                    break
     except OSError:
         pass
-    return 4 * 1024**3
+    for limit in ("sys/fs/cgroup/memory.max", "sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            value = (root / limit).read_text().strip()
+        except OSError:
+            continue
+        if value.isdigit():  # "max" (v2) or a huge number (v1) when unlimited
+            total = min(total, int(value))
+    return total
+
+
+def worker_memory_mb(env: Mapping[str, str], plan: Plan, memory: int) -> str:
+    """Each worker's memory limit (MiB) for onnxlift_serving's arena cap: ONNXLIFT_MEMORY_LIMIT_MB
+    if set (0: no cap), else the container's memory shared by the workers. Each worker holds
+    its own arena, and the sum past the container's memory gets a worker OOM-killed."""
+    return env.get(Env.MEMORY_LIMIT_MB) or str(memory // plan.workers // 1024**2)
 
 
 def plan_workers(
@@ -187,27 +204,30 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> No
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     cuda = cuda_provider_available()
+    memory = memory_bytes()
     plan = plan_workers(
         env,
         cores=len(os.sched_getaffinity(0)),
         gpus=gpu_count(),
         cuda=cuda,
-        memory=memory_bytes(),
+        memory=memory,
         model_bytes=_model_bytes(env),
     )
     # Read in each worker by wsgi.config_from_env and the pre_fork hook.
     env[Env.ORT_INTRA_OP_THREADS] = str(plan.ort_threads)
+    env[Env.MEMORY_LIMIT_MB] = worker_memory_mb(env, plan, memory)
     env["ONNXLIFT_GPUS"] = str(plan.gpus)
     if not cuda:
         env.setdefault(Env.ORT_PROVIDERS, "CPUExecutionProvider")
     logging.getLogger("onnxlift.sagemaker").info(
         "serving on %s: %d worker(s) x %d threads, %d onnxruntime threads each (%s); "
-        "CUDA provider %s",
+        "memory limit %s MiB a worker; CUDA provider %s",
         args.bind,
         plan.workers,
         plan.threads,
         plan.ort_threads,
         plan.reason,
+        env[Env.MEMORY_LIMIT_MB],
         "available" if cuda else "not available, CPU only",
     )
     graceful = int(env.get("SAGEMAKER_GRACEFUL_TIMEOUT", DEFAULT_GRACEFUL_S))

@@ -43,6 +43,7 @@ from onnxlift_serving.contract import (
     allowed_methods,
     error_body,
     match_route,
+    memory_limit_mb,
     no_route_message,
     not_allowed_message,
     parse_count,
@@ -92,6 +93,9 @@ def config_from_env(env: Mapping[str, str] | None = None) -> ServiceConfig:
         providers=tuple(
             p for p in env.get(Env.ORT_PROVIDERS, DEFAULT_PROVIDERS).split(",") if p.strip()
         ),
+        memory_mb=memory_limit_mb(env),  # the launcher sets each worker's share
+        max_response_bytes=SAGEMAKER_PAYLOAD_BYTES,  # InvokeEndpoint's answer, raw bytes
+        response_base64=False,
     )
 
 

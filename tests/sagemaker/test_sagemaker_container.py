@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT / "functions" / "sagemaker"))
 
 import launcher
 import wsgi
+from onnxlift_serving.contract import Env
 from onnxlift_serving.service import ModelService, ServiceConfig
 from onnxlift_serving.sizing import cpu_worker_plan, estimate_session_bytes
 
@@ -161,6 +162,28 @@ def test_cpu_plan_one_worker_per_two_cores_capped_by_memory() -> None:
     # A 4 GB model: each worker needs ~10 GB; 32 GB holds two.
     assert cpu_worker_plan(cores=16, memory_bytes=32 * gib, model_bytes=4 * gib)[0] == 2
     assert estimate_session_bytes(0) > 0
+
+
+def test_each_worker_gets_its_share_of_the_containers_memory(tmp_path: Path) -> None:
+    """The arena cap (onnxlift_serving.session) of each worker: the cgroup's limit, where one
+    is set, shared by the workers; an explicit ONNXLIFT_MEMORY_LIMIT_MB wins (0: no cap)."""
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "meminfo").write_text("MemTotal:       16777216 kB\n")
+    assert launcher.memory_bytes(tmp_path) == 16 * 1024**3
+    cgroup = tmp_path / "sys" / "fs" / "cgroup"
+    cgroup.mkdir(parents=True)
+    (cgroup / "memory.max").write_text("max\n")
+    assert launcher.memory_bytes(tmp_path) == 16 * 1024**3
+    (cgroup / "memory.max").write_text(f"{4 * 1024**3}\n")
+    assert launcher.memory_bytes(tmp_path) == 4 * 1024**3
+    plan = launcher.plan_workers(
+        {}, cores=8, gpus=0, cuda=False, memory=4 * 1024**3, model_bytes=30 * 2**20
+    )
+    assert plan.workers == 4 and launcher.worker_memory_mb({}, plan, 4 * 1024**3) == "1024"
+    explicit = {Env.MEMORY_LIMIT_MB: "0"}
+    assert launcher.worker_memory_mb(explicit, plan, 4 * 1024**3) == "0"
+    assert wsgi.config_from_env(explicit | {"MODEL_NAME": "m"}).memory_mb is None
+    assert wsgi.config_from_env({"MODEL_NAME": "m", Env.MEMORY_LIMIT_MB: "1024"}).memory_mb == 1024
 
 
 def test_gpu_plan_one_worker_per_gpu_and_overrides() -> None:

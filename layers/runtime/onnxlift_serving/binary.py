@@ -15,6 +15,7 @@ application/octet-stream. Over InvokeEndpoint the length rides in the content ty
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -31,10 +32,12 @@ from onnxlift_serving.contract import (
 )
 from onnxlift_serving.encoding import decode_content
 from onnxlift_serving.errors import BadRequest, PayloadTooLarge
+from onnxlift_serving.pipelines import too_much_memory
 
 if TYPE_CHECKING:
     from onnxlift_serving.service import ModelService
 
+log = logging.getLogger(__name__)
 _HEADER_SIZE = re.compile(r";\s*json-header-size\s*=\s*(\S+?)\s*(?:;|$)")
 _LENGTH = 4  # bytes of each BYTES element's length prefix
 
@@ -217,7 +220,11 @@ def serve_infer(
     limit = service.config.max_payload_bytes
     if len(body) > limit:
         raise PayloadTooLarge(f"request body is {len(body)} bytes; the limit is {limit}")
-    decoded = decode_content(body, content_encoding, max_bytes=limit)
-    doc = decode_request(decoded, header_length, max_bytes=limit)
-    wanted = binary_outputs(doc)
-    return encode_response(service.infer_doc(doc, name, version), wanted)
+    try:
+        decoded = decode_content(body, content_encoding, max_bytes=limit)
+        doc = decode_request(decoded, header_length, max_bytes=limit)
+        wanted = binary_outputs(doc)
+        return encode_response(service.infer_doc(doc, name, version, binary=wanted), wanted)
+    except MemoryError:  # anywhere in the request: its size, not a bug (never a 500)
+        log.warning("a request ran out of memory")
+        raise PayloadTooLarge(too_much_memory()) from None

@@ -27,6 +27,7 @@ __all__ = [
     "LAMBDA_MB_PER_VCPU",
     "LAMBDA_MEMORY_MB",
     "LAMBDA_PAYLOAD_BYTES",
+    "LAMBDA_RESPONSE_BYTES",
     "LAMBDA_TIMEOUT_S",
     "MODELS_PREFIX",
     "MODEL_NAME_PATTERN",
@@ -38,6 +39,7 @@ __all__ = [
     "SAGEMAKER_INVOCATION_TIMEOUT_S",
     "SAGEMAKER_PAYLOAD_BYTES",
     "SAGEMAKER_VARIANT",
+    "SERVING_RESERVE_MB",
     "THROTTLE_RETRY_AFTER_S",
     "UNAVAILABLE_RETRY_AFTER_S",
     "VERSION_PATTERN",
@@ -55,6 +57,7 @@ __all__ = [
     "is_canonical_version",
     "is_model_name",
     "match_route",
+    "memory_limit_mb",
     "no_route_message",
     "not_allowed_message",
     "parse_count",
@@ -80,6 +83,17 @@ SAGEMAKER_VARIANT: Final = "AllTraffic"
 # must fit Lambda's payload with its headers and request context (64 KiB set aside).
 EVENT_RESERVE_BYTES: Final = 64 * 1024
 API_BODY_BYTES: Final = (LAMBDA_PAYLOAD_BYTES - EVENT_RESERVE_BYTES) // 4 * 3  # 4,669,440
+# The answer a function may give: its proxy result (body, headers, status) must fit the same
+# payload; a binary answer rides in it base64-encoded.
+LAMBDA_RESPONSE_BYTES: Final = LAMBDA_PAYLOAD_BYTES - EVENT_RESERVE_BYTES
+# What a serving process holds besides onnxruntime's arena and the model's weights: Python,
+# onnxruntime, numpy, tokenizers, powertools (a local Lambda sandbox: 141 MiB RSS with minilm
+# loaded before any request, of which ~47 MiB are its weights and their packed copies), one
+# decoded request (peak growth for a 4.6 MB body: 34 MiB of texts, 57 MiB of 1.1 M FP32
+# numbers, 39 MiB of 2.3 M INT8 ones) and the encoded answer (at most LAMBDA_RESPONSE_BYTES,
+# checked before it is built; the outputs themselves are in the arena). 94 + 57 + 6 is 157
+# MiB; 256 leaves room for Python's heap fragmentation between requests.
+SERVING_RESERVE_MB: Final = 256
 
 
 def threads_for_memory(memory_mb: int) -> int:
@@ -119,6 +133,19 @@ class Env(StrEnum):
     ENDPOINT_NAME = "ENDPOINT_NAME"  # the SageMaker proxy's target
     LAMBDA_MEMORY = "AWS_LAMBDA_FUNCTION_MEMORY_SIZE"  # set by Lambda itself
     LAMBDA_TASK_ROOT = "LAMBDA_TASK_ROOT"  # set by Lambda itself
+    # The memory one serving process may use, in MiB: onnxruntime's arena is capped to it less
+    # the reserve and the weights. Default: Lambda's memory size; the SageMaker launcher sets
+    # it to each worker's share of the container's memory.
+    MEMORY_LIMIT_MB = "ONNXLIFT_MEMORY_LIMIT_MB"
+
+
+def memory_limit_mb(env: Mapping[str, str]) -> int | None:
+    """The memory a serving process may use (MiB): MEMORY_LIMIT_MB (0: no cap), else Lambda's
+    memory size, else None (no cap: a process with no known budget is not capped by a guess)."""
+    explicit = parse_count(env.get(Env.MEMORY_LIMIT_MB, "").strip())
+    if explicit is not None:
+        return explicit or None
+    return parse_count(env.get(Env.LAMBDA_MEMORY, "").strip()) or None
 
 
 POWERTOOLS_NAMESPACE: Final = "onnxlift"  # CloudWatch metrics namespace

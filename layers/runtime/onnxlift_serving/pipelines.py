@@ -13,7 +13,7 @@ from tokenizers import Tokenizer
 from onnxlift_serving.artifact import Artifact
 from onnxlift_serving.errors import ArtifactError, PayloadTooLarge, Unprocessable
 from onnxlift_serving.protocol import DATATYPES, TensorSpec
-from onnxlift_serving.session import run_options
+from onnxlift_serving.session import MIB, arena_limit, is_allocation_failure, run_options
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +63,27 @@ def run_session(
     at build time; what still fails here is what only the graph knows of the input (a value a
     kernel refuses, two free dimensions that must agree): InvalidArgument, or Fail /
     RuntimeException raised by a node. The whole message goes to the log, its first line to
-    the client (node names, no paths)."""
+    the client (node names, no paths). The arena refusing an allocation (over its cap, or
+    more than the machine has) is the request's size: a 413."""
     try:
         return session.run(outputs, feeds, run_options())  # the arena shrinks back after
+    except MemoryError:
+        log.warning("the run needed more memory than the process has")
+        raise PayloadTooLarge(too_much_memory()) from None
     except (InvalidArgument, Fail, RuntimeException) as exc:
+        if is_allocation_failure(str(exc)):
+            log.warning("the request needs more memory than allowed: %s", exc)
+            raise PayloadTooLarge(too_much_memory()) from None
         log.warning("the model refused the input: %s", exc)
         first = str(exc).splitlines()[0][:300]
         raise Unprocessable(f"the model refused the input: {first}") from None
+
+
+def too_much_memory() -> str:
+    """The 413 message of a request whose run (or answer) does not fit the process's memory."""
+    limit = arena_limit()
+    allowed = f"the {limit // MIB} MiB a request may use" if limit else "the memory available"
+    return f"this request needs more memory than {allowed}; send fewer or shorter rows"
 
 
 def empty_outputs(outputs: dict[str, TensorSpec]) -> dict[str, np.ndarray]:

@@ -270,6 +270,38 @@ def dumps(doc: Any) -> bytes:
     return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+def _json_floor(array: np.ndarray) -> int:
+    """The fewest bytes orjson can write `array`'s values in: "0.0," a float, "0," an integer,
+    "true," a bool, a string its UTF-8 length (at least) and quotes and comma."""
+    if array.dtype == np.object_ or array.dtype.kind in "SU":
+        return sum(len(str(x)) + 3 for x in array.ravel())
+    per_value = {"f": 4, "b": 5}.get(array.dtype.kind, 2)
+    return array.size * per_value
+
+
+def _binary_size(array: np.ndarray) -> int:
+    if array.dtype == np.object_ or array.dtype.kind in "SU":
+        return sum(len(str(x).encode()) + 4 for x in array.ravel())
+    return array.nbytes
+
+
+def encoded_size_floor(
+    outputs: dict[str, np.ndarray], binary: dict[str, bool] | bool, *, base64: bool
+) -> int:
+    """At least how many bytes the answer with `outputs` takes on the wire (binary.py's
+    `binary_outputs` says which outputs are raw; `base64`: raw bytes ride base64-encoded, as
+    in a Lambda proxy result). Cheap: from shapes and dtypes, before any encoding is built."""
+    total = 0
+    for name, array in outputs.items():
+        raw = binary.get(name, False) if isinstance(binary, dict) else binary
+        if raw:
+            size = _binary_size(array)
+            total += -(-size // 3) * 4 if base64 else size
+        else:
+            total += _json_floor(array)
+    return total
+
+
 def encode_infer_response(
     *, model_name: str, model_version: str, request_id: str | None, outputs: dict[str, np.ndarray]
 ) -> dict[str, Any]:

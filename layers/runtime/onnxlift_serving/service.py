@@ -35,9 +35,15 @@ from typing import Any
 from onnxlift_serving import layout, protocol
 from onnxlift_serving.aliases import DEFAULT_ALIAS, read_alias
 from onnxlift_serving.artifact import Artifact, fetch_from_registry, load_artifact
-from onnxlift_serving.contract import API_BODY_BYTES, Env, is_canonical_version
+from onnxlift_serving.contract import (
+    API_BODY_BYTES,
+    LAMBDA_RESPONSE_BYTES,
+    Env,
+    is_canonical_version,
+    memory_limit_mb,
+)
 from onnxlift_serving.cpu import cpu_facts
-from onnxlift_serving.errors import ArtifactError, NotFound, ServiceUnavailable
+from onnxlift_serving.errors import ArtifactError, NotFound, PayloadTooLarge, ServiceUnavailable
 from onnxlift_serving.pipelines import Pipeline, build_pipeline
 from onnxlift_serving.session import create_session, default_threads, integer_kernel_setting
 
@@ -62,6 +68,9 @@ class ServiceConfig:
     providers: tuple[str, ...] = ()
     alias_ttl_s: float = 30.0
     max_loaded_versions: int = 2
+    memory_mb: int | None = None  # what the process may use; None: onnxruntime is not capped
+    max_response_bytes: int = LAMBDA_RESPONSE_BYTES
+    response_base64: bool = True  # a binary answer rides base64-encoded (Lambda's proxy result)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceConfig:
@@ -81,6 +90,7 @@ class ServiceConfig:
             providers=tuple(p for p in env.get(Env.ORT_PROVIDERS, "").split(",") if p),
             alias_ttl_s=float(env.get(Env.ALIAS_TTL_S, 30)),
             max_loaded_versions=int(env.get(Env.MAX_LOADED_VERSIONS, 2)),
+            memory_mb=memory_limit_mb(env),
         )
 
 
@@ -195,7 +205,10 @@ class ModelService:
                 f"{self.config.name} v{version}"
             )
         session = create_session(
-            artifact.model_path, threads=self.config.threads, providers=list(self.config.providers)
+            artifact.model_path,
+            threads=self.config.threads,
+            providers=list(self.config.providers),
+            memory_mb=self.config.memory_mb,
         )
         return LoadedVersion(artifact, build_pipeline(artifact, session))
 
@@ -337,17 +350,34 @@ class ModelService:
         doc = protocol.decode_body(body, max_bytes=self.config.max_payload_bytes)
         return self.infer_doc(doc, name, version)
 
+    def _check_answer_size(self, outputs: dict[str, Any], binary: dict[str, bool] | bool) -> None:
+        """413 before encoding an answer that cannot be sent: its encoding would be built in
+        memory (a large output's JSON is ~10 bytes a value) only for the platform to refuse it."""
+        floor = protocol.encoded_size_floor(outputs, binary, base64=self.config.response_base64)
+        if floor > self.config.max_response_bytes:
+            raise PayloadTooLarge(
+                f"the answer would take at least {floor} bytes, over the "
+                f"{self.config.max_response_bytes}-byte response limit; send fewer rows or "
+                "ask for fewer outputs"
+            )
+
     def infer_doc(
-        self, doc: dict[str, Any], name: str, version: str | None = None
+        self,
+        doc: dict[str, Any],
+        name: str,
+        version: str | None = None,
+        *,
+        binary: dict[str, bool] | bool = False,
     ) -> dict[str, Any]:
         """Inference on a parsed V2 request (binary.py turns binary bodies into one); resolve
-        answers 404 for another model's name."""
+        answers 404 for another model's name. `binary`: which outputs will be sent raw."""
         loaded = self.resolve(name, version)
         pipeline = loaded.pipeline
         request = protocol.decode_infer_request(doc, pipeline.inputs, pipeline.outputs)
         outputs = pipeline.run(request.inputs)
         if request.requested_outputs is not None:
             outputs = {k: outputs[k] for k in request.requested_outputs}
+        self._check_answer_size(outputs, binary)
         return protocol.encode_infer_response(
             model_name=loaded.artifact.name,
             model_version=loaded.artifact.version,

@@ -14,24 +14,35 @@ kernels); on VNNI and arm64 CPUs, whose kernels sum exactly already, it changes 
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
 import onnxruntime as ort
 
-from onnxlift_serving.contract import Env, threads_for_memory
+from onnxlift_serving.contract import SERVING_RESERVE_MB, Env, threads_for_memory
+from onnxlift_serving.errors import ArtifactError
 
 __all__ = [
+    "ALLOCATION_FAILURES",
     "INTEGER_KERNEL_CONFIG",
+    "ModelTooLarge",
+    "arena_bytes",
+    "arena_limit",
     "choose_providers",
     "create_session",
     "default_threads",
     "integer_kernel_setting",
+    "is_allocation_failure",
     "run_options",
     "session_options",
 ]
+
+MIB = 1024 * 1024
+log = logging.getLogger(__name__)
 
 # onnxruntime's kOrtSessionOptionsAvx2PrecisionMode (onnxruntime_session_options_config_keys.h).
 INTEGER_KERNEL_CONFIG: Final[dict[str, str]] = {"session.x64quantprecision": "1"}
@@ -42,7 +53,75 @@ INTEGER_KERNEL_CONFIG: Final[dict[str, str]] = {"session.x64quantprecision": "1"
 # min / median ms): 2 x 12 tokens 7.7 / 18.0 default, 7.5 / 16.7 with it; 8 x 64 175 / 338
 # and 165 / 338; 32 x 256 4,740 / 6,659 and 5,394 / 6,422 (turning the arena off instead
 # cost 25-70% on the larger batches).
+# It shrinks the capped serving arena too (arena_bytes; scripts/arena_cap_figures.py, minilm,
+# 2048 MiB): 99 MiB at start, 129 MiB after a 64 x 256 batch; uncapped 93 and 122.
 ARENA_SHRINKAGE_CONFIG: Final[dict[str, str]] = {"memory.enable_memory_arena_shrinkage": "cpu:0"}
+
+
+# -- the memory a request may make ------------------------------------------------------------
+# Serving sessions allocate from one process-wide CPU arena capped at what the memory limit
+# leaves (arena_bytes): a request that needs more fails inside onnxruntime with one of these
+# messages (bfc_arena.cc) instead of growing the process until Lambda kills the sandbox.
+# Measured with onnxruntime 1.32 (minilm, INT8, 30 MB file): the initializers are not taken
+# from the arena, the kernels' packed weight copies are (17 MiB of a 30 MB file); a cap below
+# those copies is not enforced at all (the 64 x 256 batch then peaked at 880 MiB under an
+# 8 MiB cap), hence MIN_REQUEST_BYTES on top of the weights.
+ALLOCATION_FAILURES: Final = ("Failed to allocate memory", "Available memory of")
+MIN_REQUEST_BYTES: Final = 64 * MIB
+_ARENA_LOCK = threading.Lock()
+_arena_limit: int | None = None
+
+
+class ModelTooLarge(ArtifactError):
+    """The model's weights leave no room for a request in the memory the process may use."""
+
+
+def is_allocation_failure(message: str) -> bool:
+    """Whether an onnxruntime error is its arena refusing an allocation."""
+    return any(text in message for text in ALLOCATION_FAILURES)
+
+
+def arena_bytes(memory_mb: int, model_bytes: int) -> int:
+    """The arena cap for a process of `memory_mb` serving a model of `model_bytes`: the memory
+    less SERVING_RESERVE_MB and the weights (they are resident outside the arena). Raises
+    ModelTooLarge when what is left cannot hold the packed weight copies and a request."""
+    cap = (memory_mb - SERVING_RESERVE_MB) * MIB - model_bytes
+    if cap < model_bytes + MIN_REQUEST_BYTES:
+        raise ModelTooLarge(
+            f"the model's weights ({model_bytes / MIB:.0f} MiB) do not fit a {memory_mb} MiB "
+            f"function: {SERVING_RESERVE_MB} MiB go to the runtime and one request's body and "
+            f"answer, and the kernels need room for their copy of the weights plus "
+            f"{MIN_REQUEST_BYTES // MIB} MiB for a request; raise serving.memory_mb to at "
+            f"least {SERVING_RESERVE_MB + (2 * model_bytes + MIN_REQUEST_BYTES) // MIB + 1}"
+        )
+    return cap
+
+
+def arena_limit() -> int | None:
+    """The cap (bytes) of the process's serving arena, None while no capped session exists."""
+    return _arena_limit
+
+
+def _register_arena(cap: int) -> int:
+    """Register the capped CPU arena once per process; a later cap leaves the first in place
+    (onnxruntime keeps one allocator per device) and is logged."""
+    global _arena_limit
+    with _ARENA_LOCK:
+        if _arena_limit is None:
+            config = ort.OrtArenaCfg(cap, -1, -1, -1)  # max bytes; default growth and chunks
+            info = ort.OrtMemoryInfo(
+                "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+            )
+            ort.create_and_register_allocator(info, config)
+            _arena_limit = cap
+            log.info("onnxruntime CPU arena capped at %d MiB", cap // MIB)
+        elif cap != _arena_limit:
+            log.warning(
+                "arena already capped at %d MiB; a later model asked %d MiB",
+                _arena_limit // MIB,
+                cap // MIB,
+            )
+        return _arena_limit
 
 
 def default_threads(env: Mapping[str, str] | None = None) -> int:
@@ -100,12 +179,21 @@ def create_session(
     providers: list[str] | None = None,
     optimization: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     integer_config: dict[str, str] = INTEGER_KERNEL_CONFIG,
+    memory_mb: int | None = None,
 ) -> ort.InferenceSession:
-    """A session on `model` (a path or serialized bytes) with onnxlift's settings."""
+    """A session on `model` (a path or serialized bytes) with onnxlift's settings.
+
+    `memory_mb` (serving only: the handler and the container) is what the process may use:
+    the session then allocates from the process's capped arena (see arena_bytes). Build-time
+    sessions leave it None and are not capped here."""
     source = model if isinstance(model, bytes) else str(model)
     options = session_options(
         threads=threads, optimization=optimization, integer_config=integer_config
     )
+    if memory_mb is not None:
+        size = len(model) if isinstance(model, bytes) else Path(model).stat().st_size
+        _register_arena(arena_bytes(memory_mb, size))
+        options.add_session_config_entry("session.use_env_allocators", "1")
     return ort.InferenceSession(
         source,
         sess_options=options,
