@@ -133,8 +133,13 @@ def _add_staged(
             report=lambda m: console.print(f"  {m}", markup=False),
         )
         draft.rename(folder)
-    except BaseException:
+    except OnnxliftError as exc:
         shutil.rmtree(build_dir, ignore_errors=True)  # nothing of a failed add stays
+        # The checks saw the staged copy; the user knows the file by its own path.
+        text = str(exc).replace(str(draft / "model.onnx"), str(path))
+        raise type(exc)(text.replace(str(draft), str(path.parent))) from None
+    except BaseException:
+        shutil.rmtree(build_dir, ignore_errors=True)
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -56,6 +56,8 @@ def check_onnx_file(path: Path, *, full: bool = True) -> onnx.ModelProto:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         raise BuildError(f"{path}: not a valid ONNX model: {exc}") from exc
+    if not model.HasField("graph"):
+        raise BuildError(f"{path}: not a valid ONNX model: it has no graph (empty or not ONNX)")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise BuildError(f"{path}: opset {opset} is outside {MIN_OPSET}..{MAX_OPSET}")

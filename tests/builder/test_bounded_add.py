@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from onnxlift.cli import cli
+from tests.builder.conftest import error_lines, nothing_left
 from tests.builder.hostile_models import (
     constant_of_huge_shape,
     external_data_model,
@@ -28,28 +29,7 @@ from tests.builder.hostile_models import (
 )
 from tests.conftest import ROOT
 
-
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A scratch project root with the repo's serving code, so `add` writes models/ there."""
-    root = tmp_path / "project"
-    (root / "models").mkdir(parents=True)
-    (root / "pyproject.toml").write_text("")
-    for part in ("functions", "layers"):
-        (root / part).symlink_to(ROOT / part)
-    monkeypatch.setenv("ONNXLIFT_ROOT", str(root))
-    return root
-
-
-def nothing_left(project: Path, name: str) -> None:
-    leftovers = [p.name for p in (project / "models").iterdir()]
-    assert name not in leftovers and not [n for n in leftovers if n.startswith(".adding")]
-    assert not (project / ".onnxlift" / "build" / name).exists()
-
-
-def error_lines(output: str) -> list[str]:
-    assert "Traceback" not in output, output
-    return [line for line in output.splitlines() if line.startswith("error:")]
+pytestmark = pytest.mark.slow  # child processes and time limits: out of `make test-fast`
 
 
 def test_a_runaway_reference_run_is_stopped_at_the_time_limit(

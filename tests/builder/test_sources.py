@@ -15,7 +15,6 @@ from click.testing import CliRunner
 
 from onnxlift.errors import BuildError
 from onnxlift.sources.onnx_file import check_onnx_file
-from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -36,17 +35,6 @@ class Scorer(torch.nn.Module):
 
 def held_out(rows: int = 64) -> np.ndarray:
     return np.random.default_rng(1).standard_normal((rows, 16)).astype(np.float32)
-
-
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A scratch project root with the repo's serving code, so `add` writes models/ there."""
-    (tmp_path / "models").mkdir()
-    (tmp_path / "pyproject.toml").write_text("")
-    for part in ("functions", "layers"):
-        (tmp_path / part).symlink_to(ROOT / part)
-    monkeypatch.setenv("ONNXLIFT_ROOT", str(tmp_path))
-    return tmp_path
 
 
 @pytest.mark.parametrize("mode", ["static", "dynamic", "none"])
