@@ -25,6 +25,7 @@ import os
 import re
 import resource
 import signal
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -66,10 +67,14 @@ def _failure_log(root: Path, name: str) -> Path:
 
 
 def _child_main(
-    connection: Connection, folder: Path, root: Path, force: bool, memory_mb: int
+    connection: Connection, folder: Path, root: Path, force: bool, memory_mb: int, parent: int
 ) -> None:
     """The child: limits first, then the build; every outcome is one message on the pipe."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    from onnxlift.parent_watch import watch_parent
+
+    for stop in (signal.SIGINT, signal.SIGTERM):  # the parent decides when to stop...
+        signal.signal(stop, signal.SIG_IGN)
+    watch_parent(parent)  # ...and a parent killed outright (SIGKILL) takes the child along
     limit = memory_mb * 2**20
     resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     name = folder.name
@@ -148,13 +153,14 @@ def build_bounded(
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(
         target=_child_main,
-        args=(sender, folder, root, force, limits.memory_mb),
+        args=(sender, folder, root, force, limits.memory_mb, os.getpid()),
         name=f"onnxlift-build-{spec.name}",
         daemon=True,
     )
     deadline = time.monotonic() + limits.seconds
     process.start()
     sender.close()  # the child holds the only writer: EOF on the reader means it has gone
+    previous = _terminate_as_interrupt()
     try:
         while True:
             if time.monotonic() > deadline:
@@ -176,6 +182,20 @@ def build_bounded(
     finally:
         _stop(process)
         receiver.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate_as_interrupt() -> Any:
+    """SIGTERM (a `kill`, a CI timeout) ends the build as Ctrl-C does, so callers clean up
+    (Python's default would exit at once, leaving add's staging folder). Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def _died(name: str, exitcode: int | None, limits: BuildLimits) -> OnnxliftError:

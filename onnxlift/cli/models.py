@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +96,22 @@ def refusal(path: Path, exc: BaseException) -> str:
     return f"{path.name} refused: {type(exc).__name__}: {first} (nothing was added)"
 
 
+def _sweep_killed_adds(models: Path) -> None:
+    """Remove what a killed add left: its staging folder (named with its pid, which is gone)
+    and the unfinished build of a model that never reached models/. A live add is left alone."""
+    import shutil
+
+    from onnxlift.local.processes import stack_alive
+
+    for staging in models.glob(".adding-*"):
+        match = re.fullmatch(r"\.adding-(.+)-(\d+)-[^-]+", staging.name)
+        if match is None or stack_alive(int(match[2])):
+            continue
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (models / match[1]).exists() and is_model_name(match[1]):
+            shutil.rmtree(paths.cache_dir(project_root()) / "build" / match[1], ignore_errors=True)
+
+
 def _add_staged(
     folder: Path,
     path: Path,
@@ -113,7 +131,10 @@ def _add_staged(
     from onnxlift.builder.check import external_data_files
 
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".adding-{folder.name}-", dir=folder.parent))
+    _sweep_killed_adds(folder.parent)
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".adding-{folder.name}-{os.getpid()}-", dir=folder.parent)
+    )
     draft = staging / folder.name  # the spec's name must match its folder's
     build_dir = paths.cache_dir(project_root()) / "build" / folder.name
     try:

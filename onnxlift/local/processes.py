@@ -71,7 +71,7 @@ def start_child(name: str, args: list[str], *, log: Path, env: dict[str, str]) -
     """`python ARGS` in its own session, watched so it dies with this process (parent_watch)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     handle = log.open("ab")
-    watched = ["-m", "onnxlift.local.parent_watch", str(os.getpid())]
+    watched = ["-m", "onnxlift.parent_watch", str(os.getpid())]
     process = subprocess.Popen(
         [sys.executable, *watched, *args],
         stdout=handle,

@@ -106,46 +106,76 @@ def cmdline(pid: int) -> str:
         return "?"
 
 
-def test_ctrl_c_stops_add_and_its_child_and_leaves_nothing(project: Path, tmp_path: Path) -> None:
-    """As a terminal does it: SIGINT to the whole process group while the child is running."""
-    path = save(runaway_loop(), tmp_path / "spin.onnx")
+def start_add(project: Path, path: Path, name: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """`onnxlift add` in its own process group (as a shell runs a foreground job), its output
+    collected line by line, returned once the child's reference run is under way."""
     env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'layers' / 'runtime'}")
     process = subprocess.Popen(
-        [sys.executable, "-m", "onnxlift.cli", "add", str(path), "--name", "spin", "--no-publish"],
+        [sys.executable, "-m", "onnxlift.cli", "add", str(path), "--name", name, "--no-publish"],
         cwd=project,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        start_new_session=True,  # its own group, as a shell gives a foreground job
+        start_new_session=True,
     )
     lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(process.stdout or []), daemon=True)
-    reader.start()
+    threading.Thread(target=lambda: lines.extend(process.stdout or []), daemon=True).start()
     deadline = time.monotonic() + 60
     while not any("running it on the parity inputs" in line for line in lines):
         assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
         time.sleep(0.1)
     time.sleep(1.0)  # the reference run is under way in the child
+    return process, lines
+
+
+def all_gone(pids: set[int], within_s: float = 10) -> dict[int, str]:
+    deadline = time.monotonic() + within_s
+    while (left := {pid: cmdline(pid) for pid in pids if alive(pid)}) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.2)
+    return left
+
+
+@pytest.mark.parametrize(
+    ("how", "group"), [(signal.SIGINT, True), (signal.SIGTERM, False), (signal.SIGTERM, True)]
+)
+def test_ctrl_c_or_kill_stops_add_and_its_child_and_leaves_nothing(
+    project: Path, tmp_path: Path, how: signal.Signals, group: bool
+) -> None:
+    """Ctrl-C reaches the whole group; `kill PID` the parent alone."""
+    process, lines = start_add(project, save(runaway_loop(), tmp_path / "spin.onnx"), "spin")
     below = descendants(process.pid)
     assert below, "the build runs in a child process"
-    os.killpg(process.pid, signal.SIGINT)
+    (os.killpg if group else os.kill)(process.pid, how)
     try:
         code = process.wait(timeout=20)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-    reader.join(5)
+    time.sleep(0.2)
     output = "".join(lines)
     assert code == 130, output
     assert "interrupted" in output and "Traceback" not in output
-    deadline = time.monotonic() + 10
-    while (left := {pid: cmdline(pid) for pid in below if alive(pid)}) and (
-        time.monotonic() < deadline
-    ):
-        time.sleep(0.2)
-    assert not left, f"left running: {left}"
+    assert not all_gone(below)
     nothing_left(project, "spin")
+
+
+def test_a_killed_add_takes_its_child_along_and_the_next_add_sweeps_its_leftovers(
+    project: Path, tmp_path: Path
+) -> None:
+    process, _ = start_add(project, save(runaway_loop(), tmp_path / "spin.onnx"), "spin")
+    below = descendants(process.pid)
+    os.kill(process.pid, signal.SIGKILL)  # no handler runs: the staging folder stays...
+    process.wait(timeout=10)
+    assert not all_gone(below), "the build's child outlived its killed parent"
+    assert [p.name for p in (project / "models").glob(".adding-spin-*")]
+    path, _ = external_data_model(tmp_path / "outside")
+    result = CliRunner().invoke(cli, ["add", str(path), "--name", "ext", "--no-publish"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (project / "models").iterdir()) == ["ext"]  # ...until now
+    assert not (project / ".onnxlift" / "build" / "spin").exists()
 
 
 def test_a_model_with_external_data_is_added_published_fetched_and_served(

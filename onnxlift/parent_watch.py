@@ -1,7 +1,7 @@
-"""Run a child of the local stack so that it dies with `onnxlift up`, however that dies.
+"""Run a child so that it dies with its parent (`onnxlift up`, a build), however that dies.
 
-    python -m onnxlift.local.parent_watch PARENT_PID -m some.module ARGS...
-    python -m onnxlift.local.parent_watch PARENT_PID path/to/script ARGS...
+    python -m onnxlift.parent_watch PARENT_PID -m some.module ARGS...
+    python -m onnxlift.parent_watch PARENT_PID path/to/script ARGS...
 
 runs the module or script in this process (same pid, same argv after the prefix) with a
 daemon thread that checks every WATCH_INTERVAL_S that its parent is still PARENT_PID. Once it
@@ -52,7 +52,7 @@ def watch_parent(parent: int, interval: float = WATCH_INTERVAL_S) -> threading.T
 
 def main(argv: list[str]) -> None:
     if len(argv) < 2 or not argv[0].isdigit() or (argv[1] == "-m" and len(argv) < 3):
-        sys.exit("usage: python -m onnxlift.local.parent_watch PARENT_PID (-m MODULE | SCRIPT) ...")
+        sys.exit("usage: python -m onnxlift.parent_watch PARENT_PID (-m MODULE | SCRIPT) ...")
     watch_parent(int(argv[0]))
     if argv[1] == "-m":
         sys.argv = [argv[2], *argv[3:]]
