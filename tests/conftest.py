@@ -178,6 +178,31 @@ def texts_body(texts: list[str], **extra: Any) -> dict[str, Any]:
     return {"inputs": [tensor | extra]}
 
 
+# -- a scratch project for the CLI ---------------------------------------------------
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A scratch project root with the repo's serving code, so `add` writes models/ there."""
+    root = tmp_path / "project"
+    (root / "models").mkdir(parents=True)
+    (root / "pyproject.toml").write_text("")
+    for part in ("functions", "layers"):
+        (root / part).symlink_to(ROOT / part)
+    monkeypatch.setenv("ONNXLIFT_ROOT", str(root))
+    return root
+
+
+def nothing_left(project: Path, name: str) -> None:
+    """No model folder, no staging folder, no build of `name`."""
+    leftovers = [p.name for p in (project / "models").iterdir()]
+    assert name not in leftovers and not [n for n in leftovers if n.startswith(".adding")]
+    assert not (project / ".onnxlift" / "build" / name).exists()
+
+
+def error_lines(output: str) -> list[str]:
+    assert "Traceback" not in output, output
+    return [line for line in output.splitlines() if line.startswith("error:")]
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """`slow` is true by construction: any test that needs the real MiniLM build (directly or
     through another fixture) is marked, so `make test-fast` never builds a model."""

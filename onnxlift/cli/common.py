@@ -120,6 +120,22 @@ def select_specs(names: tuple[str, ...], all_models: bool) -> list[Any]:
     return [by_name[n] for n in names]
 
 
+def aws_failure(exc: BaseException) -> str | None:
+    """One line for an AWS call that failed (a missing bucket, denied access, no credentials,
+    no endpoint), or None for anything that is not botocore's."""
+    if not type(exc).__module__.startswith("botocore"):
+        return None
+    from botocore.exceptions import ClientError
+
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        return (
+            f"AWS refused {exc.operation_name}: {error.get('Code', '?')}: "
+            f"{error.get('Message', '')}".strip()
+        )
+    return f"AWS could not be reached: {exc}"
+
+
 class OnnxliftGroup(click.Group):
     """Turns the toolkit's user-facing errors into a clean message and exit code 2."""
 
@@ -131,6 +147,11 @@ class OnnxliftGroup(click.Group):
             # the serving runtime's refusal of a tampered or malformed version (pull).
             console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", soft_wrap=True)
             ctx.exit(getattr(exc, "exit_code", EXIT_REFUSED))
+        except Exception as exc:
+            if (line := aws_failure(exc)) is None:
+                raise  # a bug in onnxlift: its traceback, exit 1
+            console.print(f"[bold red]error:[/bold red] {escape(line)}", soft_wrap=True)
+            ctx.exit(EXIT_REFUSED)
         except KeyboardInterrupt:
             # Whatever was half made has been removed on the way out (add's staging folder,
             # the build's child process); 128 + SIGINT, as shells report it.

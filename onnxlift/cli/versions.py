@@ -18,7 +18,7 @@ from onnxlift.cli.common import (
     select_specs,
     target_text,
 )
-from onnxlift.errors import OnnxliftError
+from onnxlift.errors import OnnxliftError, RegistryError
 
 __all__ = ["list_models", "promote", "publish", "pull", "rollback"]
 
@@ -49,6 +49,8 @@ def publish(name: str, version: str | None, bucket: str | None) -> None:
 def pull(name: str, version: str, bucket: str | None) -> None:
     """Fetch a published version (sha256-checked) to where the image build bakes it in."""
     registry = open_registry(bucket)
+    if version not in registry.versions(name):  # a clear line, not S3's NoSuchKey
+        raise RegistryError(f"{name} version {version} is not in s3://{registry.bucket}")
     folder = registry.download(name, version, paths.cache_dir(project_root()) / "artifacts")
     click.echo(f"{name} version {version} -> {folder}")
 

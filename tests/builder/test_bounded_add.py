@@ -19,7 +19,6 @@ import pytest
 from click.testing import CliRunner
 
 from onnxlift.cli import cli
-from tests.builder.conftest import error_lines, nothing_left
 from tests.builder.hostile_models import (
     constant_of_huge_shape,
     external_data_model,
@@ -27,7 +26,7 @@ from tests.builder.hostile_models import (
     runaway_loop,
     save,
 )
-from tests.conftest import ROOT
+from tests.conftest import ROOT, error_lines, nothing_left
 
 pytestmark = pytest.mark.slow  # child processes and time limits: out of `make test-fast`
 

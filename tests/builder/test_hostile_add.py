@@ -25,7 +25,6 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 from onnxlift.cli import cli
-from tests.builder.conftest import error_lines, nothing_left
 from tests.builder.hostile_models import (
     X,
     Y,
@@ -36,6 +35,7 @@ from tests.builder.hostile_models import (
     save,
     unknown_domain,
 )
+from tests.conftest import error_lines, nothing_left
 
 pytestmark = pytest.mark.slow  # a child process per case: out of `make test-fast`
 
