@@ -140,6 +140,19 @@ class Registry:
                 infos.append(VersionInfo(name, version, False, None))
         return infos
 
+    def is_servable(self, name: str, version: str) -> bool:
+        """False for an unsigned version when this registry signs (its readers would refuse it)."""
+        if self.signer is None:
+            return True
+        key = layout.object_key(name, version, layout.SIGNATURE_FILE)
+        try:
+            self.s3.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+                return False
+            raise
+        return True
+
     def find_by_fingerprint(self, name: str, fingerprint: str) -> str | None:
         for info in reversed(self.describe(name)):
             if info.manifest and info.manifest.get("build_fingerprint") == fingerprint:

@@ -13,6 +13,7 @@ from rich.table import Table
 from onnxlift import paths
 from onnxlift.cli.common import (
     BUCKET_OPTION,
+    SIGNING_KEY_OPTION,
     console,
     open_registry,
     project_root,
@@ -151,6 +152,7 @@ def _add_staged(
     help="Publish to the registry (--bucket, or the running local stack).",
 )
 @BUCKET_OPTION
+@SIGNING_KEY_OPTION
 def add(
     path: Path,
     name: str,
@@ -160,6 +162,7 @@ def add(
     memory_mb: int,
     publish: bool,
     bucket: str | None,
+    signing_key: str | None,
 ) -> None:
     """Bring an ONNX file you already have: check it, optionally quantize it, publish it."""
     from onnxlift.sources.onnx_file import check_onnx_file
@@ -198,6 +201,6 @@ def add(
     figure = result.manifest["parity"]
     console.print(f"{name}: max abs error {figure['value']:.2e} (gate {threshold}) -> {folder}")
     if publish:
-        registry = open_registry(bucket)
+        registry = open_registry(bucket, signing_key)
         version = registry.publish(result.folder, name=name)
         click.echo(f"published {name} version {version} to s3://{registry.bucket}")
