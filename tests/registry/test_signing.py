@@ -273,3 +273,33 @@ def test_verification_cost_per_version(
         figures[label] = sorted(runs)[len(runs) // 2] * 1000
     print("verification per version, median ms:", {k: round(v, 2) for k, v in figures.items()})
     assert all(v < 1000 for v in figures.values())
+
+
+def test_local_stack_key_survives_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`up --sign`: the key is a file made once, so what was signed before a restart (moto
+    forgets everything) still verifies after it, from the registry's on-disk snapshot."""
+    from onnxlift.local.stack import LocalStack, StackOptions
+
+    monkeypatch.setenv("ONNXLIFT_STATE_DIR", str(tmp_path / "state"))
+    for key in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    digests = []
+    for run in range(2):  # two `up`s, each with a fresh moto server
+        stack = LocalStack(
+            StackOptions(root=tmp_path, aws_port=free_port(), sign=True), report=lambda _: None
+        )
+        stack._open_registry(stack._start_moto())
+        try:
+            registry = stack.registry
+            assert registry is not None and stack.signing_key is not None
+            if run == 0:
+                registry.publish(make_artifact(tmp_path / "a"), name="tiny")
+            folder = registry.download("tiny", "1", tmp_path / f"cache{run}")
+            assert (folder / "manifest.sig").is_file()
+            digests.append(stack.signing_key.read_bytes())
+        finally:
+            for child in stack.children:
+                child.stop()
+    assert digests[0] == digests[1]  # the same key, not a new one per run
