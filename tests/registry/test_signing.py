@@ -249,6 +249,10 @@ def test_kms_key_signs_and_verifies_through_moto(aws: dict[str, Any], tmp_path: 
     tamper(aws, b"evil-onnx")
     with pytest.raises(ArtifactError, match="does not verify"):
         registry.download("tiny", "1", tmp_path / "tampered")
+    no_such_key = key.key_id.rsplit("/", 1)[0] + "/00000000-0000-0000-0000-000000000000"
+    gone = KmsKey(no_such_key, aws["kms"])  # a KMS error is a refusal, not a traceback
+    with pytest.raises(ArtifactError, match=r"kms:Verify with .* failed: NotFoundException"):
+        SignaturePolicy(gone).check(b"{}", signature_document(b"{}", key), "tiny")
 
 
 def test_verification_cost_per_version(

@@ -23,7 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -76,6 +76,8 @@ class KmsKey:
         return bytes(answer["Signature"])
 
     def verify_digest(self, digest: bytes, signature: bytes) -> bool:
+        from botocore.exceptions import ClientError
+
         kms = self._kms()
         try:
             answer = kms.verify(
@@ -87,6 +89,12 @@ class KmsKey:
             )
         except kms.exceptions.KMSInvalidSignatureException:
             return False
+        except ClientError as exc:  # no access, no such key, a malformed signature: refused
+            error = exc.response.get("Error", {})
+            raise ArtifactError(
+                f"kms:Verify with {self.key_id} failed: {error.get('Code')}: "
+                f"{str(error.get('Message'))[:200]}"
+            ) from None
         return bool(answer.get("SignatureValid"))
 
 
@@ -95,15 +103,19 @@ class FileKey:
     """An ECDSA P-256 key in a PEM file: private (signs and verifies) or public (verifies)."""
 
     path: Path
+    key_id: str = field(init=False, default="")  # of the public key: file:sha256:<16 hex>
 
     def __post_init__(self) -> None:
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import ec
 
         data = self.path.read_bytes()
-        self._private = None
+        self._private: Any = None
+        public: Any
         if b"PRIVATE KEY" in data:
             self._private = serialization.load_pem_private_key(data, password=None)
+            if not isinstance(self._private, ec.EllipticCurvePrivateKey):
+                raise ArtifactError(f"{self.path} is not an ECDSA P-256 key")
             public = self._private.public_key()
         else:
             public = serialization.load_pem_public_key(data)
