@@ -307,3 +307,55 @@ def test_local_stack_key_survives_a_restart(
             for child in stack.children:
                 child.stop()
     assert digests[0] == digests[1]  # the same key, not a new one per run
+
+
+def test_the_real_handler_serves_a_signed_version_and_503s_a_tampered_one(
+    aws: dict[str, Any],
+    file_key: tuple[Path, Path],
+    minilm_build: Any,
+    lambda_context: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Real onnxruntime, the handler's own boto3 client against moto server: version 1 signed
+    loads and answers; version 2, swapped with a matching sha256, answers 503."""
+    import sys
+
+    from onnxlift_serving.contract import sandbox_environment, serving_environment
+
+    from onnxlift.local.lambda_runtime import load_handler
+    from tests.conftest import HANDLER, call, texts_body
+
+    private, public = file_key
+    registry = signed_registry(aws, FileKey(private))
+    registry.publish(minilm_build.folder, name="minilm")
+    registry.publish(minilm_build.folder, name="minilm")
+    model_key = "models/minilm/2/model.onnx"
+    manifest_key = "models/minilm/2/manifest.json"
+    payload = aws["s3"].get_object(Bucket=BUCKET, Key=model_key)["Body"].read() + b"\0"
+    manifest = json.loads(aws["s3"].get_object(Bucket=BUCKET, Key=manifest_key)["Body"].read())
+    aws["s3"].put_object(Bucket=BUCKET, Key=model_key, Body=payload)
+    manifest["sha256"] = hashlib.sha256(payload).hexdigest()
+    aws["s3"].put_object(Bucket=BUCKET, Key=manifest_key, Body=json.dumps(manifest).encode())
+    settings = serving_environment(
+        name="minilm",
+        version="1",
+        source="registry",
+        bucket=BUCKET,
+        cache_dir=str(tmp_path / "models"),
+        threads=1,
+        signature_key=f"file:{public}",
+    ) | sandbox_environment("minilm", 2048)
+    for key, value in settings.items():
+        monkeypatch.setenv(key, value)
+    sys.modules.pop("handler", None)
+    load_handler(HANDLER)
+    module = sys.modules["handler"]
+    status, body, _ = call(module, lambda_context, texts_body(["signed"]))
+    assert status == 200, body
+    status, body, _ = call(
+        module, lambda_context, texts_body(["x"]), path="/v2/models/minilm/versions/2/infer"
+    )
+    assert status == 503 and "loading it failed" in body["error"], body
+    assert "does not verify" in module.service._failures["2"][0]  # refused for the signature
+    assert not (tmp_path / "models" / "minilm" / "2").exists()
