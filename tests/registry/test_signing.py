@@ -359,3 +359,17 @@ def test_the_real_handler_serves_a_signed_version_and_503s_a_tampered_one(
     assert status == 503 and "loading it failed" in body["error"], body
     assert "does not verify" in module.service._failures["2"][0]  # refused for the signature
     assert not (tmp_path / "models" / "minilm" / "2").exists()
+
+
+def test_up_sign_republishes_a_build_whose_version_is_unsigned(
+    aws: dict[str, Any], file_key: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`up --sign` after unsigned runs: the matching version would be refused, so it is not
+    reused (LocalStack._build_and_publish publishes a signed one)."""
+    private, _ = file_key
+    Registry(BUCKET, aws["s3"]).publish(make_artifact(tmp_path / "a"), name="tiny")
+    signing = signed_registry(aws, FileKey(private))
+    assert signing.is_servable("tiny", "1") is False
+    assert Registry(BUCKET, aws["s3"]).is_servable("tiny", "1") is True  # nothing to verify
+    signing.publish(make_artifact(tmp_path / "b"), name="tiny")
+    assert signing.is_servable("tiny", "2") is True
