@@ -38,6 +38,7 @@ LOG_RETENTION_DAYS = {
 }  # fmt: skip
 IMAGE_SOURCES = ("asset", "ecr")
 MODEL_SOURCES = ("image", "registry")
+SIGNING_MODES = ("none", "kms")
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,39}$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -149,6 +150,9 @@ class DeploymentConfig:
     ecr_repository_name: str | None = None
     model_source: str = "image"
     log_retention_days: int = 30
+    signing: str = "none"
+    """kms: an asymmetric KMS key signs manifests; every model role may verify, and the
+    functions refuse versions whose manifest.sig does not verify (onnxlift_serving.signing)."""
     # Additions beyond the original contract (both default to the safe choice):
     waf_enabled: bool = True
     """Associate a WAFv2 web ACL with the stage (AWS common rules + per-IP rate limit)."""
@@ -178,6 +182,8 @@ class DeploymentConfig:
             raise ConfigError(f"ecr_repository_name {self.ecr_repository_name!r} is invalid")
         if self.model_source not in MODEL_SOURCES:
             raise ConfigError(f"model_source {self.model_source!r} not in {MODEL_SOURCES}")
+        if self.signing not in SIGNING_MODES:
+            raise ConfigError(f"signing {self.signing!r} not in {SIGNING_MODES}")
         if self.log_retention_days not in LOG_RETENTION_DAYS:
             raise ConfigError(
                 f"log_retention_days {self.log_retention_days} is not a CloudWatch Logs "

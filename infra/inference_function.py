@@ -64,9 +64,11 @@ class InferenceFunction(Construct):
         config: DeploymentConfig,
         registry: ModelRegistry,
         project_root: Path,
+        signature_key: str | None = None,
     ) -> None:
         super().__init__(scope, id)
         self.model = model
+        self.signature_key = signature_key  # kms:<arn>: loads verify; the stack grants Verify
         # The steps run in this order: each reads what the ones before it set on self.
         self.log_group = self._log_group(config)
         self.role = self._role(model, registry)
@@ -128,6 +130,7 @@ class InferenceFunction(Construct):
                 source=config.model_source,
                 bucket=registry.bucket.bucket_name,
                 threads=model.ort_threads,
+                signature_key=self.signature_key,
             )
             | {
                 "POWERTOOLS_SERVICE_NAME": contract.function_name(model.name),

@@ -14,6 +14,7 @@ from infra.inference_function import InferenceFunction
 from infra.registry_bucket import ModelRegistry
 from infra.rest_api import InferenceApi
 from infra.sagemaker_endpoint import SageMakerEndpoint, SageMakerImage
+from infra.signing_key import ManifestSigningKey
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,6 +40,9 @@ class OnnxliftStack(Stack):
         Tags.of(self).add("project", "onnxlift")
 
         self.registry = ModelRegistry(self, "Registry", bucket_name=config.registry_bucket_name)
+        self.signing_key = (
+            ManifestSigningKey(self, "ManifestSigning") if config.signing == "kms" else None
+        )
         self.functions = self._functions(config, project_root)
         self.endpoints = self._endpoints(config, project_root)
         # An endpoint offers what the API needs of a function: `.model.name` and `.function`
@@ -51,8 +55,12 @@ class OnnxliftStack(Stack):
         if acknowledge_nag_findings:
             self.acknowledge_findings()
 
+    @property
+    def _signature_key(self) -> str | None:
+        return None if self.signing_key is None else self.signing_key.spec
+
     def _functions(self, config: DeploymentConfig, project_root: Path) -> list[InferenceFunction]:
-        return [
+        functions = [
             InferenceFunction(
                 self,
                 f"Model-{model.name}",
@@ -60,16 +68,21 @@ class OnnxliftStack(Stack):
                 config=config,
                 registry=self.registry,
                 project_root=project_root,
+                signature_key=self._signature_key,
             )
             for model in config.models
         ]
+        if self.signing_key is not None:
+            for fn in functions:
+                self.signing_key.grant_verify(fn.role)
+        return functions
 
     def _endpoints(self, config: DeploymentConfig, project_root: Path) -> list[SageMakerEndpoint]:
         """One endpoint per SageMaker model, all from one image (none without such models)."""
         if not config.sagemaker_models:
             return []
         image = self._sagemaker_image(config, project_root)
-        return [
+        endpoints = [
             SageMakerEndpoint(
                 self,
                 f"Endpoint-{model.name}",
@@ -81,6 +94,9 @@ class OnnxliftStack(Stack):
             )
             for model in config.sagemaker_models
         ]
+        # No signature check there: the model runs with network isolation, so its container
+        # cannot reach kms:Verify (and its image has no ECDSA verifier of its own).
+        return endpoints
 
     def _sagemaker_image(self, config: DeploymentConfig, project_root: Path) -> SageMakerImage:
         if config.image_source == "ecr":
@@ -106,6 +122,13 @@ class OnnxliftStack(Stack):
             value=self.registry.bucket.bucket_name,
             description="S3 model registry (models/<name>/<version>/...)",
         )
+        if self.signing_key is not None:
+            CfnOutput(
+                self,
+                "ManifestSigningKeyArn",
+                value=self.signing_key.key.key_arn,
+                description="Signs manifests: onnxlift publish --signing-key kms:<this arn>",
+            )
 
     def acknowledge_findings(self, *, skip: Collection[str] = ()) -> None:
         """Have each construct acknowledge the cdk-nag findings its design accepts.

@@ -23,6 +23,7 @@ from onnxlift_serving import layout
 from onnxlift_serving.aliases import read_alias
 from onnxlift_serving.artifact import fetch_from_registry
 from onnxlift_serving.contract import is_canonical_version, is_model_name
+from onnxlift_serving.signing import SignaturePolicy, SigningKey, signature_document
 
 from onnxlift.errors import RegistryError, VersionExistsError
 
@@ -56,13 +57,25 @@ class VersionInfo:
 
 
 class Registry:
-    def __init__(self, bucket: str, client: Any = None, *, mirror: Path | None = None) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        client: Any = None,
+        *,
+        mirror: Path | None = None,
+        signer: SigningKey | None = None,
+        signature: SignaturePolicy | None = None,
+    ) -> None:
         """`mirror`: a folder that gets every object as soon as it is written (the local stack's
         `.onnxlift/registry/<bucket>/`: moto keeps the bucket in memory only, so a version the
-        CLI called published must be on disk before it says so, whatever kills the stack)."""
+        CLI called published must be on disk before it says so, whatever kills the stack).
+        `signer`: publish signs every manifest with it (manifest.sig); `signature`: what
+        download demands of a version's signature (onnxlift_serving.signing)."""
         self.bucket = bucket
         self.s3 = client or s3_client()
         self.mirror = mirror
+        self.signer = signer
+        self.signature = signature
 
     def _keep(self, what: str) -> None:
         """Write-through to the mirror, if any: new versions and changed aliases.
@@ -139,6 +152,19 @@ class Registry:
                 infos.append(VersionInfo(name, version, False, None))
         return infos
 
+    def is_servable(self, name: str, version: str) -> bool:
+        """False for an unsigned version when this registry signs (its readers would refuse it)."""
+        if self.signer is None:
+            return True
+        key = layout.object_key(name, version, layout.SIGNATURE_FILE)
+        try:
+            self.s3.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+                return False
+            raise
+        return True
+
     def find_by_fingerprint(self, name: str, fingerprint: str) -> str | None:
         for info in reversed(self.describe(name)):
             if info.manifest and info.manifest.get("build_fingerprint") == fingerprint:
@@ -147,7 +173,12 @@ class Registry:
 
     def download(self, name: str, version: str, cache_dir: Path) -> Path:
         return fetch_from_registry(
-            bucket=self.bucket, name=name, version=version, cache_dir=cache_dir, s3_client=self.s3
+            bucket=self.bucket,
+            name=name,
+            version=version,
+            cache_dir=cache_dir,
+            s3_client=self.s3,
+            signature=self.signature,
         )
 
     # -- writing ----------------------------------------------------------------------
@@ -210,15 +241,18 @@ class Registry:
             path = folder / layout.ASSETS_DIR / relative
             self._put_new(layout.object_key(name, version, f"{layout.ASSETS_DIR}/{relative}"), path)
         final = dict(manifest, version=version)
+        body = json.dumps(final, indent=2).encode()  # the exact bytes the signature covers
+        signed = None if self.signer is None else signature_document(body, self.signer)
         if final.get("target") == "sagemaker":  # its ModelDataUrl, packed from this version
-            self._put_archive(folder, final, name, version)
-        self._put_new(
-            layout.object_key(name, version, layout.MANIFEST_FILE),
-            body=json.dumps(final, indent=2).encode(),
-        )
+            self._put_archive(folder, (body, signed), name, version)
+        if signed is not None:  # before the manifest: no reader ever sees it unsigned
+            self._put_new(layout.object_key(name, version, layout.SIGNATURE_FILE), body=signed)
+        self._put_new(layout.object_key(name, version, layout.MANIFEST_FILE), body=body)
         self._keep(f"{name} version {version}")
 
-    def _put_archive(self, folder: Path, manifest: dict[str, Any], name: str, version: str) -> None:
+    def _put_archive(
+        self, folder: Path, manifest: tuple[bytes, bytes | None], name: str, version: str
+    ) -> None:
         import shutil
         import tempfile
 
@@ -227,7 +261,10 @@ class Registry:
         with tempfile.TemporaryDirectory() as tmp:
             staged = Path(tmp) / "version"
             shutil.copytree(folder, staged, ignore=shutil.ignore_patterns("work", "build.json"))
-            (staged / layout.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+            body, signed = manifest
+            (staged / layout.MANIFEST_FILE).write_bytes(body)
+            if signed is not None:
+                (staged / layout.SIGNATURE_FILE).write_bytes(signed)
             pack_model(staged, Path(tmp) / "model.tar.gz")
             self._put_new(archive_key(name, version), Path(tmp) / "model.tar.gz")
 

@@ -32,9 +32,11 @@ def archive_key(name: str, version: str) -> str:
 
 
 def _members(folder: Path) -> list[Path]:
-    """The model, the manifest and its assets: no build leftovers."""
+    """The model, the manifest (and its signature, if signed) and its assets: no leftovers."""
     manifest = json.loads((folder / layout.MANIFEST_FILE).read_text())
     files = [folder / layout.MODEL_FILE, folder / layout.MANIFEST_FILE]
+    if (folder / layout.SIGNATURE_FILE).is_file():  # the container checks it at load
+        files.append(folder / layout.SIGNATURE_FILE)
     files += [folder / layout.ASSETS_DIR / relative for relative in manifest.get("assets", {})]
     return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
 

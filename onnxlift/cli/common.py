@@ -19,6 +19,7 @@ __all__ = [
     "BUCKET_OPTION",
     "EXIT_INTERRUPTED",
     "EXIT_REFUSED",
+    "SIGNING_KEY_OPTION",
     "OnnxliftGroup",
     "console",
     "human_size",
@@ -46,12 +47,24 @@ def local_stack_info(root: Path) -> dict[str, Any] | None:
     return json.loads(info.read_text()) if info.is_file() else None
 
 
-def open_registry(bucket: str | None) -> Any:
+def _signing(spec: str | None, local: dict[str, Any] | None) -> dict[str, Any]:
+    """Registry arguments for a signing key: --signing-key, else the local stack's (when it was
+    started with --sign). Publish signs with it; download refuses what it does not verify."""
+    from onnxlift_serving.signing import SignaturePolicy, open_key
+
+    spec = spec or (local or {}).get("signing_key")
+    if not spec:
+        return {}
+    key = open_key(spec)
+    return {"signer": key, "signature": SignaturePolicy(key, required=True)}
+
+
+def open_registry(bucket: str | None, signing_key: str | None = None) -> Any:
     """The registry named by --bucket / ONNXLIFT_BUCKET; else the running local stack's."""
     from onnxlift.registry import Registry
 
     if bucket:
-        return Registry(bucket)
+        return Registry(bucket, **_signing(signing_key, None))
     local = local_stack_info(project_root())
     if local is None:
         raise OnnxliftError(
@@ -79,7 +92,7 @@ def open_registry(bucket: str | None) -> Any:
     )
     bucket = local["registry_bucket"]
     mirror = paths.state_dir(project_root()) / "registry" / bucket  # as `up` restores it
-    return Registry(bucket, client, mirror=mirror)
+    return Registry(bucket, client, mirror=mirror, **_signing(signing_key, local))
 
 
 def target_text(row: dict[str, Any]) -> str:
@@ -159,6 +172,12 @@ class OnnxliftGroup(click.Group):
             ctx.exit(EXIT_INTERRUPTED)
 
 
+SIGNING_KEY_OPTION = click.option(
+    "--signing-key",
+    envvar="ONNXLIFT_SIGNING_KEY",
+    help="kms:<key arn> or file:<pem>: publish signs the manifest, pull refuses what does not "
+    "verify (default: the local stack's key when `onnxlift up --sign` runs).",
+)
 BUCKET_OPTION = click.option(
     "--bucket", envvar="ONNXLIFT_BUCKET", help="Registry bucket (default: the local stack's)."
 )

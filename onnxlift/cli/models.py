@@ -16,6 +16,7 @@ from onnxlift import paths
 from onnxlift.builder.bounded import BuildLimits, build_bounded
 from onnxlift.cli.common import (
     BUCKET_OPTION,
+    SIGNING_KEY_OPTION,
     console,
     limit_options,
     open_registry,
@@ -214,6 +215,7 @@ def _precheck(path: Path, name: str) -> Any:
 )
 @BUCKET_OPTION
 @limit_options
+@SIGNING_KEY_OPTION
 def add(
     path: Path,
     name: str,
@@ -225,6 +227,7 @@ def add(
     bucket: str | None,
     time_limit_s: float,
     memory_limit_mb: int,
+    signing_key: str | None,
 ) -> None:
     """Bring an ONNX file you already have: check it, optionally quantize it, publish it.
 
@@ -257,6 +260,6 @@ def add(
     figure = result.manifest["parity"]
     console.print(f"{name}: max abs error {figure['value']:.2e} (gate {threshold}) -> {folder}")
     if publish:
-        registry = open_registry(bucket)
+        registry = open_registry(bucket, signing_key)
         version = registry.publish(result.folder, name=name)
         click.echo(f"published {name} version {version} to s3://{registry.bucket}")

@@ -29,8 +29,19 @@ __all__ = ["up"]
 @click.option(
     "--threads", type=int, help="intra_op_num_threads per function (default: from its memory)."
 )
+@click.option(
+    "--sign",
+    is_flag=True,
+    help="Sign every published version with a key file under .onnxlift/signing/ (made once); "
+    "the functions and `onnxlift pull` refuse versions that do not verify.",
+)
 def up(
-    port: int, aws_port: int, api_key: str | None, models: tuple[str, ...], threads: int | None
+    port: int,
+    aws_port: int,
+    api_key: str | None,
+    models: tuple[str, ...],
+    threads: int | None,
+    sign: bool,
 ) -> None:
     """Bring the whole service up on 127.0.0.1; Ctrl-C stops it."""
     from onnxlift.local.stack import LocalStack, StackOptions, run_until_signalled
@@ -42,6 +53,7 @@ def up(
         api_key=api_key,
         models=list(models) or None,
         threads=threads,
+        sign=sign,
     )
     stack = LocalStack(options, report=lambda m: console.print(f"[dim]·[/dim] {m}"))
 

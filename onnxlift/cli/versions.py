@@ -11,6 +11,7 @@ from rich.table import Table
 from onnxlift import paths
 from onnxlift.cli.common import (
     BUCKET_OPTION,
+    SIGNING_KEY_OPTION,
     human_size,
     integer_kernels_text,
     open_registry,
@@ -27,8 +28,9 @@ __all__ = ["list_models", "promote", "publish", "pull", "rollback"]
 @click.argument("name")
 @click.option("--version", "version", help="Version number to publish as (default: next free).")
 @BUCKET_OPTION
-def publish(name: str, version: str | None, bucket: str | None) -> None:
-    """Publish the current build of NAME as a new immutable version."""
+@SIGNING_KEY_OPTION
+def publish(name: str, version: str | None, bucket: str | None, signing_key: str | None) -> None:
+    """Publish the current build of NAME as a new immutable version (signed with a key)."""
     from onnxlift.builder.build import latest_build
 
     (spec,) = select_specs((name,), False)
@@ -37,7 +39,7 @@ def publish(name: str, version: str | None, bucket: str | None) -> None:
         raise OnnxliftError(
             f"{name} has no build for its current spec: run `onnxlift build {name}`"
         )
-    registry = open_registry(bucket)
+    registry = open_registry(bucket, signing_key)
     published = registry.publish(folder, name=name, version=version)
     click.echo(f"published {name} version {published} to s3://{registry.bucket}")
 
@@ -46,9 +48,11 @@ def publish(name: str, version: str | None, bucket: str | None) -> None:
 @click.argument("name")
 @click.argument("version")
 @BUCKET_OPTION
-def pull(name: str, version: str, bucket: str | None) -> None:
-    """Fetch a published version (sha256-checked) to where the image build bakes it in."""
-    registry = open_registry(bucket)
+@SIGNING_KEY_OPTION
+def pull(name: str, version: str, bucket: str | None, signing_key: str | None) -> None:
+    """Fetch a published version (sha256-checked; signature-checked with a key) to where the
+    image build bakes it in."""
+    registry = open_registry(bucket, signing_key)
     if version not in registry.versions(name):  # a clear line, not S3's NoSuchKey
         raise RegistryError(f"{name} version {version} is not in s3://{registry.bucket}")
     folder = registry.download(name, version, paths.cache_dir(project_root()) / "artifacts")

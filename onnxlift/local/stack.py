@@ -62,6 +62,7 @@ class StackOptions:
     api_key: str | None = None
     models: list[str] | None = None  # None: every model in models/
     threads: int | None = None  # None: what each function's memory buys on Lambda
+    sign: bool = False  # sign every version with the state folder's key; functions verify
 
 
 @dataclass
@@ -86,6 +87,24 @@ class LocalStack:
     @property
     def logs(self) -> Path:
         return self.state / "logs"
+
+    @property
+    def signing_key(self) -> Path | None:
+        """The local stack's private key (`up --sign`): a file, because moto's KMS keys live in
+        memory only and a version signed before a restart must still verify after it."""
+        return self.state / "signing" / "key.pem" if self.options.sign else None
+
+    def _signing_registry_args(self) -> dict[str, Any]:
+        from onnxlift_serving.signing import FileKey, SignaturePolicy, create_file_key
+
+        key = self.signing_key
+        if key is None:
+            return {}
+        if not key.is_file():  # made once, kept across restarts like the API key
+            create_file_key(key, key.with_suffix(".pub.pem"))
+            self.report(f"created the local signing key {key}")
+        signer = FileKey(key)
+        return {"signer": signer, "signature": SignaturePolicy(signer)}
 
     @property
     def aws_endpoint(self) -> str:
@@ -188,7 +207,12 @@ class LocalStack:
             aws_access_key_id=aws["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=aws["AWS_SECRET_ACCESS_KEY"],
         )
-        self.registry = Registry(LOCAL_BUCKET, s3, mirror=self.state / "registry" / LOCAL_BUCKET)
+        self.registry = Registry(
+            LOCAL_BUCKET,
+            s3,
+            mirror=self.state / "registry" / LOCAL_BUCKET,
+            **self._signing_registry_args(),
+        )
         self.registry.ensure_bucket()
         restored = snapshot.restore(s3, LOCAL_BUCKET, self.state / "registry" / LOCAL_BUCKET)
         if restored:
@@ -224,6 +248,7 @@ class LocalStack:
         self, spec: ModelSpec, version: str, aws: dict[str, str]
     ) -> FunctionTarget:
         """The inference function, fetching its versions from the registry as deployed."""
+        key = self.signing_key  # the functions verify with the public half only
         model_env = serving_environment(
             name=spec.name,
             version=version,
@@ -233,6 +258,7 @@ class LocalStack:
             bucket=LOCAL_BUCKET,
             cache_dir=str(self.state / "lambda-tmp" / spec.name),
             threads=self.options.threads or None,
+            signature_key=None if key is None else f"file:{key.with_suffix('.pub.pem')}",
         )
         self.report(f"starting function {spec.name} (version {version})")
         return self._start_function(
@@ -288,6 +314,7 @@ class LocalStack:
             "api_key": api_key,
             "aws_endpoint_url": self.aws_endpoint,
             "registry_bucket": LOCAL_BUCKET,
+            **({"signing_key": f"file:{self.signing_key}"} if self.signing_key else {}),
             "models": {
                 name: {"version": v, "infer_url": f"{url}{infer_path(name)}"}
                 for name, v in served.items()
@@ -348,6 +375,8 @@ class LocalStack:
         target = str(result.manifest.get("target", "lambda"))
         fingerprint = result.manifest["build_fingerprint"]
         existing = self.registry.find_by_fingerprint(spec.name, fingerprint)
+        if existing is not None and not self.registry.is_servable(spec.name, existing):
+            existing = None  # published unsigned before `--sign`: a signed copy replaces it
         alias = self.registry.alias(spec.name, DEFAULT_ALIAS)
         if existing is None:  # a new build: publish it and send traffic to it
             version = self.registry.publish(result.folder, name=spec.name)

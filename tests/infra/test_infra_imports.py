@@ -32,6 +32,7 @@ LAYERS = {
     "inference_function": 2,
     "sagemaker_endpoint": 2,
     "rest_api": 2,
+    "signing_key": 2,
     "onnxlift_stack": 3,
 }
 

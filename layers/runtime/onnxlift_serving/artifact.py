@@ -10,12 +10,15 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onnxlift_serving import layout
 from onnxlift_serving.contract import is_asset_key, is_canonical_version, is_model_name
 from onnxlift_serving.errors import ArtifactError
 from onnxlift_serving.protocol import TensorSpec
+
+if TYPE_CHECKING:
+    from onnxlift_serving.signing import SignaturePolicy
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -82,15 +85,26 @@ class Artifact:
         return path
 
 
-def load_artifact(folder: Path) -> Artifact:
-    """Read the manifest and check every file's sha256 against it before anything loads them."""
+def _read_signature(folder: Path) -> bytes | None:
+    try:
+        return (folder / layout.SIGNATURE_FILE).read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def load_artifact(folder: Path, *, signature: SignaturePolicy | None = None) -> Artifact:
+    """Read the manifest and check every file's sha256 against it before anything loads them;
+    with a `signature` policy, the manifest's signature (manifest.sig beside it) first."""
     manifest_path = folder / layout.MANIFEST_FILE
     try:
-        manifest = json.loads(manifest_path.read_text())
+        raw = manifest_path.read_bytes()
+        manifest = json.loads(raw)
     except FileNotFoundError:
         raise ArtifactError(f"no manifest at {manifest_path}") from None
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:
         raise ArtifactError(f"manifest {manifest_path} is not JSON: {exc}") from None
+    if signature is not None:
+        signature.check(raw, _read_signature(folder), str(folder))
 
     check_manifest(manifest)
     artifact = Artifact(folder=folder, manifest=manifest)
@@ -109,8 +123,25 @@ def load_artifact(folder: Path) -> Artifact:
     return artifact
 
 
+def _get_signature(s3_client: Any, bucket: str, key: str) -> bytes | None:
+    from botocore.exceptions import ClientError
+
+    try:
+        return bytes(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None
+        raise
+
+
 def fetch_from_registry(
-    *, bucket: str, name: str, version: str, cache_dir: Path, s3_client: Any = None
+    *,
+    bucket: str,
+    name: str,
+    version: str,
+    cache_dir: Path,
+    s3_client: Any = None,
+    signature: SignaturePolicy | None = None,
 ) -> Path:
     """Download one published version into `cache_dir` (Lambda: under /tmp) and return the folder.
 
@@ -118,13 +149,16 @@ def fetch_from_registry(
     the files go to a fresh folder beside the target and are verified there (sha256 of every
     file) before it is renamed into place, so a refused download leaves nothing behind. A
     folder that already holds a verified copy is reused: a warm sandbox never downloads twice.
+    With a `signature` policy the manifest bytes are verified as they came from S3, before any
+    other file is fetched, and kept verbatim with their manifest.sig (a baked-in copy is
+    checked again at load); a reused copy is verified again, once.
     """
     if not is_model_name(name) or not is_canonical_version(version):
         raise ArtifactError(f"no such model version: {name[:64]!r} {version[:16]!r}")
     target = cache_dir / name / version
     if (target / layout.MANIFEST_FILE).is_file():
         try:
-            load_artifact(target)
+            load_artifact(target, signature=signature)
             return target
         except ArtifactError:
             pass  # a partial or corrupt copy: download again
@@ -134,8 +168,13 @@ def fetch_from_registry(
         s3_client = boto3.client("s3")
     prefix = layout.version_prefix(name, version)
     manifest_obj = s3_client.get_object(Bucket=bucket, Key=prefix + layout.MANIFEST_FILE)
+    raw = bytes(manifest_obj["Body"].read())
+    signed = None
+    if signature is not None:
+        signed = _get_signature(s3_client, bucket, prefix + layout.SIGNATURE_FILE)
+        signature.check(raw, signed, f"{name} version {version}")
     try:
-        manifest = json.loads(manifest_obj["Body"].read())
+        manifest = json.loads(raw)
     except ValueError:
         raise ArtifactError(f"the manifest of {name} version {version} is not JSON") from None
     check_manifest(manifest, name=name, version=version)
@@ -148,7 +187,9 @@ def fetch_from_registry(
             destination = staging / relative
             destination.parent.mkdir(parents=True, exist_ok=True)
             s3_client.download_file(bucket, prefix + relative, str(destination))
-        (staging / layout.MANIFEST_FILE).write_text(json.dumps(manifest))
+        (staging / layout.MANIFEST_FILE).write_bytes(raw)  # verbatim: what the signature covers
+        if signed is not None:
+            (staging / layout.SIGNATURE_FILE).write_bytes(signed)
         load_artifact(staging)  # every sha256, before it takes the target's place
         shutil.rmtree(target, ignore_errors=True)  # a corrupt earlier copy, if any
         with contextlib.suppress(OSError):  # a concurrent download won: its copy is as good

@@ -124,6 +124,8 @@ class Env(StrEnum):
     MODEL_DIR = "MODEL_DIR"  # where the baked-in version lies
     MODEL_BUCKET = "MODEL_BUCKET"  # the registry; unset = no registry
     MODEL_CACHE_DIR = "MODEL_CACHE_DIR"  # where fetched versions are unpacked
+    MODEL_SIGNATURE_KEY = "MODEL_SIGNATURE_KEY"  # kms:<arn> | file:<pem>; unset = not checked
+    MODEL_SIGNATURE_REQUIRED = "MODEL_SIGNATURE_REQUIRED"  # "false": unsigned versions load
     ORT_INTRA_OP_THREADS = "ORT_INTRA_OP_THREADS"
     ORT_PROVIDERS = "ORT_PROVIDERS"  # comma-separated preference; CPU is always last
     MAX_PAYLOAD_BYTES = "MAX_PAYLOAD_BYTES"
@@ -163,6 +165,7 @@ def serving_environment(
     threads: int | None = None,
     alias_ttl_s: float | None = None,
     providers: str | None = None,
+    signature_key: str | None = None,  # kms:<arn> | file:<path> (onnxlift_serving.signing)
 ) -> dict[str, str]:
     """How a serving function or container is configured: ServiceConfig.from_env reads it
     back. Unset arguments are left out, so the runtime's defaults apply."""
@@ -177,6 +180,7 @@ def serving_environment(
         Env.ORT_INTRA_OP_THREADS: None if threads is None else str(threads),
         Env.ALIAS_TTL_S: None if alias_ttl_s is None else str(alias_ttl_s),
         Env.ORT_PROVIDERS: providers,
+        Env.MODEL_SIGNATURE_KEY: signature_key,
     }
     return {str(key): value for key, value in values.items() if value is not None}
 

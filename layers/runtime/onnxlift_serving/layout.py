@@ -2,6 +2,7 @@
 
 models/<name>/<version>/model.onnx
 models/<name>/<version>/manifest.json
+models/<name>/<version>/manifest.sig (signed registries)
 models/<name>/<version>/assets/...
 models/<name>/aliases/<alias>.json
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
+SIGNATURE_FILE = "manifest.sig"  # beside the manifest: onnxlift_serving.signing
 ASSETS_DIR = "assets"
 
 

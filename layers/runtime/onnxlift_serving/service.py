@@ -46,6 +46,7 @@ from onnxlift_serving.cpu import cpu_facts
 from onnxlift_serving.errors import ArtifactError, NotFound, PayloadTooLarge, ServiceUnavailable
 from onnxlift_serving.pipelines import Pipeline, build_pipeline
 from onnxlift_serving.session import create_session, default_threads, integer_kernel_setting
+from onnxlift_serving.signing import SignaturePolicy, open_key
 
 # Lambda's synchronous invocation payload limit; API Gateway itself allows 10 MB.
 DEFAULT_MAX_PAYLOAD_BYTES = API_BODY_BYTES  # what a function behind the API can be sent
@@ -71,6 +72,8 @@ class ServiceConfig:
     memory_mb: int | None = None  # what the process may use; None: onnxruntime is not capped
     max_response_bytes: int = LAMBDA_RESPONSE_BYTES
     response_base64: bool = True  # a binary answer rides base64-encoded (Lambda's proxy result)
+    signature_key: str = ""  # kms:<arn> | file:<path>; "" = signatures are not checked
+    signature_required: bool = True  # with a key: a version without manifest.sig is refused
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceConfig:
@@ -91,6 +94,8 @@ class ServiceConfig:
             alias_ttl_s=float(env.get(Env.ALIAS_TTL_S, 30)),
             max_loaded_versions=int(env.get(Env.MAX_LOADED_VERSIONS, 2)),
             memory_mb=memory_limit_mb(env),
+            signature_key=env.get(Env.MODEL_SIGNATURE_KEY, ""),
+            signature_required=env.get(Env.MODEL_SIGNATURE_REQUIRED, "true").lower() != "false",
         )
 
 
@@ -114,6 +119,7 @@ class ModelService:
         self._init_error: str | None = None
         self._init_problem: str | None = None
         self._baked: str | None = None
+        self._signature: SignaturePolicy | None = None
         self.load_seconds: float | None = None
         started = time.perf_counter()
         try:
@@ -131,6 +137,15 @@ class ModelService:
 
             self._s3 = boto3.client("s3")
         return self._s3
+
+    @property
+    def signature(self) -> SignaturePolicy | None:
+        """The signature check every loaded version passes, if the deployment names a key."""
+        if self._signature is None and self.config.signature_key:
+            self._signature = SignaturePolicy(
+                open_key(self.config.signature_key), self.config.signature_required
+            )
+        return self._signature
 
     def default_version(self) -> str:
         """The alias's version (cached for alias_ttl_s), else the baked-in one."""
@@ -175,30 +190,35 @@ class ModelService:
         self._baked = str(manifest.get("version") or "") if isinstance(manifest, dict) else ""
         return self._baked
 
-    def _locate(self, version: str) -> Path:
+    def _locate(self, version: str) -> tuple[Path, bool]:
+        """Where `version` lies, and whether its signature (if any is demanded) was checked
+        on the way (a registry fetch verifies the manifest as it came from S3)."""
         baked = self.config.source == "image" and version == self.baked_version
         if baked and self.config.model_dir is not None:
-            return self.config.model_dir
+            return self.config.model_dir, False
         if not self.config.bucket:
             raise NotFound(
                 f"version '{version}' of model '{self.config.name}' is not served here; "
                 f"this endpoint serves version {self.baked_version}"
             )
         try:
-            return fetch_from_registry(
+            fetched = fetch_from_registry(
                 bucket=self.config.bucket,
                 name=self.config.name,
                 version=version,
                 cache_dir=self.config.cache_dir,
                 s3_client=self.s3,
+                signature=self.signature,
             )
+            return fetched, True
         except self.s3.exceptions.NoSuchKey:
             raise NotFound(
                 f"version '{version}' of model '{self.config.name}' is not published"
             ) from None
 
     def _load(self, version: str) -> LoadedVersion:
-        artifact = load_artifact(self._locate(version))
+        folder, verified = self._locate(version)
+        artifact = load_artifact(folder, signature=None if verified else self.signature)
         if artifact.name != self.config.name or artifact.version != version:
             raise ArtifactError(
                 f"artifact is {artifact.name} v{artifact.version}, expected "

@@ -1,0 +1,79 @@
+"""`-c onnxlift.signing=kms`: an asymmetric KMS key signs manifests; the model functions may
+verify with it and nothing more; cdk-nag stays clean (issue 11, deliverable 6)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from onnxlift_serving.contract import Env
+
+from infra import nag
+from infra.config import ConfigError, DeploymentConfig, config_from_context
+from tests.infra.conftest import MINILM, Synth, synth
+
+
+@pytest.fixture(scope="module")
+def signed(project_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Synth:
+    config = config_from_context({"signing": "kms", "model_source": "registry"}, [MINILM])
+    return synth(config, project_root, tmp_path_factory.mktemp("signed"))
+
+
+def signing_keys(built: Synth) -> dict[str, dict[str, Any]]:
+    return {
+        k: r
+        for k, r in built.of_type("AWS::KMS::Key").items()
+        if r["Properties"].get("KeyUsage") == "SIGN_VERIFY"
+    }
+
+
+def actions(statement: dict[str, Any]) -> list[str]:
+    action = statement["Action"]
+    return [action] if isinstance(action, str) else list(action)
+
+
+def test_signing_is_off_by_default(one: Synth) -> None:
+    assert signing_keys(one) == {}
+    (function,) = one.of_type("AWS::Lambda::Function").values()
+    assert Env.MODEL_SIGNATURE_KEY not in function["Properties"]["Environment"]["Variables"]
+    assert "ManifestSigningKeyArn" not in one.template.to_json().get("Outputs", {})
+
+
+def test_the_key_is_asymmetric_p256_and_kept(signed: Synth) -> None:
+    ((key_id, key),) = signing_keys(signed).items()
+    assert key["Properties"]["KeySpec"] == "ECC_NIST_P256"
+    assert "EnableKeyRotation" not in key["Properties"]  # KMS rotates symmetric keys only
+    assert key["DeletionPolicy"] == "Retain"
+    output = signed.template.to_json()["Outputs"]["ManifestSigningKeyArn"]
+    assert output["Value"] == {"Fn::GetAtt": [key_id, "Arn"]}
+
+
+def test_the_function_verifies_with_that_key_and_may_only_verify(signed: Synth) -> None:
+    ((key_id, _),) = signing_keys(signed).items()
+    (function,) = signed.of_type("AWS::Lambda::Function").values()
+    variables = function["Properties"]["Environment"]["Variables"]
+    assert variables[Env.MODEL_SIGNATURE_KEY] == {
+        "Fn::Join": ["", ["kms:", {"Fn::GetAtt": [key_id, "Arn"]}]]
+    }
+    role_id = function["Properties"]["Role"]["Fn::GetAtt"][0]
+    kms_statements = [
+        statement
+        for policy in signed.of_type("AWS::IAM::Policy").values()
+        if {"Ref": role_id} in policy["Properties"]["Roles"]
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+        if any(a.startswith("kms:") for a in actions(statement))
+    ]
+    assert kms_statements == [
+        {"Action": "kms:Verify", "Effect": "Allow", "Resource": {"Fn::GetAtt": [key_id, "Arn"]}}
+    ]
+
+
+def test_cdk_nag_has_nothing_to_say(signed: Synth) -> None:
+    assert nag.findings(signed.app) == []
+    assert nag.report_findings(signed.outdir) == []
+
+
+def test_unknown_signing_mode_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="signing 'gpg'"):
+        DeploymentConfig(models=(MINILM,), signing="gpg")
