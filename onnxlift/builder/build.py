@@ -90,9 +90,6 @@ def graph_names(spec: ModelSpec, source: ModelSource) -> tuple[list[str], list[s
     return [i.name for i in source.inputs], outputs
 
 
-EXTERNAL_DATA_ASSETS = "external"  # assets/external/<location>: a model's external data
-
-
 def external_data_bytes(model: Path) -> int:
     """The bytes of the files a model's initializers keep outside the .onnx file."""
     proto = onnx.load(str(model), load_external_data=False)
@@ -114,7 +111,7 @@ def _copy_model(model: Path, folder: Path) -> dict[str, Path]:
         return {}
     moved = {}
     for location in sorted(locations):
-        key = f"{EXTERNAL_DATA_ASSETS}/{location}"
+        key = f"{layout.EXTERNAL_DATA_DIR}/{location}"
         if not is_asset_key(key):
             raise BuildError(
                 f"external data file name {location[:64]!r} cannot be published: use ASCII "
@@ -124,7 +121,7 @@ def _copy_model(model: Path, folder: Path) -> dict[str, Path]:
     for tensor in proto.graph.initializer:
         for entry in tensor.external_data:
             if entry.key == "location":
-                entry.value = f"{layout.ASSETS_DIR}/{EXTERNAL_DATA_ASSETS}/{entry.value}"
+                entry.value = f"{layout.ASSETS_DIR}/{layout.EXTERNAL_DATA_DIR}/{entry.value}"
     onnx.save(proto, str(target))
     return moved
 

@@ -25,6 +25,7 @@ import onnxruntime as ort
 
 from onnxlift_serving.contract import SERVING_RESERVE_MB, Env, threads_for_memory
 from onnxlift_serving.errors import ArtifactError
+from onnxlift_serving.layout import weights_bytes
 
 __all__ = [
     "ALLOCATION_FAILURES",
@@ -191,7 +192,7 @@ def create_session(
         threads=threads, optimization=optimization, integer_config=integer_config
     )
     if memory_mb is not None:
-        size = len(model) if isinstance(model, bytes) else Path(model).stat().st_size
+        size = len(model) if isinstance(model, bytes) else weights_bytes(Path(model))
         _register_arena(arena_bytes(memory_mb, size))
         options.add_session_config_entry("session.use_env_allocators", "1")
     return ort.InferenceSession(
