@@ -37,6 +37,7 @@ from typing import Any
 from onnxlift_serving import binary, protocol, server_info
 from onnxlift_serving.contract import (
     JSON_CONTENT_TYPE,
+    LAMBDA_RESPONSE_BYTES,
     SAGEMAKER_PAYLOAD_BYTES,
     Env,
     Op,
@@ -94,8 +95,10 @@ def config_from_env(env: Mapping[str, str] | None = None) -> ServiceConfig:
             p for p in env.get(Env.ORT_PROVIDERS, DEFAULT_PROVIDERS).split(",") if p.strip()
         ),
         memory_mb=memory_limit_mb(env),  # the launcher sets each worker's share
-        max_response_bytes=SAGEMAKER_PAYLOAD_BYTES,  # InvokeEndpoint's answer, raw bytes
-        response_base64=False,
+        # The API path's answer passes the proxy Lambda, which sends a binary body
+        # base64-encoded within Lambda's response limit: the tighter of the two paths' limits.
+        max_response_bytes=LAMBDA_RESPONSE_BYTES,
+        response_base64=True,
     )
 
 

@@ -43,7 +43,7 @@ from tests.conftest import HANDLER, load_event
 MEMORY_MB = 512  # the sandbox's function memory: the arena gets 512 - 256 MiB less the weights
 
 
-def sized_by_input(extra_weights: int = 0) -> onnx.ModelProto:
+def sized_by_input(extra_weights: int = 0, fill: float = 1.0) -> onnx.ModelProto:
     """y = ConstantOfShape(shape): the request says how large y is. `extra_weights` bytes of
     an initializer added to y's first element make the file (and its weights) that large."""
     nodes = [
@@ -51,7 +51,7 @@ def sized_by_input(extra_weights: int = 0) -> onnx.ModelProto:
             "ConstantOfShape",
             ["shape"],
             ["y" if not extra_weights else "ones"],
-            value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0]),
+            value=helper.make_tensor("v", TensorProto.FLOAT, [1], [fill]),
         )
     ]
     initializers = []
@@ -152,6 +152,22 @@ def test_an_answer_over_the_response_limit_is_413_before_it_is_encoded(
         uncapped, json.dumps(shape_body(2, 3)).encode(), name="grow", version=None
     )
     assert json.loads(small.body)["outputs"][0]["data"] == [1.0] * 6
+
+
+def test_an_answer_whose_json_outgrows_the_estimate_is_413_after_encoding(
+    tmp_path: Path,
+) -> None:
+    """1/3 as float32 prints as 0.33333334: 11 bytes a value where the estimate before
+    encoding counts 4, so only the encoded body's size tells."""
+    folder = write_artifact(tmp_path / "grow", sized_by_input(fill=1 / 3))
+    service = ModelService(ServiceConfig(name="grow", version="1", model_dir=folder))
+    body = json.dumps(shape_body(1000, 1000)).encode()  # 4 MB estimated, 11 MB encoded
+    with pytest.raises(PayloadTooLarge, match="the answer takes") as caught:
+        binary.serve_infer(service, body, name="grow", version=None)
+    assert "over the 6225920-byte response limit" in caught.value.message
+    as_binary = json.dumps(shape_body(1000, 1000, binary_data_output=True)).encode()
+    reply = binary.serve_infer(service, as_binary, name="grow", version=None)
+    assert reply.header_length is not None  # 4 MB raw, 5.3 MB in base64: within the limit
 
 
 def test_a_memory_error_anywhere_in_a_request_is_413(

@@ -224,7 +224,23 @@ def serve_infer(
         decoded = decode_content(body, content_encoding, max_bytes=limit)
         doc = decode_request(decoded, header_length, max_bytes=limit)
         wanted = binary_outputs(doc)
-        return encode_response(service.infer_doc(doc, name, version, binary=wanted), wanted)
+        reply = encode_response(service.infer_doc(doc, name, version, binary=wanted), wanted)
     except MemoryError:  # anywhere in the request: its size, not a bug (never a 500)
         log.warning("a request ran out of memory")
         raise PayloadTooLarge(too_much_memory()) from None
+    _check_sent_size(reply, service.config.max_response_bytes, service.config.response_base64)
+    return reply
+
+
+def _check_sent_size(reply: EncodedResponse, limit: int, base64: bool) -> None:
+    """The answer as the platform will send it (a binary body base64-encoded in Lambda's proxy
+    result) within its limit: 413, not the platform's 502. The service refused what it could
+    from the outputs' shapes before encoding; JSON's real size is only known now."""
+    sent = len(reply.body)
+    if reply.header_length is not None and base64:
+        sent = -(-sent // 3) * 4
+    if sent > limit:
+        raise PayloadTooLarge(
+            f"the answer takes {sent} bytes, over the {limit}-byte response limit; send fewer "
+            "rows, ask for fewer outputs, or ask for binary outputs"
+        )
