@@ -229,6 +229,8 @@ class ModelService:
             threads=self.config.threads,
             providers=list(self.config.providers),
             memory_mb=self.config.memory_mb,
+            # the cap is set once per process: leave room for every version it may hold
+            resident_versions=self.config.max_loaded_versions,
         )
         return LoadedVersion(artifact, build_pipeline(artifact, session))
 

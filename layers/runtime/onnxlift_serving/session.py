@@ -82,18 +82,21 @@ def is_allocation_failure(message: str) -> bool:
     return any(text in message for text in ALLOCATION_FAILURES)
 
 
-def arena_bytes(memory_mb: int, model_bytes: int) -> int:
-    """The arena cap for a process of `memory_mb` serving a model of `model_bytes`: the memory
-    less SERVING_RESERVE_MB and the weights (they are resident outside the arena). Raises
-    ModelTooLarge when what is left cannot hold the packed weight copies and a request."""
-    cap = (memory_mb - SERVING_RESERVE_MB) * MIB - model_bytes
-    if cap < model_bytes + MIN_REQUEST_BYTES:
+def arena_bytes(memory_mb: int, model_bytes: int, copies: int = 1) -> int:
+    """The arena cap for a process of `memory_mb` serving `copies` models of `model_bytes`
+    (the versions it may keep loaded at once): the memory less SERVING_RESERVE_MB and the
+    weights (they are resident outside the arena). Raises ModelTooLarge when what is left
+    cannot hold the packed weight copies and a request."""
+    weights = copies * model_bytes
+    cap = (memory_mb - SERVING_RESERVE_MB) * MIB - weights
+    if cap < weights + MIN_REQUEST_BYTES:
+        held = f"{copies} versions' weights" if copies > 1 else "the model's weights"
         raise ModelTooLarge(
-            f"the model's weights ({model_bytes / MIB:.0f} MiB) do not fit a {memory_mb} MiB "
+            f"{held} ({weights / MIB:.0f} MiB) do not fit a {memory_mb} MiB "
             f"function: {SERVING_RESERVE_MB} MiB go to the runtime and one request's body and "
             f"answer, and the kernels need room for their copy of the weights plus "
             f"{MIN_REQUEST_BYTES // MIB} MiB for a request; raise serving.memory_mb to at "
-            f"least {SERVING_RESERVE_MB + (2 * model_bytes + MIN_REQUEST_BYTES) // MIB + 1}"
+            f"least {SERVING_RESERVE_MB + (2 * weights + MIN_REQUEST_BYTES) // MIB + 1}"
         )
     return cap
 
@@ -181,19 +184,21 @@ def create_session(
     optimization: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     integer_config: dict[str, str] = INTEGER_KERNEL_CONFIG,
     memory_mb: int | None = None,
+    resident_versions: int = 1,
 ) -> ort.InferenceSession:
     """A session on `model` (a path or serialized bytes) with onnxlift's settings.
 
     `memory_mb` (serving only: the handler and the container) is what the process may use:
-    the session then allocates from the process's capped arena (see arena_bytes). Build-time
-    sessions leave it None and are not capped here."""
+    the session then allocates from the process's capped arena (see arena_bytes), which
+    leaves room for the weights of `resident_versions` such models. Build-time sessions leave
+    it None and are not capped here (the build's child process has its own limit)."""
     source = model if isinstance(model, bytes) else str(model)
     options = session_options(
         threads=threads, optimization=optimization, integer_config=integer_config
     )
     if memory_mb is not None:
         size = len(model) if isinstance(model, bytes) else weights_bytes(Path(model))
-        _register_arena(arena_bytes(memory_mb, size))
+        _register_arena(arena_bytes(memory_mb, size, resident_versions))
         options.add_session_config_entry("session.use_env_allocators", "1")
     return ort.InferenceSession(
         source,
