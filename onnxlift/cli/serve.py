@@ -7,8 +7,10 @@ from typing import Any
 import click
 
 from onnxlift import paths
+from onnxlift.builder.bounded import BuildLimits
 from onnxlift.cli.common import (
     console,
+    limit_options,
     project_root,
 )
 
@@ -35,6 +37,7 @@ __all__ = ["up"]
     help="Sign every published version with a key file under .onnxlift/signing/ (made once); "
     "the functions and `onnxlift pull` refuse versions that do not verify.",
 )
+@limit_options
 def up(
     port: int,
     aws_port: int,
@@ -42,8 +45,13 @@ def up(
     models: tuple[str, ...],
     threads: int | None,
     sign: bool,
+    time_limit_s: float,
+    memory_limit_mb: int,
 ) -> None:
-    """Bring the whole service up on 127.0.0.1; Ctrl-C stops it."""
+    """Bring the whole service up on 127.0.0.1; Ctrl-C stops it (also while it builds).
+
+    Models whose build is not cached are built first, each in a child process under
+    --time-limit-s and --memory-limit-mb."""
     from onnxlift.local.stack import LocalStack, StackOptions, run_until_signalled
 
     options = StackOptions(
@@ -54,6 +62,7 @@ def up(
         models=list(models) or None,
         threads=threads,
         sign=sign,
+        build_limits=BuildLimits(seconds=time_limit_s, memory_mb=memory_limit_mb),
     )
     stack = LocalStack(options, report=lambda m: console.print(f"[dim]·[/dim] {m}"))
 

@@ -33,7 +33,7 @@ from onnxlift_serving.contract import (
 )
 
 from onnxlift import paths
-from onnxlift.builder.bounded import build_bounded
+from onnxlift.builder.bounded import BuildLimits, build_bounded
 from onnxlift.errors import OnnxliftError
 from onnxlift.local import snapshot
 from onnxlift.local.gateway import FunctionTarget, Gateway, GatewayConfig
@@ -63,6 +63,7 @@ class StackOptions:
     models: list[str] | None = None  # None: every model in models/
     threads: int | None = None  # None: what each function's memory buys on Lambda
     sign: bool = False  # sign every version with the state folder's key; functions verify
+    build_limits: BuildLimits = field(default_factory=BuildLimits)  # each model's build
 
 
 @dataclass
@@ -371,7 +372,12 @@ class LocalStack:
         """(the version that serves, its target: lambda or sagemaker)."""
         assert self.registry is not None
         # Bounded in a child as `onnxlift build` is: a runaway model cannot hang the stack.
-        result = build_bounded(spec.folder, root=self.options.root, report=self.report)
+        result = build_bounded(
+            spec.folder,
+            root=self.options.root,
+            limits=self.options.build_limits,
+            report=self.report,
+        )
         target = str(result.manifest.get("target", "lambda"))
         fingerprint = result.manifest["build_fingerprint"]
         existing = self.registry.find_by_fingerprint(spec.name, fingerprint)
@@ -424,10 +430,18 @@ class LocalStack:
 
 def run_until_signalled(stack: LocalStack, on_ready: Callable[[dict[str, Any]], None]) -> None:
     """Start, then block until SIGINT or SIGTERM; stop everything on the way out."""
-    stop = threading.Event()
-    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop, started = threading.Event(), threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if not started.is_set():  # still starting (a build can take minutes): stop it now
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        on_ready(stack.start())
+        info = stack.start()
+        started.set()
+        on_ready(info)
         stop.wait()
     finally:
         stack.report("stopping")

@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from onnxlift.cli import cli
+from onnxlift.local.processes import free_port
 from tests.builder.hostile_models import (
     constant_of_huge_shape,
     external_data_model,
@@ -59,14 +60,17 @@ def test_a_huge_constant_is_stopped_at_the_memory_limit(project: Path, tmp_path:
     nothing_left(project, "huge")
 
 
+SPIN_SPEC = (
+    'name = "spin"\ntask = "tensor"\n[source]\nframework = "onnx"\nfile = "model.onnx"\n'
+    '[parity]\nmetric = "max_abs_error"\nthreshold = 1e-5\n'
+)
+
+
 def test_build_of_a_model_folder_is_bounded_too(project: Path, tmp_path: Path) -> None:
     folder = project / "models" / "spin"
     folder.mkdir()
     save(runaway_loop(), folder / "model.onnx")
-    (folder / "model.toml").write_text(
-        'name = "spin"\ntask = "tensor"\n[source]\nframework = "onnx"\nfile = "model.onnx"\n'
-        '[parity]\nmetric = "max_abs_error"\nthreshold = 1e-5\n'
-    )
+    (folder / "model.toml").write_text(SPIN_SPEC)
     result = CliRunner().invoke(cli, ["build", "spin", "--time-limit-s", "4"])
     assert result.exit_code == 3, result.output
     assert "ran past its 4 s time limit" in result.output
@@ -106,11 +110,16 @@ def cmdline(pid: int) -> str:
 
 
 def start_add(project: Path, path: Path, name: str) -> tuple[subprocess.Popen[str], list[str]]:
-    """`onnxlift add` in its own process group (as a shell runs a foreground job), its output
-    collected line by line, returned once the child's reference run is under way."""
+    return start_cli(project, "add", str(path), "--name", name, "--no-publish")
+
+
+def start_cli(project: Path, *argv: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """`onnxlift ARGV` in its own process group (as a shell runs a foreground job), its output
+    collected line by line, returned once a build's reference run is under way."""
     env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'layers' / 'runtime'}")
+    env["ONNXLIFT_STATE_DIR"] = str(project / ".onnxlift")
     process = subprocess.Popen(
-        [sys.executable, "-m", "onnxlift.cli", "add", str(path), "--name", name, "--no-publish"],
+        [sys.executable, "-m", "onnxlift.cli", *argv],
         cwd=project,
         env=env,
         stdout=subprocess.PIPE,
@@ -159,6 +168,29 @@ def test_ctrl_c_or_kill_stops_add_and_its_child_and_leaves_nothing(
     assert "interrupted" in output and "Traceback" not in output
     assert not all_gone(below)
     nothing_left(project, "spin")
+
+
+def test_ctrl_c_stops_up_while_it_builds(project: Path, tmp_path: Path) -> None:
+    """`up` builds before it serves; a runaway build must not make it deaf to Ctrl-C."""
+    folder = project / "models" / "spin"
+    folder.mkdir()
+    save(runaway_loop(), folder / "model.onnx")
+    (folder / "model.toml").write_text(SPIN_SPEC)
+    ports = [str(free_port()), str(free_port())]
+    process, lines = start_cli(project, "up", "--port", ports[0], "--aws-port", ports[1])
+    below = descendants(process.pid)
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        code = process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    time.sleep(0.2)
+    output = "".join(lines)
+    assert code == 130, output
+    assert "interrupted" in output and "Traceback" not in output
+    assert not all_gone(below)  # the build's child and moto server both
+    assert not (project / ".onnxlift" / "local.json").exists()
 
 
 def test_a_killed_add_takes_its_child_along_and_the_next_add_sweeps_its_leftovers(
