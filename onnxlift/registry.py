@@ -227,6 +227,11 @@ class Registry:
         )
 
     def _publish_as(self, folder: Path, manifest: dict[str, Any], name: str, version: str) -> None:
+        final = dict(manifest, version=version)
+        body = json.dumps(final, indent=2).encode()  # the exact bytes the signature covers
+        # Signed before the version is claimed: a signer that refuses (no kms:Sign, a key
+        # file without its private half) must not leave a claimed version without a manifest.
+        signed = None if self.signer is None else signature_document(body, self.signer)
         try:
             # The model object is the claim: whoever writes it first owns the version.
             self._put_new(
@@ -240,9 +245,6 @@ class Registry:
         for relative in manifest.get("assets", {}):
             path = folder / layout.ASSETS_DIR / relative
             self._put_new(layout.object_key(name, version, f"{layout.ASSETS_DIR}/{relative}"), path)
-        final = dict(manifest, version=version)
-        body = json.dumps(final, indent=2).encode()  # the exact bytes the signature covers
-        signed = None if self.signer is None else signature_document(body, self.signer)
         if final.get("target") == "sagemaker":  # its ModelDataUrl, packed from this version
             self._put_archive(folder, (body, signed), name, version)
         if signed is not None:  # before the manifest: no reader ever sees it unsigned

@@ -96,7 +96,12 @@ class LocalStack:
         return self.state / "signing" / "key.pem" if self.options.sign else None
 
     def _signing_registry_args(self) -> dict[str, Any]:
-        from onnxlift_serving.signing import FileKey, SignaturePolicy, create_file_key
+        from onnxlift_serving.signing import (
+            SignaturePolicy,
+            create_file_key,
+            load_file_key,
+            write_public_key,
+        )
 
         key = self.signing_key
         if key is None:
@@ -104,7 +109,9 @@ class LocalStack:
         if not key.is_file():  # made once, kept across restarts like the API key
             create_file_key(key, key.with_suffix(".pub.pem"))
             self.report(f"created the local signing key {key}")
-        signer = FileKey(key)
+        elif not key.with_suffix(".pub.pem").is_file():  # a start killed between the two
+            write_public_key(key, key.with_suffix(".pub.pem"))
+        signer = load_file_key(key)
         return {"signer": signer, "signature": SignaturePolicy(signer)}
 
     @property

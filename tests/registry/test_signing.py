@@ -373,3 +373,55 @@ def test_up_sign_republishes_a_build_whose_version_is_unsigned(
     assert Registry(BUCKET, aws["s3"]).is_servable("tiny", "1") is True  # nothing to verify
     signing.publish(make_artifact(tmp_path / "b"), name="tiny")
     assert signing.is_servable("tiny", "2") is True
+
+
+def test_a_signer_that_cannot_sign_claims_no_version(
+    aws: dict[str, Any], file_key: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Signed before the claim: a public-only key refuses, and version 1 stays free."""
+    _, public = file_key
+    registry = Registry(BUCKET, aws["s3"], signer=FileKey(public))
+    with pytest.raises(ArtifactError, match="cannot sign"):
+        registry.publish(make_artifact(tmp_path / "a"), name="tiny", version="1")
+    assert registry.versions("tiny") == []
+    listed = aws["s3"].list_objects_v2(Bucket=BUCKET, Prefix="models/tiny/")
+    assert listed.get("KeyCount", 0) == 0  # not even the model object that claims a version
+
+
+def test_unusable_key_files_are_one_line(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+    encrypted = tmp_path / "encrypted.pem"
+    encrypted.write_bytes(
+        ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    other_curve = tmp_path / "ed25519.pem"
+    other_curve.write_bytes(
+        ed25519.Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    empty = tmp_path / "empty.pem"
+    empty.write_bytes(b"")
+    for path in (encrypted, other_curve, empty, tmp_path / "missing.pem"):
+        with pytest.raises(ArtifactError, match=f"signing key {path}|is not an ECDSA"):
+            open_key(f"file:{path}")
+
+
+def test_key_files_appear_whole(tmp_path: Path) -> None:
+    from onnxlift_serving.signing import write_public_key
+
+    private, public = tmp_path / "key.pem", tmp_path / "key.pub.pem"
+    create_file_key(private, public)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["key.pem", "key.pub.pem"]
+    first = public.read_bytes()
+    public.unlink()  # as a start killed between the two files would leave it
+    write_public_key(private, public)
+    assert public.read_bytes() == first and FileKey(public).key_id == FileKey(private).key_id

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -150,25 +151,53 @@ class FileKey:
 
 
 def create_file_key(private: Path, public: Path) -> None:
-    """A new P-256 key pair: the private PEM readable by its owner only, the public beside."""
+    """A new P-256 key pair: the private PEM readable by its owner only, the public beside.
+    Each file appears whole or not at all (a temporary name, then a rename), so a kill midway
+    never leaves an empty key that every later start would trip on."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
     key = ec.generate_private_key(ec.SECP256R1())
     private.parent.mkdir(parents=True, exist_ok=True)
-    private.touch(mode=0o600)
-    private.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
     )
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+    _write_whole(private, pem, mode=0o600)
+    write_public_key(private, public)
+
+
+def write_public_key(private: Path, public: Path) -> None:
+    """The public half of the private PEM `private`, written whole to `public`."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(private.read_bytes(), password=None)
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    _write_whole(public, pem, mode=0o644)
+
+
+def _write_whole(path: Path, data: bytes, *, mode: int) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def load_file_key(path: Path) -> FileKey:
+    """A PEM key file, or one line saying why it cannot be one (missing, not PEM, encrypted,
+    not an elliptic-curve key)."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+
+    try:
+        return FileKey(path)
+    except (OSError, ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise ArtifactError(f"signing key {path}: {type(exc).__name__}: {exc}") from None
 
 
 def open_key(spec: str, *, kms_client: Any = None) -> SigningKey:
@@ -177,10 +206,7 @@ def open_key(spec: str, *, kms_client: Any = None) -> SigningKey:
     if kind == "kms" and where:
         return KmsKey(where, kms_client)
     if kind == "file" and where:
-        try:
-            return FileKey(Path(where))
-        except (OSError, ValueError) as exc:
-            raise ArtifactError(f"signing key {where}: {exc}") from None
+        return load_file_key(Path(where))
     raise ArtifactError(f"signing key {spec[:80]!r} is neither kms:<key arn> nor file:<path>")
 
 
