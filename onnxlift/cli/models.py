@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -97,20 +96,37 @@ def refusal(path: Path, exc: BaseException) -> str:
     return f"{path.name} refused: {type(exc).__name__}: {first} (nothing was added)"
 
 
+STAGING_LOCK = ".lock"  # held (flock) by the add that owns a staging folder, while it runs
+
+
 def _sweep_killed_adds(models: Path) -> None:
-    """Remove what a killed add left: its staging folder (named with its pid, which is gone)
-    and the unfinished build of a model that never reached models/. A live add is left alone."""
+    """Remove what a killed add left: its staging folder and the unfinished build of a model
+    that never reached models/. An add holds an flock on its folder's lock file while it runs,
+    and the kernel drops it when that process dies however it dies: a folder whose lock can
+    be taken is a dead add's; one whose lock cannot be taken is left alone."""
+    import fcntl
     import shutil
+    import time
 
-    from onnxlift.local.processes import stack_alive
-
+    names = set()
     for staging in models.glob(".adding-*"):
-        match = re.fullmatch(r"\.adding-(.+)-(\d+)-[^-]+", staging.name)
-        if match is None or stack_alive(int(match[2])):
-            continue
+        lock = staging / STAGING_LOCK
+        if not lock.is_file():  # just made (its lock comes next) or not ours: only when old
+            if time.time() - staging.stat().st_mtime < 60:
+                continue
+        else:
+            with lock.open("a") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live add
         shutil.rmtree(staging, ignore_errors=True)
-        if not (models / match[1]).exists() and is_model_name(match[1]):
-            shutil.rmtree(paths.cache_dir(project_root()) / "build" / match[1], ignore_errors=True)
+        if match := re.fullmatch(r"\.adding-(.+)-[^-]+", staging.name):
+            names.add(match[1])
+    for name in names:  # the build of a model no add is working on and none finished
+        busy = any(models.glob(f".adding-{name}-*"))
+        if is_model_name(name) and not busy and not (models / name).exists():
+            shutil.rmtree(paths.cache_dir(project_root()) / "build" / name, ignore_errors=True)
 
 
 def _add_staged(
@@ -124,6 +140,7 @@ def _add_staged(
     """Build the new model in a hidden folder beside models/NAME and move it there only once
     every check has passed: a failed or killed add leaves no model folder that `up` would
     pick up (discover_specs reads models/*/model.toml), and no build of it either."""
+    import fcntl
     import shutil
     import tempfile
 
@@ -133,9 +150,9 @@ def _add_staged(
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     _sweep_killed_adds(folder.parent)
-    staging = Path(
-        tempfile.mkdtemp(prefix=f".adding-{folder.name}-{os.getpid()}-", dir=folder.parent)
-    )
+    staging = Path(tempfile.mkdtemp(prefix=f".adding-{folder.name}-", dir=folder.parent))
+    lock = (staging / STAGING_LOCK).open("w")
+    fcntl.flock(lock, fcntl.LOCK_EX)  # this add is alive while it holds it (see the sweep)
     draft = staging / folder.name  # the spec's name must match its folder's
     build_dir = paths.cache_dir(project_root()) / "build" / folder.name
     try:
@@ -165,6 +182,7 @@ def _add_staged(
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        lock.close()
     return result
 
 

@@ -295,3 +295,23 @@ def test_the_served_graph_points_at_its_external_data_under_assets(
                    if e.key == "location"}  # fmt: skip
     assert location == "assets/external/weights.bin"
     assert (built / location).is_file()
+
+
+def test_the_sweep_leaves_a_live_adds_folder_and_build_alone(project: Path, tmp_path: Path) -> None:
+    """Another add still running (its lock held: here by this test) keeps its staging folder
+    and its build, whatever its process is called."""
+    import fcntl
+
+    staging = project / "models" / ".adding-busy-abcd1234"
+    (staging / "busy").mkdir(parents=True)
+    build = project / ".onnxlift" / "build" / "busy" / "0123456789abcdef"
+    build.mkdir(parents=True)
+    with (staging / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        path, _ = external_data_model(tmp_path / "outside")
+        result = CliRunner().invoke(cli, ["add", str(path), "--name", "ext", "--no-publish"])
+        assert result.exit_code == 0, result.output
+        assert staging.is_dir() and build.is_dir()
+    again = CliRunner().invoke(cli, ["add", str(path), "--name", "ext2", "--no-publish"])
+    assert again.exit_code == 0, again.output
+    assert not staging.exists() and not build.parent.exists()  # its lock is free now: swept
