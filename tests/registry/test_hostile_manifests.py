@@ -38,6 +38,7 @@ HOSTILE_MANIFESTS = {
     "absolute asset key": lambda m: m["assets"].update({"/tmp/marker": "0" * 64}),
     "backslash asset key": lambda m: m["assets"].update({"..\\..\\marker": "0" * 64}),
     "hidden asset": lambda m: m["assets"].update({".bashrc": "0" * 64}),
+    "asset named as a killed write": lambda m: m["assets"].update({"w.partial": "0" * 64}),
     "asset digest not a sha256": lambda m: m["assets"].update({"tokenizer.json": "x"}),
     "assets not an object": lambda m: m.update(assets=["tokenizer.json"]),
     "another model's name": lambda m: m.update(name="other"),

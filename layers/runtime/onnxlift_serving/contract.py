@@ -234,6 +234,9 @@ MODEL_NAME_PATTERN: Final = r"[A-Za-z][A-Za-z0-9_-]{0,63}"
 _MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
 # one path segment of an asset: no leading '.', so never '.', '..' or a hidden file
 _ASSET_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+# What a killed write leaves in the local registry mirror (onnxlift/local/snapshot.py): no
+# registry object is ever named so, or the mirror could not tell the two apart.
+_TEMPORARY_NAME = re.compile(r".*\.partial(\.[0-9a-fA-F]{8})?")
 ASSET_MAX_DEPTH: Final = 4
 
 
@@ -242,8 +245,9 @@ def is_model_name(name: object) -> bool:
 
 
 def is_asset_key(key: object) -> bool:
-    """A relative path under assets/: ASCII segments, no '..', no absolute path, no '\\'."""
-    if not isinstance(key, str):
+    """A relative path under assets/: ASCII segments, no '..', no absolute path, no '\\', and
+    no name of the kind a killed write leaves (`*.partial`)."""
+    if not isinstance(key, str) or _TEMPORARY_NAME.fullmatch(key):
         return False
     parts = key.split("/")
     return len(parts) <= ASSET_MAX_DEPTH and all(_ASSET_SEGMENT.fullmatch(p) for p in parts)
