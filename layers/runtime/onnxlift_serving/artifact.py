@@ -129,7 +129,10 @@ def _get_signature(s3_client: Any, bucket: str, key: str) -> bytes | None:
     try:
         return bytes(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+        # S3 answers a missing key with 403 AccessDenied, not 404, to a caller who may not
+        # list that prefix (the functions' roles list their model's prefix only by
+        # condition): both mean "not signed", which the policy then accepts or refuses.
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "AccessDenied"):
             return None
         raise
 
