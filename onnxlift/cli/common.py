@@ -166,9 +166,9 @@ class OnnxliftGroup(click.Group):
             console.print(f"[bold red]error:[/bold red] {escape(line)}", soft_wrap=True)
             ctx.exit(EXIT_REFUSED)
         except KeyboardInterrupt:
-            # Whatever was half made has been removed on the way out (add's staging folder,
+            # add and build removed what they half made on the way out (the staging folder,
             # the build's child process); 128 + SIGINT, as shells report it.
-            console.print("[bold red]interrupted[/bold red]: nothing was left half done")
+            console.print("[bold red]interrupted[/bold red]")
             ctx.exit(EXIT_INTERRUPTED)
 
 
