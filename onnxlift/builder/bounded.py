@@ -98,7 +98,7 @@ def _child_main(
         connection.send(("refused", str(exc)))
     except MemoryError as exc:
         connection.send(("memory", f"MemoryError: {str(exc)[:200]}"))
-    except Exception as exc:  # onnx's, onnxruntime's or a source.py's own error
+    except BaseException as exc:  # onnx's, onnxruntime's or a source.py's (sys.exit too)
         text = str(exc)
         if any(marker in text for marker in ALLOCATION_FAILURES):
             size = re.search(r"buffer of size (\d+)", text)
@@ -130,6 +130,8 @@ def _stop(process: multiprocessing.process.BaseProcess) -> None:
     if process.is_alive():
         process.kill()
     process.join(10)
+    if process.exitcode is not None:
+        process.close()  # its sentinel fd now, not at garbage collection
 
 
 def build_bounded(
@@ -155,7 +157,7 @@ def build_bounded(
         target=_child_main,
         args=(sender, folder, root, force, limits.memory_mb, os.getpid()),
         name=f"onnxlift-build-{spec.name}",
-        daemon=True,
+        daemon=False,  # a source.py may start processes of its own; parent_watch ends it
     )
     deadline = time.monotonic() + limits.seconds
     process.start()
@@ -202,7 +204,10 @@ def _died(name: str, exitcode: int | None, limits: BuildLimits) -> OnnxliftError
     """The child ended without a word: a signal (the kernel's OOM killer, an abort inside
     onnxruntime) or an exit from native code."""
     if exitcode is not None and exitcode < 0:
-        how = signal.Signals(-exitcode).name
+        try:
+            how = signal.Signals(-exitcode).name
+        except ValueError:  # a realtime signal has no name
+            how = f"signal {-exitcode}"
     else:
         how = f"exit code {exitcode}"
     return LimitExceeded(

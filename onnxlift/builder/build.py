@@ -30,7 +30,12 @@ from onnxlift_serving.session import create_session, integer_kernel_setting
 
 from onnxlift import __version__, paths
 from onnxlift.builder import parity
-from onnxlift.builder.check import check_model, external_data_files, opset_of
+from onnxlift.builder.check import (
+    check_model,
+    external_data_files,
+    external_tensors,
+    opset_of,
+)
 from onnxlift.builder.gate import check_parity_gate
 from onnxlift.builder.integer_audit import audit_integer_kernels
 from onnxlift.builder.optimize import optimize_transformer
@@ -118,7 +123,7 @@ def _copy_model(model: Path, folder: Path) -> dict[str, Path]:
                 "letters, digits, '.', '-' and '_' in at most 3 folders"
             )
         moved[key] = model.parent / location
-    for tensor in proto.graph.initializer:
+    for tensor in external_tensors(proto):
         for entry in tensor.external_data:
             if entry.key == "location":
                 entry.value = f"{layout.ASSETS_DIR}/{layout.EXTERNAL_DATA_DIR}/{entry.value}"

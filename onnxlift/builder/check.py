@@ -47,11 +47,18 @@ def opset_of(model: onnx.ModelProto) -> int:
 
 
 def external_data_files(model: onnx.ModelProto) -> set[str]:
-    """The files (relative to the .onnx file) that the model's initializers are stored in."""
+    """The files (relative to the .onnx file) that the model's tensors are stored in."""
     return {
         entry.value
-        for tensor in model.graph.initializer
-        if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for tensor in external_tensors(model)
         for entry in tensor.external_data
         if entry.key == "location"
     }
+
+
+def external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """Every tensor kept outside the .onnx file: initializers and attribute tensors (a
+    Constant's value), in the main graph and in every subgraph (If, Loop, Scan bodies)."""
+    from onnx.external_data_helper import _get_all_tensors
+
+    return [t for t in _get_all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnxlift_serving.protocol import NUMPY_TO_DATATYPE, TensorSpec
 
-from onnxlift.builder.check import external_data_files
+from onnxlift.builder.check import external_data_files, external_tensors
 from onnxlift.errors import BuildError
 from onnxlift.sources import ModelSource
 
@@ -82,21 +82,20 @@ def check_external_data(path: Path, model: onnx.ModelProto) -> None:
             raise BuildError(f"{path}: external data file '{location}' is missing")
         if is_pickle(target):
             raise BuildError(f"{path}: external data '{location}' is a pickle")
-    for tensor in model.graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            _check_extent(path, folder, tensor)
+    for tensor in external_tensors(model):
+        _check_extent(path, folder, tensor)
 
 
 def _check_extent(path: Path, folder: Path, tensor: onnx.TensorProto) -> None:
     entries = {entry.key: entry.value for entry in tensor.external_data}
     size = (folder / entries.get("location", "")).stat().st_size
     try:
-        offset, length = int(entries.get("offset", 0)), entries.get("length")
+        offset = int(entries.get("offset", 0))
+        length = int(entries["length"]) if "length" in entries else size - offset
         itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
     except (TypeError, ValueError, KeyError):
         raise BuildError(f"{path}: tensor '{tensor.name}' has unreadable external data") from None
     expected = math.prod(tensor.dims) * itemsize  # exact: hostile dims must not wrap around
-    length = int(length) if length is not None else size - offset
     if offset < 0 or length != expected or offset + length > size:
         raise BuildError(
             f"{path}: tensor '{tensor.name}' needs {expected:,} bytes of external data; its "

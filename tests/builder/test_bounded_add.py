@@ -269,6 +269,7 @@ def test_a_tampered_external_data_file_is_refused_at_fetch(
         ({"length": "4096"}, "points at 4,096 bytes"),
         ({"offset": "-8"}, "from offset -8"),
         ({"offset": "many"}, "unreadable external data"),
+        ({"length": "many"}, "unreadable external data"),
     ],
 )
 def test_external_data_beyond_its_file_is_one_line(
