@@ -274,15 +274,21 @@ def _json_floor(array: np.ndarray) -> int:
     """The fewest bytes orjson can write `array`'s values in: "0.0," a float, "0," an integer,
     "true," a bool, a string its UTF-8 length (at least) and quotes and comma."""
     if array.dtype == np.object_ or array.dtype.kind in "SU":
-        return sum(len(str(x)) + 3 for x in array.ravel())
+        return sum(_text_length(x) + 3 for x in array.ravel())
     per_value = {"f": 4, "b": 5}.get(array.dtype.kind, 2)
     return array.size * per_value
 
 
 def _binary_size(array: np.ndarray) -> int:
     if array.dtype == np.object_ or array.dtype.kind in "SU":
-        return sum(len(str(x).encode()) + 4 for x in array.ravel())
+        return sum(_text_length(x) + 4 for x in array.ravel())
     return array.nbytes
+
+
+def _text_length(value: Any) -> int:
+    """A BYTES element's own length: bytes as they are (str() would count b'..' and escapes),
+    text as UTF-8."""
+    return len(value) if isinstance(value, bytes) else len(str(value).encode())
 
 
 def encoded_size_floor(
