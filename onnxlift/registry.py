@@ -23,6 +23,7 @@ from onnxlift_serving import layout
 from onnxlift_serving.aliases import read_alias
 from onnxlift_serving.artifact import fetch_from_registry
 from onnxlift_serving.contract import is_canonical_version, is_model_name
+from onnxlift_serving.errors import ArtifactError
 from onnxlift_serving.signing import SignaturePolicy, SigningKey, signature_document
 
 from onnxlift.errors import RegistryError, VersionExistsError
@@ -153,16 +154,27 @@ class Registry:
         return infos
 
     def is_servable(self, name: str, version: str) -> bool:
-        """False for an unsigned version when this registry signs (its readers would refuse it)."""
+        """False for a version this registry's readers would refuse: when it signs, one whose
+        manifest.sig is missing or does not verify with today's key (a key file made anew
+        leaves the older versions unverifiable; `up` then publishes the build again)."""
         if self.signer is None:
             return True
-        key = layout.object_key(name, version, layout.SIGNATURE_FILE)
         try:
-            self.s3.head_object(Bucket=self.bucket, Key=key)
+            manifest, signature = (
+                self.s3.get_object(Bucket=self.bucket, Key=layout.object_key(name, version, file))[
+                    "Body"
+                ].read()
+                for file in (layout.MANIFEST_FILE, layout.SIGNATURE_FILE)
+            )
         except ClientError as exc:
-            if _error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+            if _error_code(exc) in ("NoSuchKey", "404", "NotFound", "AccessDenied"):
                 return False
             raise
+        policy = self.signature or SignaturePolicy(self.signer)
+        try:
+            policy.check(manifest, signature, f"{name} version {version}")
+        except ArtifactError:
+            return False
         return True
 
     def find_by_fingerprint(self, name: str, fingerprint: str) -> str | None:

@@ -373,6 +373,9 @@ def test_up_sign_republishes_a_build_whose_version_is_unsigned(
     assert Registry(BUCKET, aws["s3"]).is_servable("tiny", "1") is True  # nothing to verify
     signing.publish(make_artifact(tmp_path / "b"), name="tiny")
     assert signing.is_servable("tiny", "2") is True
+    # a key file made anew: version 2 is signed, but not by today's key
+    create_file_key(tmp_path / "new.pem", tmp_path / "new.pub.pem")
+    assert signed_registry(aws, FileKey(tmp_path / "new.pem")).is_servable("tiny", "2") is False
 
 
 def test_a_signer_that_cannot_sign_claims_no_version(
