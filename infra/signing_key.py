@@ -1,6 +1,7 @@
 """The KMS key that signs model manifests (`-c onnxlift.signing=kms`): see
 onnxlift_serving.signing. Publishers sign with it (`onnxlift publish --signing-key kms:<arn>`,
-with their own credentials); the model functions and SageMaker roles may only verify.
+with their own credentials); the model functions may only verify. SageMaker endpoints get no
+grant: their containers run with network isolation and cannot reach KMS.
 """
 
 from __future__ import annotations

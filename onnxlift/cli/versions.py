@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import click
+from onnxlift_serving.errors import ArtifactError
 from rich.console import Console
 from rich.table import Table
 
@@ -55,7 +57,14 @@ def pull(name: str, version: str, bucket: str | None, signing_key: str | None) -
     registry = open_registry(bucket, signing_key)
     if version not in registry.versions(name):  # a clear line, not S3's NoSuchKey
         raise RegistryError(f"{name} version {version} is not in s3://{registry.bucket}")
-    folder = registry.download(name, version, paths.cache_dir(project_root()) / "artifacts")
+    artifacts = paths.cache_dir(project_root()) / "artifacts"
+    try:
+        folder = registry.download(name, version, artifacts)
+    except ArtifactError:
+        # An older copy there (pulled before signing was on) would be baked into the image
+        # and refused at load: a refused pull leaves no copy of that version at all.
+        shutil.rmtree(artifacts / name / version, ignore_errors=True)
+        raise
     click.echo(f"{name} version {version} -> {folder}")
 
 
