@@ -56,6 +56,19 @@ def start_stack(
     return process, info
 
 
+def run_cli(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`onnxlift ARGS` as a user runs it beside the stack whose state dir is `state`."""
+    env = dict(os.environ, ONNXLIFT_STATE_DIR=str(state), ONNXLIFT_ROOT=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "onnxlift.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def read_info(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,24 +19,12 @@ from onnxlift_serving.artifact import fetch_from_registry, load_artifact
 
 from onnxlift.local.moto_server import LOCAL_CREDENTIALS
 from onnxlift.local.processes import free_port, port_in_use
-from tests.conftest import ROOT
+from tests.local.conftest import run_cli as cli
 from tests.local.conftest import start_stack, stop_stack
 
 pytestmark = [pytest.mark.e2e]
 MODEL = "textclf"
 PROBE = ["The striker scored twice in the final", "HEAVY RAIN FLOODED THE VALLEY"]
-
-
-def cli(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, ONNXLIFT_STATE_DIR=str(state), ONNXLIFT_ROOT=str(ROOT))
-    return subprocess.run(
-        [sys.executable, "-m", "onnxlift.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:

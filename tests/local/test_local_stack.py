@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +18,7 @@ from onnxlift_serving.contract import API_BODY_BYTES
 
 from onnxlift.local.processes import port_in_use
 from tests.conftest import ROOT
-from tests.local.conftest import start_stack, stop_stack
+from tests.local.conftest import run_cli, start_stack, stop_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 TEXTS = ["first sentence", "second one"]
@@ -103,15 +100,7 @@ def test_concurrent_requests_are_all_answered(stack: dict[str, Any]) -> None:
 
 
 def cli(stack: dict[str, Any], *args: str) -> str:
-    env = dict(os.environ, ONNXLIFT_STATE_DIR=str(stack["_state"]), ONNXLIFT_ROOT=str(ROOT))
-    result = subprocess.run(
-        [sys.executable, "-m", "onnxlift.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_cli(stack["_state"], *args)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
