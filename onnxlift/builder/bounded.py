@@ -208,8 +208,12 @@ def _died(name: str, exitcode: int | None, limits: BuildLimits) -> OnnxliftError
             how = signal.Signals(-exitcode).name
         except ValueError:  # a realtime signal has no name
             how = f"signal {-exitcode}"
-    else:
-        how = f"exit code {exitcode}"
+    else:  # it exited before its first word: it could not start (its stderr says why)
+        return BuildError(
+            f"{name}: the build process exited (code {exitcode}) before it started the build; "
+            "its error is printed above (from a script, call the build under "
+            "`if __name__ == '__main__':`, as multiprocessing's spawn requires)"
+        )
     return LimitExceeded(
         f"{name}: the build process died ({how}) while checking the model: a native crash in "
         f"onnx or onnxruntime, or memory beyond its {limits.memory_mb:,} MiB limit"
