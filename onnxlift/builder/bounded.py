@@ -208,10 +208,10 @@ def _died(name: str, exitcode: int | None, limits: BuildLimits) -> OnnxliftError
             how = signal.Signals(-exitcode).name
         except ValueError:  # a realtime signal has no name
             how = f"signal {-exitcode}"
-    else:  # it exited before its first word: it could not start (its stderr says why)
+    else:  # it exited without a result: most often it could not start (its stderr says why)
         return BuildError(
-            f"{name}: the build process exited (code {exitcode}) before it started the build; "
-            "its error is printed above (from a script, call the build under "
+            f"{name}: the build process exited (code {exitcode}) without a result; its error "
+            "is printed above (from a script, call the build under "
             "`if __name__ == '__main__':`, as multiprocessing's spawn requires)"
         )
     return LimitExceeded(
