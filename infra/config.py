@@ -38,7 +38,7 @@ LOG_RETENTION_DAYS = {
 }  # fmt: skip
 IMAGE_SOURCES = ("asset", "ecr")
 MODEL_SOURCES = ("image", "registry")
-SIGNING_MODES = ("none", "kms")
+SIGNING_MODES = ("none", "kms", "kms-optional")
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,39}$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -152,7 +152,9 @@ class DeploymentConfig:
     log_retention_days: int = 30
     signing: str = "none"
     """kms: an asymmetric KMS key signs manifests; every model role may verify, and the
-    functions refuse versions whose manifest.sig does not verify (onnxlift_serving.signing)."""
+    functions refuse versions whose manifest.sig does not verify (onnxlift_serving.signing).
+    kms-optional: the same key, but versions without a manifest.sig still load (a registry
+    published before signing was turned on); a signature that is there must verify."""
     # Additions beyond the original contract (both default to the safe choice):
     waf_enabled: bool = True
     """Associate a WAFv2 web ACL with the stage (AWS common rules + per-IP rate limit)."""

@@ -65,10 +65,12 @@ class InferenceFunction(Construct):
         registry: ModelRegistry,
         project_root: Path,
         signature_key: str | None = None,
+        signature_required: bool | None = None,
     ) -> None:
         super().__init__(scope, id)
         self.model = model
         self.signature_key = signature_key  # kms:<arn>: loads verify; the stack grants Verify
+        self.signature_required = signature_required  # False: unsigned versions load too
         # The steps run in this order: each reads what the ones before it set on self.
         self.log_group = self._log_group(config)
         self.role = self._role(model, registry)
@@ -131,6 +133,7 @@ class InferenceFunction(Construct):
                 bucket=registry.bucket.bucket_name,
                 threads=model.ort_threads,
                 signature_key=self.signature_key,
+                signature_required=self.signature_required,
             )
             | {
                 "POWERTOOLS_SERVICE_NAME": contract.function_name(model.name),

@@ -41,7 +41,7 @@ class OnnxliftStack(Stack):
 
         self.registry = ModelRegistry(self, "Registry", bucket_name=config.registry_bucket_name)
         self.signing_key = (
-            ManifestSigningKey(self, "ManifestSigning") if config.signing == "kms" else None
+            None if config.signing == "none" else ManifestSigningKey(self, "ManifestSigning")
         )
         self.functions = self._functions(config, project_root)
         self.endpoints = self._endpoints(config, project_root)
@@ -69,6 +69,7 @@ class OnnxliftStack(Stack):
                 registry=self.registry,
                 project_root=project_root,
                 signature_key=self._signature_key,
+                signature_required=None if config.signing == "none" else config.signing == "kms",
             )
             for model in config.models
         ]

@@ -56,6 +56,7 @@ def test_the_function_verifies_with_that_key_and_may_only_verify(signed: Synth) 
     assert variables[Env.MODEL_SIGNATURE_KEY] == {
         "Fn::Join": ["", ["kms:", {"Fn::GetAtt": [key_id, "Arn"]}]]
     }
+    assert variables[Env.MODEL_SIGNATURE_REQUIRED] == "true"
     role_id = function["Properties"]["Role"]["Fn::GetAtt"][0]
     kms_statements = [
         statement
@@ -77,3 +78,21 @@ def test_cdk_nag_has_nothing_to_say(signed: Synth) -> None:
 def test_unknown_signing_mode_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="signing 'gpg'"):
         DeploymentConfig(models=(MINILM,), signing="gpg")
+
+
+def test_kms_optional_lets_unsigned_versions_load_and_still_verifies(
+    project_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """For a registry published before signing: the same key and grant, unsigned versions
+    load, a signature that is there must verify (ServiceConfig reads the flag back)."""
+    from onnxlift_serving.service import ServiceConfig
+
+    config = config_from_context({"signing": "kms-optional", "model_source": "registry"}, [MINILM])
+    built = synth(config, project_root, tmp_path_factory.mktemp("optional"))
+    assert len(signing_keys(built)) == 1
+    (function,) = built.of_type("AWS::Lambda::Function").values()
+    variables = function["Properties"]["Environment"]["Variables"]
+    assert variables[Env.MODEL_SIGNATURE_REQUIRED] == "false"
+    plain = {k: v for k, v in variables.items() if isinstance(v, str)}
+    read = ServiceConfig.from_env(plain | {Env.MODEL_SIGNATURE_KEY: "kms:arn"})
+    assert read.signature_key == "kms:arn" and read.signature_required is False

@@ -166,6 +166,7 @@ def serving_environment(
     alias_ttl_s: float | None = None,
     providers: str | None = None,
     signature_key: str | None = None,  # kms:<arn> | file:<path> (onnxlift_serving.signing)
+    signature_required: bool | None = None,  # False: unsigned versions load (checked if signed)
 ) -> dict[str, str]:
     """How a serving function or container is configured: ServiceConfig.from_env reads it
     back. Unset arguments are left out, so the runtime's defaults apply."""
@@ -181,6 +182,9 @@ def serving_environment(
         Env.ALIAS_TTL_S: None if alias_ttl_s is None else str(alias_ttl_s),
         Env.ORT_PROVIDERS: providers,
         Env.MODEL_SIGNATURE_KEY: signature_key,
+        Env.MODEL_SIGNATURE_REQUIRED: None
+        if signature_required is None
+        else str(signature_required).lower(),
     }
     return {str(key): value for key, value in values.items() if value is not None}
 
