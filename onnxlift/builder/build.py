@@ -23,10 +23,15 @@ import numpy as np
 import onnx
 from onnxlift_serving import layout
 from onnxlift_serving.artifact import load_artifact, sha256_file
-from onnxlift_serving.contract import is_asset_key
+from onnxlift_serving.contract import DEFAULT_MAX_LOADED_VERSIONS, is_asset_key
 from onnxlift_serving.cpu import cpu_facts
 from onnxlift_serving.pipelines import build_pipeline, load_tokenizer
-from onnxlift_serving.session import create_session, integer_kernel_setting
+from onnxlift_serving.session import (
+    ModelTooLarge,
+    arena_bytes,
+    create_session,
+    integer_kernel_setting,
+)
 
 from onnxlift import __version__, paths
 from onnxlift.builder import parity
@@ -340,6 +345,15 @@ def _measure_parity(
     return figures
 
 
+def _check_function_memory(spec: ModelSpec, weights: int) -> None:
+    """The function's memory leaves its capped arena room for the packed weights and a
+    request (onnxlift_serving.session.arena_bytes): refused here, not as a 503 at load."""
+    try:
+        arena_bytes(spec.serving.memory_mb, weights, DEFAULT_MAX_LOADED_VERSIONS)
+    except ModelTooLarge as exc:
+        raise BuildError(f"{spec.name}: [serving] memory_mb is too small: {exc}") from None
+
+
 def build_model(
     spec: ModelSpec,
     *,
@@ -384,11 +398,12 @@ def build_model(
     }
     check_parity_gate(spec, figures[gated_label], source.parity_inputs, gated_label)
 
+    weights = served_path.stat().st_size + external_data_bytes(served_path)
     decision = decide_target(
-        spec.serving.target,
-        model_bytes=served_path.stat().st_size + external_data_bytes(served_path),
-        requires_gpu=spec.serving.gpu,
+        spec.serving.target, model_bytes=weights, requires_gpu=spec.serving.gpu
     )
+    if decision.target == "lambda":
+        _check_function_memory(spec, weights)
     manifest["target"] = decision.target
     manifest["target_reason"] = decision.reason
     manifest["estimated_memory_mb"] = decision.estimated_memory_mb

@@ -211,6 +211,9 @@ CASES: dict[str, Case] = {
         args=("--memory-limit-mb", "1024"),
     ),
     "an input of 10^8 floats per row": Case(wide_input, "give --samples"),
+    "a function too small for its model": Case(
+        identity, "raise serving.memory_mb to at least", args=("--memory-mb", "256")
+    ),
     # samples
     "samples holding pickled objects": Case(
         identity,

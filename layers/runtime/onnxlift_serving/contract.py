@@ -19,6 +19,7 @@ __all__ = [
     "API_GATEWAY_TIMEOUT_S",
     "ASSET_MAX_DEPTH",
     "BINARY_CONTENT_TYPE",
+    "DEFAULT_MAX_LOADED_VERSIONS",
     "EXTENSIONS",
     "HEALTH_PATHS",
     "INFERENCE_HEADER_LENGTH",
@@ -94,6 +95,9 @@ LAMBDA_RESPONSE_BYTES: Final = LAMBDA_PAYLOAD_BYTES - EVENT_RESERVE_BYTES
 # checked before it is built; the outputs themselves are in the arena). 94 + 57 + 6 is 157
 # MiB; 256 leaves room for Python's heap fragmentation between requests.
 SERVING_RESERVE_MB: Final = 256
+# Versions one serving process keeps loaded at once (least recently used out); the memory cap
+# leaves room for each one's weights (MAX_LOADED_VERSIONS overrides it per function).
+DEFAULT_MAX_LOADED_VERSIONS: Final = 2
 
 
 def threads_for_memory(memory_mb: int) -> int:

@@ -37,6 +37,7 @@ from onnxlift_serving.aliases import DEFAULT_ALIAS, read_alias
 from onnxlift_serving.artifact import Artifact, fetch_from_registry, load_artifact
 from onnxlift_serving.contract import (
     API_BODY_BYTES,
+    DEFAULT_MAX_LOADED_VERSIONS,
     LAMBDA_RESPONSE_BYTES,
     Env,
     is_canonical_version,
@@ -68,7 +69,7 @@ class ServiceConfig:
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     providers: tuple[str, ...] = ()
     alias_ttl_s: float = 30.0
-    max_loaded_versions: int = 2
+    max_loaded_versions: int = DEFAULT_MAX_LOADED_VERSIONS
     memory_mb: int | None = None  # what the process may use; None: onnxruntime is not capped
     max_response_bytes: int = LAMBDA_RESPONSE_BYTES
     response_base64: bool = True  # a binary answer rides base64-encoded (Lambda's proxy result)
@@ -92,7 +93,7 @@ class ServiceConfig:
             max_payload_bytes=int(env.get(Env.MAX_PAYLOAD_BYTES, DEFAULT_MAX_PAYLOAD_BYTES)),
             providers=tuple(p for p in env.get(Env.ORT_PROVIDERS, "").split(",") if p),
             alias_ttl_s=float(env.get(Env.ALIAS_TTL_S, 30)),
-            max_loaded_versions=int(env.get(Env.MAX_LOADED_VERSIONS, 2)),
+            max_loaded_versions=int(env.get(Env.MAX_LOADED_VERSIONS, DEFAULT_MAX_LOADED_VERSIONS)),
             memory_mb=memory_limit_mb(env),
             signature_key=env.get(Env.MODEL_SIGNATURE_KEY, ""),
             signature_required=env.get(Env.MODEL_SIGNATURE_REQUIRED, "true").lower() != "false",
