@@ -11,6 +11,7 @@ imports the CDK when called.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -112,11 +113,14 @@ def stage(build: ImageBuild, project_root: Path, outdir: Path) -> StagedImage:
     with the same excludes (and the root .dockerignore, and the Dockerfile kept) that the
     stack's asset gets, and its asset manifest says how cdk-assets would run `docker build`.
     """
+    os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")  # as make does
     from aws_cdk import App, IgnoreMode, Stack
     from aws_cdk import aws_ecr_assets as ecr_assets
 
     shutil.rmtree(outdir, ignore_errors=True)  # no stale asset.<hash> folders
-    app = App(outdir=str(outdir))
+    cdk_json = project_root / "cdk.json"  # the app's feature flags
+    context = json.loads(cdk_json.read_text()).get("context", {}) if cdk_json.is_file() else {}
+    app = App(outdir=str(outdir), context=context, builtin_cloud_formation_validation=False)
     ecr_assets.DockerImageAsset(
         Stack(app, "Image"),
         "Image",
