@@ -111,14 +111,14 @@ def _plan(
     if not contract.is_canonical_version(version):
         raise OnnxliftError(f"version {version!r} is not a registry version (1, 2, ...)")
     build = images.image_build(target or _target(spec, version, root), name, version)
+    if not kw["dry_run"]:
+        _check_docker()  # before a pull: no download for a build that cannot run
     if build.artifacts is not None and not (root / build.artifacts).is_dir():
         if kw["dry_run"]:
             click.echo(shlex.join(["onnxlift", "pull", name, version]))
         else:
             ctx.invoke(pull, name=name, version=version, bucket=kw["bucket"],
                        signing_key=kw["signing_key"])  # fmt: skip
-    if not kw["dry_run"]:
-        _check_docker()
     console.print(f"staging the {build.target} image's build context (as cdk deploy does)")
     staged = images.stage(build, root, paths.state_dir(root) / "images" / build.tag)
     local_ref = f"{repository}:{build.tag}"
