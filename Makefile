@@ -8,7 +8,7 @@ LOCK   := requirements/dev.lock
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup up test test-fast lint synth build clean lock
+.PHONY: setup up test test-fast lint synth build clean lock image-build image-push
 
 setup: $(STAMP) node_modules/.installed
 
@@ -46,6 +46,13 @@ synth: setup                 ## the real cdk CLI, cdk-nag AwsSolutions on
 
 build: setup
 	$(BIN)/onnxlift build --all
+
+# The images ECR mode deploys (README, "Prebuilt images"): make image-push MODEL=minilm VERSION=3 REPO=onnxlift
+image-build: setup
+	$(BIN)/onnxlift image build $(MODEL) $(VERSION)
+
+image-push: setup
+	$(BIN)/onnxlift image push $(MODEL) $(VERSION) --repository $(REPO)
 
 # Re-pin deliberately, then commit the locks on their own. torch is the CPU build on this
 # machine's disk (/opt/wheels); the image locks leave out what their base images ship.

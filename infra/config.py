@@ -88,7 +88,7 @@ class ModelDeployment:
     @property
     def image_tag(self) -> str:
         """The tag of this model's prebuilt image when `image_source == "ecr"`."""
-        return f"{self.name}-{self.version}"
+        return contract.image_tag("lambda", self.name, self.version)
 
 
 def endpoint_name(model: str) -> str:
@@ -134,7 +134,7 @@ class SageMakerDeployment:
     @property
     def image_tag(self) -> str:
         """Tag of the prebuilt container image (one image serves every SageMaker model)."""
-        return "sagemaker"
+        return contract.image_tag("sagemaker", self.name, self.version)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -21,35 +21,14 @@ from infra.config import (
     DeploymentConfig,
     ModelDeployment,
 )
+from infra.images import image_build
 from infra.registry_bucket import REASON_MODEL_PREFIX, ModelRegistry
-
-DOCKERFILE = "functions/inference/Dockerfile"
-ARTIFACTS_DIR = ".onnxlift/artifacts"
 
 REASON_XRAY = (
     "Active X-Ray tracing: xray:PutTraceSegments and xray:PutTelemetryRecords do not "
     "support resource-level permissions, so their statement must use Resource '*'. "
     "A test asserts those two are the only actions on '*'."
 )
-
-
-def image_build_excludes(model: ModelDeployment) -> list[str]:
-    """Docker-ignore patterns that cut the repo root down to what one model's image needs.
-
-    Everything is excluded, then the three inputs are re-included. With IgnoreMode.DOCKER
-    the CDK prunes whole excluded directories (.venv, node_modules, .git, cdk.out, other
-    models' artifacts) instead of walking them, so fingerprinting stays fast however big
-    the tree is; IgnoreMode.GLOB would prune `functions/` before seeing the negation.
-    """
-    return [
-        "*",
-        "!functions/inference",
-        "!layers/runtime",
-        f"!{ARTIFACTS_DIR}/{model.name}/{model.version}",
-        "**/__pycache__",
-        "**/*.pyc",
-        "**/.pytest_cache",
-    ]
 
 
 class InferenceFunction(Construct):
@@ -154,14 +133,16 @@ class InferenceFunction(Construct):
     def _image_code(
         self, model: ModelDeployment, config: DeploymentConfig, project_root: Path
     ) -> lambda_.DockerImageCode:
+        build = image_build("lambda", model.name, model.version)  # `onnxlift image` builds it too
         if config.image_source == "ecr":
             assert config.ecr_repository_name is not None  # DeploymentConfig checks it
             repository = ecr.Repository.from_repository_name(
                 self, "Repository", config.ecr_repository_name
             )
-            return lambda_.DockerImageCode.from_ecr(repository, tag_or_digest=model.image_tag)
+            return lambda_.DockerImageCode.from_ecr(repository, tag_or_digest=build.tag)
 
-        artifacts = project_root / ARTIFACTS_DIR / model.name / model.version
+        assert build.artifacts is not None  # a Lambda image bakes its version in
+        artifacts = project_root / build.artifacts
         if config.model_source == "image" and not artifacts.is_dir():
             Annotations.of(self).add_warning_v2(
                 "onnxlift:MissingArtifacts",
@@ -169,15 +150,14 @@ class InferenceFunction(Construct):
                 f"run `onnxlift pull {model.name} {model.version}` before `cdk deploy` "
                 "or the image build will fail.",
             )
+        # Everything is excluded, then the image's inputs are re-included (images.py says
+        # why IgnoreMode.DOCKER): the CDK prunes .venv, node_modules, .git whole.
         return lambda_.DockerImageCode.from_image_asset(
             str(project_root),
-            file=DOCKERFILE,
-            build_args={
-                str(contract.Env.MODEL_NAME): model.name,
-                str(contract.Env.MODEL_VERSION): model.version,
-            },
-            platform=ecr_assets.Platform.LINUX_AMD64,
-            display_name=f"onnxlift-{model.name}-{model.version}",
+            file=build.dockerfile,
+            build_args=dict(build.build_args),
+            platform=ecr_assets.Platform.custom(build.platform),
+            display_name=build.display_name,
             ignore_mode=IgnoreMode.DOCKER,
-            exclude=image_build_excludes(model),
+            exclude=list(build.exclude),
         )

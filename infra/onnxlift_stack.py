@@ -105,7 +105,7 @@ class OnnxliftStack(Stack):
                 self,
                 "SageMakerRepository",
                 repository_name=config.ecr_repository_name or "",
-                tag="sagemaker",
+                tag=config.sagemaker_models[0].image_tag,  # one image serves them all
             )
         return SageMakerImage.from_asset(self, "SageMakerImage", project_root=project_root)
 

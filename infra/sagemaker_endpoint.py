@@ -40,9 +40,9 @@ from onnxlift_serving import contract
 
 from infra import nag
 from infra.config import APIGW_INTEGRATION_TIMEOUT_S, LOG_RETENTION_DAYS, SageMakerDeployment
+from infra.images import image_build
 from infra.registry_bucket import REASON_MODEL_PREFIX, ModelRegistry
 
-DOCKERFILE = "functions/sagemaker/Dockerfile"
 PROXY_CODE = "functions/sagemaker/proxy"
 ARCHIVE = "model.tar.gz"  # onnxlift/sagemaker_artifact.py writes it next to the version
 DATA_CAPTURE_PREFIX = "datacapture"
@@ -115,21 +115,16 @@ class SageMakerImage:
     @classmethod
     def from_asset(cls, scope: Construct, id: str, *, project_root: Path) -> SageMakerImage:
         """Built by `cdk deploy` (needs Docker) from the repo root, container inputs only."""
+        build = image_build("sagemaker", "", "")  # one image for every model
         asset = ecr_assets.DockerImageAsset(
             scope,
             id,
             directory=str(project_root),
-            file=DOCKERFILE,
-            platform=ecr_assets.Platform.LINUX_AMD64,
-            display_name="onnxlift-sagemaker",
+            file=build.dockerfile,
+            platform=ecr_assets.Platform.custom(build.platform),
+            display_name=build.display_name,
             ignore_mode=IgnoreMode.DOCKER,
-            exclude=[
-                "*",
-                "!functions/sagemaker",
-                "!layers/runtime",
-                "**/__pycache__",
-                "**/*.pyc",
-            ],
+            exclude=list(build.exclude),
         )
         return cls(asset.image_uri, asset.repository)
 

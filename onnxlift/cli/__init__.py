@@ -4,6 +4,7 @@ models     build, add               the model pipeline
 versions   publish, pull, promote, rollback, list   the registry
 serve      up                       the local stack
 benchmark  bench                    figures and the report
+images     image build, image push  the images ECR mode deploys
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import click
 from onnxlift import __version__
 from onnxlift.cli.benchmark import bench
 from onnxlift.cli.common import OnnxliftGroup
+from onnxlift.cli.images import image
 from onnxlift.cli.models import add, build
 from onnxlift.cli.serve import up
 from onnxlift.cli.versions import list_models, promote, publish, pull, rollback
@@ -28,7 +30,7 @@ def cli() -> None:
     """Quantized ONNX models as a service on AWS."""
 
 
-for command in (build, add, publish, pull, promote, rollback, list_models, up, bench):
+for command in (build, add, publish, pull, promote, rollback, list_models, up, bench, image):
     cli.add_command(command)
 
 

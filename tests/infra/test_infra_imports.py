@@ -27,6 +27,7 @@ INIT = "__init__"
 LAYERS = {
     INIT: 0,
     "config": 0,
+    "images": 0,
     "nag": 1,
     "registry_bucket": 2,
     "inference_function": 2,

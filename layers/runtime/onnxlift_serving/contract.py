@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_MAX_LOADED_VERSIONS",
     "EXTENSIONS",
     "HEALTH_PATHS",
+    "IMAGE_TARGETS",
     "INFERENCE_HEADER_LENGTH",
     "JSON_CONTENT_TYPE",
     "LAMBDA_MAX_VCPUS",
@@ -37,6 +38,7 @@ __all__ = [
     "RETRY_AFTER",
     "ROUTES",
     "SAGEMAKER_BINARY_CONTENT_TYPE",
+    "SAGEMAKER_IMAGE_TAG",
     "SAGEMAKER_INVOCATION_TIMEOUT_S",
     "SAGEMAKER_PAYLOAD_BYTES",
     "SAGEMAKER_VARIANT",
@@ -53,6 +55,7 @@ __all__ = [
     "endpoint_name",
     "error_body",
     "function_name",
+    "image_tag",
     "infer_path",
     "is_asset_key",
     "is_canonical_version",
@@ -115,6 +118,22 @@ def function_name(model: str) -> str:
 def endpoint_name(model: str) -> str:
     """The SageMaker endpoint name of a model."""
     return f"onnxlift-{model}"
+
+
+# The ECR tags of the prebuilt images (`-c onnxlift.image_source=ecr`, `onnxlift image push`).
+SAGEMAKER_IMAGE_TAG: Final = "sagemaker"  # one image serves every SageMaker model
+IMAGE_TARGETS: Final = ("lambda", "sagemaker")
+
+
+def image_tag(target: str, model: str, version: str) -> str:
+    """The tag ECR mode deploys: `<model>-<version>` per Lambda model (its version is baked
+    in), `sagemaker` for the image every SageMaker model shares (models come from the
+    registry as model.tar.gz)."""
+    if target == "lambda":
+        return f"{model}-{version}"
+    if target == "sagemaker":
+        return SAGEMAKER_IMAGE_TAG
+    raise ValueError(f"image target {target!r} not in {IMAGE_TARGETS}")
 
 
 # -- environment of a serving function or container -----------------------------------------
