@@ -2,6 +2,7 @@
 
 models     build, add               the model pipeline
 versions   publish, pull, promote, rollback, list   the registry
+verify     verify                   a version's parity, where it is served
 serve      up                       the local stack
 benchmark  bench                    figures and the report
 """
@@ -17,6 +18,7 @@ from onnxlift.cli.benchmark import bench
 from onnxlift.cli.common import OnnxliftGroup
 from onnxlift.cli.models import add, build
 from onnxlift.cli.serve import up
+from onnxlift.cli.verify import verify_command
 from onnxlift.cli.versions import list_models, promote, publish, pull, rollback
 
 __all__ = ["cli", "main"]
@@ -28,7 +30,18 @@ def cli() -> None:
     """Quantized ONNX models as a service on AWS."""
 
 
-for command in (build, add, publish, pull, promote, rollback, list_models, up, bench):
+for command in (
+    build,
+    add,
+    publish,
+    pull,
+    promote,
+    rollback,
+    list_models,
+    verify_command,
+    up,
+    bench,
+):
     cli.add_command(command)
 
 
