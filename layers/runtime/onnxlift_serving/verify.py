@@ -8,7 +8,7 @@ version invoked by the PreTraffic hook) and measures the answers against the ref
 The math is plain Python (the standard library only, no numpy): the build's gate
 (onnxlift.builder.parity) runs these same functions, and the PreTraffic hook, a zip asset
 with boto3 only, carries a byte-identical copy of this file (functions/pretraffic/
-parity_verify.py; tests/serving/test_verify.py holds the two equal). Values are lists of rows,
+parity_verify.py; tests/serving/test_pretraffic.py holds the two equal). Values are lists of rows,
 each row one input's output flattened row-major.
 """
 
