@@ -127,7 +127,7 @@ def parity_set(
             "outputs": names,
             "requests": [_request(datatypes, parity_inputs, i) for i in kept],
             "reference": {n: [rows(reference[n][i : i + 1])[0] for i in kept] for n in names},
-            "truth": None if truth is None else [np.asarray(truth)[i].item() for i in kept],
+            "truth": None if truth is None else np.asarray(truth).ravel()[kept].tolist(),
         }
         if len(json.dumps(doc, allow_nan=False)) <= verify.MAX_PARITY_SET_BYTES:
             return doc
