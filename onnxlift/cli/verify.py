@@ -6,15 +6,12 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import click
-from onnxlift_serving import layout
 from onnxlift_serving.contract import JSON_CONTENT_TYPE, infer_path
 from onnxlift_serving.verify import PARITY_SET_ASSET, ParitySetError, read_parity_set, verify
 
-from onnxlift import paths
 from onnxlift.cli.common import (
     BUCKET_OPTION,
     EXIT_REFUSED,
@@ -75,19 +72,16 @@ def _version(registry: Any, name: str, version: str | None) -> str:
 
 
 def _parity_set(registry: Any, name: str, version: str) -> dict[str, Any]:
-    """The version's parity set, fetched (and sha256-checked, signature-checked with a key)
-    as `onnxlift pull` fetches it."""
-    if version not in registry.versions(name):
-        raise RegistryError(f"{name} version {version} is not in s3://{registry.bucket}")
-    folder: Path = registry.download(name, version, paths.cache_dir(project_root()) / "artifacts")
-    path = folder / layout.ASSETS_DIR / PARITY_SET_ASSET
-    if not path.is_file():
+    """The version's parity set, sha256-checked against its manifest (signature-checked with
+    a key), without fetching the model."""
+    raw = registry.asset(name, version, PARITY_SET_ASSET)
+    if raw is None:
         raise OnnxliftError(
             f"{name} version {version} holds no parity set (built before onnxlift kept one): "
             f"rebuild with `onnxlift build {name} --force` and publish it"
         )
     try:
-        return read_parity_set(path.read_bytes())
+        return read_parity_set(raw)
     except ParitySetError as exc:
         raise OnnxliftError(f"{name} version {version}: {exc}") from None
 

@@ -143,3 +143,12 @@ def test_verify_without_the_key_is_one_error_line(registry: Any, api: str) -> No
     )
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "answered 403" in result.output
+
+
+def test_a_tampered_parity_set_is_refused_before_anything_is_sent(ext: Path, registry: Any) -> None:
+    key = "models/ext/1/assets/parity.json"
+    registry.s3.put_object(Bucket=registry.bucket, Key=key, Body=b'{"format": 1}')
+    # no API at this URL: the refusal comes first
+    result = verify(registry, "http://127.0.0.1:9", "--version", "1")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "parity.json is missing or does not match its sha256" in result.output
