@@ -152,3 +152,14 @@ def test_a_tampered_parity_set_is_refused_before_anything_is_sent(ext: Path, reg
     result = verify(registry, "http://127.0.0.1:9", "--version", "1")
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "parity.json is missing or does not match its sha256" in result.output
+
+
+def test_without_url_or_version_it_asks_the_local_stack_for_the_newest(
+    project: Path, registry: Any, api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ONNXLIFT_STATE_DIR", raising=False)
+    (project / ".onnxlift" / "local.json").write_text(json.dumps({"url": api, "api_key": KEY}))
+    result = CliRunner().invoke(cli, ["verify", "ext", "--bucket", registry.bucket])
+    assert result.exit_code == 0, result.output
+    (line,) = verdicts(result.output)  # no alias yet: the newest version
+    assert line.startswith(f"ext version 1 at {api}: parity passed")
