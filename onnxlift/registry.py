@@ -21,7 +21,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 from onnxlift_serving import layout
 from onnxlift_serving.aliases import read_alias
-from onnxlift_serving.artifact import fetch_from_registry
+from onnxlift_serving.artifact import check_manifest, fetch_from_registry
 from onnxlift_serving.contract import is_canonical_version, is_model_name
 from onnxlift_serving.errors import ArtifactError
 from onnxlift_serving.signing import SignaturePolicy, SigningKey, signature_document
@@ -182,6 +182,43 @@ class Registry:
             if info.manifest and info.manifest.get("build_fingerprint") == fingerprint:
                 return info.version
         return None
+
+    def asset(self, name: str, version: str, relative: str) -> bytes | None:
+        """One asset of a published version, without the model: its manifest signature-checked
+        (with a policy) and its sha256 checked against it; None when the manifest names no
+        such asset."""
+        if not is_model_name(name) or not is_canonical_version(version):
+            raise RegistryError(f"{name[:64]} version {version[:16]} is not a published version")
+        where = f"{name} version {version}"
+        raw = self._get(layout.object_key(name, version, layout.MANIFEST_FILE))
+        if raw is None:
+            raise RegistryError(f"{where} is not in s3://{self.bucket}")
+        if self.signature is not None:
+            signed = self._get(layout.object_key(name, version, layout.SIGNATURE_FILE))
+            self.signature.check(raw, signed, where)
+        try:
+            manifest = json.loads(raw)
+        except ValueError:
+            raise ArtifactError(f"the manifest of {where} is not JSON") from None
+        check_manifest(manifest, name=name, version=version)
+        digest = manifest.get("assets", {}).get(relative)
+        if digest is None:
+            return None
+        body = self._get(layout.object_key(name, version, f"{layout.ASSETS_DIR}/{relative}"))
+        if body is None or hashlib.sha256(body).hexdigest() != digest:
+            raise ArtifactError(
+                f"{where}: asset {relative} is missing or does not match its sha256"
+            )
+        return body
+
+    def _get(self, key: str) -> bytes | None:
+        """An object's bytes; None when it is not there (S3 says 403 to who may not list)."""
+        try:
+            return bytes(self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+        except ClientError as exc:
+            if _error_code(exc) in ("NoSuchKey", "404", "AccessDenied"):
+                return None
+            raise
 
     def download(self, name: str, version: str, cache_dir: Path) -> Path:
         return fetch_from_registry(

@@ -32,6 +32,7 @@ from onnxlift_serving.session import (
     create_session,
     integer_kernel_setting,
 )
+from onnxlift_serving.verify import PARITY_SET_ASSET
 
 from onnxlift import __version__, paths
 from onnxlift.builder import parity
@@ -354,6 +355,24 @@ def _check_function_memory(spec: ModelSpec, weights: int) -> None:
         raise BuildError(f"{spec.name}: [serving] memory_mb is too small: {exc}") from None
 
 
+def _parity_asset(spec: ModelSpec, source: ModelSource, work: Path) -> dict[str, Path]:
+    """assets/parity.json: what `onnxlift verify` and the PreTraffic hook replay where the
+    version runs (onnxlift_serving.verify); none when no parity input can be written."""
+    doc = parity.parity_set(
+        metric=spec.parity.metric,
+        threshold=spec.parity.threshold,
+        datatypes={t.name: t.datatype for t in source.inputs},
+        parity_inputs=source.parity_inputs,
+        reference=source.reference,
+        truth=source.truth,
+    )
+    if doc is None:
+        return {}
+    path = work / PARITY_SET_ASSET
+    path.write_text(json.dumps(doc, allow_nan=False))
+    return {PARITY_SET_ASSET: path}
+
+
 def build_model(
     spec: ModelSpec,
     *,
@@ -407,7 +426,9 @@ def build_model(
     manifest["target"] = decision.target
     manifest["target_reason"] = decision.reason
     manifest["estimated_memory_mb"] = decision.estimated_memory_mb
-    _write_artifact(folder, served_path, source.assets, manifest)
+    _write_artifact(
+        folder, served_path, source.assets | _parity_asset(spec, source, work), manifest
+    )
     (folder / BUILD_MANIFEST).write_text(
         json.dumps({"fingerprint": fingerprint, "toolchain": chain})
     )

@@ -2,6 +2,7 @@
 
 models     build, add               the model pipeline
 versions   publish, pull, promote, rollback, list   the registry
+verify     verify                   a version's parity, where it is served
 serve      up                       the local stack
 benchmark  bench                    figures and the report
 images     image build, image push  the images ECR mode deploys
@@ -19,6 +20,7 @@ from onnxlift.cli.common import OnnxliftGroup
 from onnxlift.cli.images import image
 from onnxlift.cli.models import add, build
 from onnxlift.cli.serve import up
+from onnxlift.cli.verify import verify_command
 from onnxlift.cli.versions import list_models, promote, publish, pull, rollback
 
 __all__ = ["cli", "main"]
@@ -30,7 +32,19 @@ def cli() -> None:
     """Quantized ONNX models as a service on AWS."""
 
 
-for command in (build, add, publish, pull, promote, rollback, list_models, up, bench, image):
+for command in (
+    build,
+    add,
+    publish,
+    pull,
+    promote,
+    rollback,
+    list_models,
+    verify_command,
+    image,
+    up,
+    bench,
+):
     cli.add_command(command)
 
 

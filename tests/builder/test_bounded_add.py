@@ -235,7 +235,7 @@ def test_a_model_with_external_data_is_added_published_fetched_and_served(
     weight = add_external_and_publish(tmp_path, registry)
     assert (project / "models" / "ext" / "weights.bin").is_file()  # copied with the model
     manifest = registry.manifest("ext", "1")
-    assert set(manifest["assets"]) == {"external/weights.bin"}
+    assert set(manifest["assets"]) == {"external/weights.bin", "parity.json"}
     artifact = load_artifact(fetch_ext(registry, tmp_path / "cache"))  # every sha256 checked
     session = create_session(artifact.model_path)
     x = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)

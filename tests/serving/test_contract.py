@@ -135,8 +135,9 @@ def test_the_serving_environment_reads_back_into_the_same_config() -> None:
 # -- nothing else spells the contract ---------------------------------------------------------
 SPELLERS = ["onnxlift", "layers", "functions", "infra", "scripts", "app.py"]
 CONTRACT = ROOT / "layers" / "runtime" / "onnxlift_serving" / "contract.py"
-# The proxy is a dependency-free asset: its own matcher is held to ROUTES above.
-OWN_COPY = {PROXY}
+# The proxy is a dependency-free asset: its own matcher is held to ROUTES above. So is the
+# PreTraffic hook: tests/serving/test_pretraffic.py holds its env names to Env.
+OWN_COPY = {PROXY, ROOT / "functions" / "pretraffic" / "handler.py"}
 
 
 def contract_spellings(source: str) -> list[str]:

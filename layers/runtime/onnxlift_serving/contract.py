@@ -162,6 +162,10 @@ class Env(StrEnum):
     # the reserve and the weights. Default: Lambda's memory size; the SageMaker launcher sets
     # it to each worker's share of the container's memory.
     MEMORY_LIMIT_MB = "ONNXLIFT_MEMORY_LIMIT_MB"
+    # The PreTraffic hook (functions/pretraffic/handler.py, which spells them itself: it is a
+    # zip asset without this package) reads MODEL_NAME and MODEL_VERSION too.
+    TARGET_FUNCTION_ARN = "TARGET_FUNCTION_ARN"  # the new function version it invokes
+    REGISTRY_BUCKET = "REGISTRY_BUCKET"  # where the version's parity set lies
 
 
 def memory_limit_mb(env: Mapping[str, str]) -> int | None:

@@ -1,0 +1,145 @@
+"""The PreTraffic hook of a model function's CodeDeploy deployment: parity where it runs.
+
+Before any traffic shifts, the new function version answers the parity set its model version
+was built with (assets/parity.json in the registry: V2 requests, the source framework's
+outputs, the spec's metric and threshold) on whatever CPU Lambda gives it; below the
+threshold the deployment fails and CodeDeploy rolls it back.
+
+A zip asset (functions/pretraffic/, handler.handler, python3.12) with boto3 only, which the
+runtime provides: parity_verify.py beside this file is a byte-identical copy of
+onnxlift_serving.verify (plain Python, no numpy), the math the build's gate uses;
+tests/serving/test_pretraffic.py holds the copy and these environment names to the contract.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from parity_verify import PARITY_SET_ASSET, VerifyResult, read_parity_set, verify
+
+__all__ = ["handler", "lambda_invoker", "parity_set", "proxy_event", "run_hook"]
+
+log = logging.getLogger()
+log.setLevel(os.environ.get("LOG_LEVEL", "INFO"))
+
+# onnxlift_serving.contract.Env spells these; this asset cannot import it (test_pretraffic)
+TARGET_FUNCTION_ARN = "TARGET_FUNCTION_ARN"
+MODEL_NAME = "MODEL_NAME"
+MODEL_VERSION = "MODEL_VERSION"
+REGISTRY_BUCKET = "REGISTRY_BUCKET"
+INFER_ROUTE = "/v2/models/{name}/versions/{version}/infer"  # contract.infer_path's, versioned
+
+Invoke = Callable[[dict[str, Any]], Mapping[str, Any]]  # proxy event in, proxy result out
+
+
+class HookError(Exception):
+    """Why the version could not be checked: the deployment fails with this line."""
+
+
+def parity_set(s3: Any, bucket: str, name: str, version: str) -> dict[str, Any]:
+    """The version's parity set from the registry, checked against its manifest's sha256."""
+    prefix = f"models/{name}/{version}/"
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=prefix + "manifest.json")["Body"].read())
+    digest = (manifest.get("assets") or {}).get(PARITY_SET_ASSET)
+    if not digest:
+        raise HookError(f"{name} version {version} holds no parity set: rebuild and publish it")
+    raw = s3.get_object(Bucket=bucket, Key=f"{prefix}assets/{PARITY_SET_ASSET}")["Body"].read()
+    if hashlib.sha256(raw).hexdigest() != digest:
+        raise HookError(f"{name} version {version}: the parity set's sha256 does not match")
+    return read_parity_set(raw)
+
+
+def proxy_event(name: str, version: str, body: dict[str, Any]) -> dict[str, Any]:
+    """An API Gateway REST proxy event for POST of `body` to the versioned infer route."""
+    path = INFER_ROUTE.format(name=name, version=version)
+    headers = {"Content-Type": "application/json", "User-Agent": "onnxlift-pretraffic"}
+    return {
+        "resource": INFER_ROUTE,
+        "path": path,
+        "httpMethod": "POST",
+        "headers": headers,
+        "multiValueHeaders": {k: [v] for k, v in headers.items()},
+        "queryStringParameters": None,
+        "multiValueQueryStringParameters": None,
+        "pathParameters": {"name": name, "version": version},
+        "stageVariables": None,
+        "requestContext": {
+            "resourcePath": INFER_ROUTE,
+            "httpMethod": "POST",
+            "path": path,
+            "stage": "pretraffic",
+            "requestId": "pretraffic",
+            "identity": {"sourceIp": "127.0.0.1", "userAgent": "onnxlift-pretraffic"},
+        },
+        "body": json.dumps(body),
+        "isBase64Encoded": False,
+    }
+
+
+def _answer(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The V2 answer in a proxy result; anything else is a HookError with what came back."""
+    status, body = result.get("statusCode"), result.get("body") or ""
+    if result.get("isBase64Encoded"):
+        body = base64.b64decode(body).decode("utf-8", "replace")
+    if status != 200:
+        raise HookError(f"the new version answered {status}: {str(body)[:300]}")
+    doc = json.loads(body)
+    if not isinstance(doc, dict):
+        raise HookError("the new version answered JSON that is not a V2 answer")
+    return doc
+
+
+def lambda_invoker(client: Any, function_arn: str) -> Invoke:
+    """Invoke the function version synchronously; its proxy result."""
+
+    def invoke(event: dict[str, Any]) -> Mapping[str, Any]:
+        reply = client.invoke(FunctionName=function_arn, Payload=json.dumps(event).encode())
+        payload = json.loads(reply["Payload"].read() or b"null")
+        if reply.get("FunctionError") or not isinstance(payload, dict):
+            raise HookError(f"the new version failed: {str(payload)[:300]}")
+        return payload
+
+    return invoke
+
+
+def run_hook(env: Mapping[str, str], s3: Any, invoke: Invoke) -> VerifyResult:
+    """Fetch the parity set of the deployed model version and replay it through `invoke`."""
+    name, version = env[MODEL_NAME], env[MODEL_VERSION]
+    doc = parity_set(s3, env[REGISTRY_BUCKET], name, version)
+    return verify(doc, lambda body: _answer(invoke(proxy_event(name, version, body))))
+
+
+def handler(
+    event: dict[str, Any],
+    context: Any,
+    *,
+    clients: Mapping[str, Any] | None = None,
+    invoke: Invoke | None = None,
+) -> dict[str, str]:
+    """CodeDeploy's hook: check, then report Succeeded or Failed for the deployment.
+    `clients` (s3, codedeploy, lambda) and `invoke` default to boto3's and the target's."""
+    if clients is None:
+        import boto3
+
+        clients = {k: boto3.client(k) for k in ("s3", "codedeploy", "lambda")}
+    env = os.environ
+    what = f"{env.get(MODEL_NAME)} version {env.get(MODEL_VERSION)}"
+    try:
+        invoke = invoke or lambda_invoker(clients["lambda"], env[TARGET_FUNCTION_ARN])
+        result = run_hook(env, clients["s3"], invoke)
+        status, line = ("Succeeded" if result.passed else "Failed"), result.line(what)
+    except Exception as exc:  # anything that stops the check fails the deployment
+        status, line = "Failed", f"{what}: parity could not be checked: {exc}"
+    (log.info if status == "Succeeded" else log.error)(line)
+    clients["codedeploy"].put_lifecycle_event_hook_execution_status(
+        deploymentId=event["DeploymentId"],
+        lifecycleEventHookExecutionId=event["LifecycleEventHookExecutionId"],
+        status=status,
+    )
+    return {"status": status, "message": line}
