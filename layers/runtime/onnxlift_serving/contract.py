@@ -137,6 +137,10 @@ class Env(StrEnum):
     MAX_LOADED_VERSIONS = "MAX_LOADED_VERSIONS"
     SM_MODEL_DIR = "SM_MODEL_DIR"  # SageMaker's name for MODEL_DIR
     ENDPOINT_NAME = "ENDPOINT_NAME"  # the SageMaker proxy's target
+    # The CodeDeploy PreTraffic hook (functions/pretraffic): the new version it checks and the
+    # registry it reads that version's parity inputs from (MODEL_NAME, MODEL_VERSION as above).
+    TARGET_FUNCTION_ARN = "TARGET_FUNCTION_ARN"
+    REGISTRY_BUCKET = "REGISTRY_BUCKET"
     LAMBDA_MEMORY = "AWS_LAMBDA_FUNCTION_MEMORY_SIZE"  # set by Lambda itself
     LAMBDA_TASK_ROOT = "LAMBDA_TASK_ROOT"  # set by Lambda itself
     # The memory one serving process may use, in MiB: onnxruntime's arena is capped to it less
