@@ -1,4 +1,5 @@
-"""The onnxlift stack: registry bucket + one inference function per model + the REST API."""
+"""The onnxlift stack: registry bucket + one inference function per model + the REST API,
+with a CodeDeploy rollout per model function, the alarm topic and the operations dashboard."""
 
 from __future__ import annotations
 
@@ -49,8 +50,8 @@ class OnnxliftStack(Stack):
         )
         self.functions = self._functions(config, project_root)
         self.endpoints = self._endpoints(config, project_root)
-        # An endpoint offers what the API needs of a function: `.model.name` and `.function`
-        # (its thin proxy), so the routes are the same for both paths.
+        # An endpoint offers what the API needs of a function: `.model.name` and `.api_target`
+        # (its thin proxy; a model function's is its alias), so the routes are the same for both.
         self.api = InferenceApi(
             self, "Api", config=config, functions=[*self.functions, *self.endpoints]
         )

@@ -37,6 +37,7 @@ __all__ = [
     "ERRORS_THRESHOLD",
     "FIVE_XX_RATE_PERCENT",
     "HOOK_CODE",
+    "THROTTLES_THRESHOLD",
     "AlarmTopic",
     "ModelRollout",
     "PreTrafficHook",

@@ -177,6 +177,14 @@ def test_alarm_metrics_and_thresholds(three: Synth) -> None:
         for d in q["MetricStat"]["Metric"]["Dimensions"]
         if d["Name"] == "Resource"
     }
+    (api,) = three.of_type("AWS::ApiGateway::RestApi").values()
+    (stage,) = three.of_type("AWS::ApiGateway::Stage").values()
+    for query in rate["Metrics"]:
+        if "MetricStat" in query:
+            dims = {d["Name"]: d["Value"] for d in query["MetricStat"]["Metric"]["Dimensions"]}
+            assert dims["ApiName"] == api["Properties"]["Name"]
+            assert dims["Stage"] == stage["Properties"]["StageName"]
+            assert dims["Method"] == "POST"
     assert resources == {
         "/v2/models/tiny-clf/infer",
         "/v2/models/tiny-clf/versions/{version}/infer",
