@@ -39,6 +39,15 @@ LOG_RETENTION_DAYS = {
 IMAGE_SOURCES = ("asset", "ecr")
 MODEL_SOURCES = ("image", "registry")
 SIGNING_MODES = ("none", "kms", "kms-optional")
+# Every model function is published as a version behind this alias; API Gateway invokes the
+# alias and CodeDeploy shifts it from the old version to the new one.
+LAMBDA_ALIAS = "live"
+# How CodeDeploy shifts the alias (spec `[serving] rollout`, or `onnxlift.models.<name>.rollout`).
+ROLLOUTS = ("canary10-5m", "linear10-1m", "all-at-once")
+DEFAULT_ROLLOUT = "canary10-5m"
+# Without a spec figure, p99 Duration over this share of the timeout rolls a deploy back: at
+# the timeout itself the requests are already failing.
+DEFAULT_P99_BUDGET_SHARE = 0.8
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,39}$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -61,6 +70,10 @@ class ModelDeployment:
     memory_mb: int
     timeout_s: int
     reserved_concurrency: int
+    rollout: str = DEFAULT_ROLLOUT
+    p99_budget_ms: int | None = None
+    """p99 Duration (ms) above which a deploy rolls back; None: DEFAULT_P99_BUDGET_SHARE of
+    the timeout (see latency_budget_ms)."""
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -79,6 +92,24 @@ class ModelDeployment:
             )
         if self.reserved_concurrency < 1:
             raise ConfigError(f"model {self.name}: reserved_concurrency must be at least 1")
+        if self.rollout not in ROLLOUTS:
+            raise ConfigError(
+                f"model {self.name}: rollout {self.rollout!r} not in {ROLLOUTS} "
+                "(spec [serving] rollout, or onnxlift.models.<name>.rollout)"
+            )
+        if self.p99_budget_ms is not None and not 1 <= self.p99_budget_ms <= self.timeout_s * 1000:
+            raise ConfigError(
+                f"model {self.name}: p99_budget_ms must be within 1..{self.timeout_s * 1000} "
+                "(the function's timeout)"
+            )
+
+    @property
+    def latency_budget_ms(self) -> int:
+        """The p99 Duration alarm's threshold: the spec's p99_budget_ms, else a share of the
+        timeout."""
+        if self.p99_budget_ms is not None:
+            return self.p99_budget_ms
+        return int(self.timeout_s * 1000 * DEFAULT_P99_BUDGET_SHARE)
 
     @property
     def ort_threads(self) -> int:
@@ -254,6 +285,8 @@ class _Serving(Protocol):
     memory_mb: int
     timeout_s: int
     reserved_concurrency: int
+    rollout: str
+    p99_budget_ms: int | None
 
 
 class _Spec(Protocol):
@@ -308,6 +341,9 @@ def models_from_specs(
                 memory_mb=int(spec.serving.memory_mb),
                 timeout_s=int(spec.serving.timeout_s),
                 reserved_concurrency=int(spec.serving.reserved_concurrency),
+                # The context may override the spec's rollout per model (and per environment).
+                rollout=str(entry.get("rollout", spec.serving.rollout)),
+                p99_budget_ms=spec.serving.p99_budget_ms,
             )
         )
     return models

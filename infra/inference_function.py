@@ -17,6 +17,7 @@ from onnxlift_serving import contract
 from infra import nag
 from infra.config import (
     APIGW_INTEGRATION_TIMEOUT_S,
+    LAMBDA_ALIAS,
     LOG_RETENTION_DAYS,
     DeploymentConfig,
     ModelDeployment,
@@ -54,7 +55,22 @@ class InferenceFunction(Construct):
         self.log_group = self._log_group(config)
         self.role = self._role(model, registry)
         self.function = self._function(model, config, registry, project_root)
+        # Every change to the function publishes a new version; API Gateway invokes the alias,
+        # which CodeDeploy (infra/rollout.py) moves from the old version to this one.
+        self.version = self.function.current_version
+        self.alias = lambda_.Alias(
+            self,
+            "Alias",
+            alias_name=LAMBDA_ALIAS,
+            version=self.version,
+            description=f"onnxlift: the version of model {model.name} the API serves",
+        )
         self._warn_if_slower_than_api_gateway(model)
+
+    @property
+    def api_target(self) -> lambda_.IFunction:
+        """What API Gateway invokes: the alias, never the unqualified function."""
+        return self.alias
 
     def acknowledge_findings(self, *, skip: Collection[str] = ()) -> None:
         """cdk-nag acknowledgements for this function's role, each with its reason."""

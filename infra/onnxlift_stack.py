@@ -1,18 +1,23 @@
-"""The onnxlift stack: registry bucket + one inference function per model + the REST API."""
+"""The onnxlift stack: registry bucket + one inference function per model + the REST API,
+with a CodeDeploy rollout per model function, the alarm topic and the operations dashboard."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from aws_cdk import CfnOutput, Stack, Tags
+from aws_cdk import aws_codedeploy as codedeploy
 from constructs import Construct
 
 from infra.config import DeploymentConfig
+from infra.dashboard import OperationsDashboard
 from infra.inference_function import InferenceFunction
 from infra.registry_bucket import ModelRegistry
 from infra.rest_api import InferenceApi
+from infra.rollout import AlarmTopic, ModelRollout, PreTrafficHook
 from infra.sagemaker_endpoint import SageMakerEndpoint, SageMakerImage
 from infra.signing_key import ManifestSigningKey
 
@@ -45,12 +50,19 @@ class OnnxliftStack(Stack):
         )
         self.functions = self._functions(config, project_root)
         self.endpoints = self._endpoints(config, project_root)
-        # An endpoint offers what the API needs of a function: `.model.name` and `.function`
-        # (its thin proxy), so the routes are the same for both paths.
+        # An endpoint offers what the API needs of a function: `.model.name` and `.api_target`
+        # (its thin proxy; a model function's is its alias), so the routes are the same for both.
         self.api = InferenceApi(
             self, "Api", config=config, functions=[*self.functions, *self.endpoints]
         )
+        self.alarm_topic = AlarmTopic(self, "Alarms")
+        self.hooks: list[PreTrafficHook] = []
+        self.rollouts = self._rollouts(config, project_root)
+        self.dashboard = OperationsDashboard(
+            self, "Operations", functions=self.functions, endpoints=self.endpoints
+        )
         self._outputs()
+        self._model_outputs()
 
         if acknowledge_nag_findings:
             self.acknowledge_findings()
@@ -77,6 +89,36 @@ class OnnxliftStack(Stack):
             for fn in functions:
                 self.signing_key.grant_verify(fn.role)
         return functions
+
+    def _rollouts(self, config: DeploymentConfig, project_root: Path) -> list[ModelRollout]:
+        """Per model function: a PreTraffic hook and a deployment group on its alias."""
+        if not self.functions:
+            return []
+        self.codedeploy_app = codedeploy.LambdaApplication(self, "Deployments")
+        rollouts = []
+        for fn in self.functions:
+            hook = PreTrafficHook(
+                self,
+                f"PreTraffic-{fn.model.name}",
+                target=fn,
+                registry=self.registry,
+                project_root=project_root,
+                log_retention_days=config.log_retention_days,
+            )
+            self.hooks.append(hook)
+            rollouts.append(
+                ModelRollout(
+                    self,
+                    f"Rollout-{fn.model.name}",
+                    target=fn,
+                    application=self.codedeploy_app,
+                    topic=self.alarm_topic,
+                    api_name=self.api.api.rest_api_name,
+                    stage_name=config.stage_name,
+                    pre_hook=hook.function,
+                )
+            )
+        return rollouts
 
     def _endpoints(self, config: DeploymentConfig, project_root: Path) -> list[SageMakerEndpoint]:
         """One endpoint per SageMaker model, all from one image (none without such models)."""
@@ -131,6 +173,32 @@ class OnnxliftStack(Stack):
                 description="Signs manifests: onnxlift publish --signing-key kms:<this arn>",
             )
 
+    def _model_outputs(self) -> None:
+        """Name every function, alias, deployment group and endpoint, the dashboard, topic."""
+        for fn, rollout in zip(self.functions, self.rollouts, strict=True):
+            key = _output_key(fn.model.name)
+            CfnOutput(self, f"{key}FunctionName", value=fn.function.function_name)
+            CfnOutput(self, f"{key}AliasArn", value=fn.alias.function_arn)
+            CfnOutput(self, f"{key}DeploymentGroup", value=rollout.group.deployment_group_name)
+        for endpoint in self.endpoints:
+            key = _output_key(endpoint.model.name)
+            CfnOutput(self, f"{key}EndpointName", value=endpoint.endpoint.attr_endpoint_name)
+            CfnOutput(self, f"{key}ProxyFunctionName", value=endpoint.function.function_name)
+        if self.rollouts:
+            CfnOutput(self, "DeploymentApplication", value=self.codedeploy_app.application_name)
+        CfnOutput(
+            self,
+            "DashboardName",
+            value=self.dashboard.dashboard.dashboard_name,
+            description="CloudWatch dashboard of every model and endpoint",
+        )
+        CfnOutput(
+            self,
+            "AlarmTopicArn",
+            value=self.alarm_topic.topic.topic_arn,
+            description="SNS topic every alarm notifies: subscribe the on-call here",
+        )
+
     def acknowledge_findings(self, *, skip: Collection[str] = ()) -> None:
         """Have each construct acknowledge the cdk-nag findings its design accepts.
 
@@ -142,3 +210,13 @@ class OnnxliftStack(Stack):
             endpoint.acknowledge_findings(skip=skip)
         for fn in self.functions:
             fn.acknowledge_findings(skip=skip)
+        for hook in self.hooks:
+            hook.acknowledge_findings(skip=skip)
+        for rollout in self.rollouts:
+            rollout.acknowledge_findings(skip=skip)
+
+
+def _output_key(model: str) -> str:
+    """An output id for a model: Model + its name's letters and digits (minilm-fp32 ->
+    ModelMinilmFp32)."""
+    return "Model" + "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", model))

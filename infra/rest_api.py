@@ -380,13 +380,14 @@ class InferenceApi(Construct):
         Every method, the 405s and 404s included, requires the API key, so a request
         without it is a 403 whatever its path and method, and only then is the route told.
         """
-        health_backend = apigw.LambdaIntegration(functions[0].function, allow_test_invoke=False)
+        # api_target: a model function's alias (its invoke permission is on the alias too).
+        health_backend = apigw.LambdaIntegration(functions[0].api_target, allow_test_invoke=False)
         table: dict[str, list[tuple[Route, apigw.Integration]]] = {}
         for route in ROUTES:
             if "{name}" not in route.template:
                 table.setdefault(route.template, []).append((route, health_backend))
         for fn in functions:
-            backend = apigw.LambdaIntegration(fn.function, allow_test_invoke=False)
+            backend = apigw.LambdaIntegration(fn.api_target, allow_test_invoke=False)
             for route in ROUTES:
                 if "{name}" in route.template:
                     path = route.template.replace("{name}", fn.model.name)

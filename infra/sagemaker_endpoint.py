@@ -161,6 +161,12 @@ class SageMakerEndpoint(Construct):
         self.proxy_role = self._proxy_role(model)
         self.function = self._proxy_function(model, project_root)
 
+    @property
+    def api_target(self) -> lambda_.IFunction:
+        """What API Gateway invokes: the proxy (no alias: it carries no model, CodeDeploy
+        has nothing to shift)."""
+        return self.function
+
     def acknowledge_findings(self, *, skip: Collection[str] = ()) -> None:
         """cdk-nag acknowledgements for this endpoint, each with its reason."""
         policy = self.role.node.find_child("DefaultPolicy")

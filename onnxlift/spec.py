@@ -77,6 +77,11 @@ class ServingSpec:
     timeout_s: int = contract.API_GATEWAY_TIMEOUT_S
     reserved_concurrency: int = 10
     max_batch: int = 64
+    # Lambda deploys (infra/config.py checks both): how CodeDeploy shifts traffic to a new
+    # version (canary10-5m | linear10-1m | all-at-once), and the p99 Duration (ms) above which
+    # it rolls back (unset: 80% of timeout_s).
+    rollout: str = "canary10-5m"
+    p99_budget_ms: int | None = None
     # SageMaker (target sagemaker, or auto deciding so)
     instance_type: str = "ml.g5.xlarge"
     initial_instances: int = 1

@@ -99,6 +99,7 @@ def project_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "functions/inference/Dockerfile": "FROM public.ecr.aws/lambda/python:3.12\n",
         "functions/inference/handler.py": "def handler(event, context): ...\n",
         "functions/inference/__pycache__/handler.cpython-311.pyc": "junk",
+        "functions/pretraffic/handler.py": "def handler(event, context): ...\n",
         "layers/runtime/onnxlift_serving/__init__.py": "",
         ".onnxlift/artifacts/minilm/1/model.onnx": "onnx-bytes",
         ".onnxlift/artifacts/minilm/1/manifest.json": "{}",

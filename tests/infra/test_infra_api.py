@@ -73,14 +73,16 @@ HEALTH_ROUTES = {("GET", "/v2/health/live"), ("GET", "/v2/health/ready"), ("GET"
 
 
 def lambda_target(method: dict[str, Any]) -> str:
-    """The logical id of the function a proxy integration invokes."""
+    """The logical id of what a proxy integration invokes: a model function's alias (its Ref
+    is the alias ARN), or a function (GetAtt Arn) for a SageMaker proxy."""
     integration = method["Integration"]
     assert integration["Type"] == "AWS_PROXY"
     assert integration["IntegrationHttpMethod"] == "POST"
     (target,) = [
-        part["Fn::GetAtt"][0]
+        part["Fn::GetAtt"][0] if "Fn::GetAtt" in part else part["Ref"]
         for part in integration["Uri"]["Fn::Join"][1]
-        if isinstance(part, dict) and "Fn::GetAtt" in part
+        if isinstance(part, dict)
+        and ("Fn::GetAtt" in part or not part.get("Ref", "AWS::").startswith("AWS::"))
     ]
     return target
 
@@ -164,8 +166,9 @@ def test_routes_reach_their_model_function(two) -> None:
     table = routes(two)
     for fn in two.stack.functions:
         for route in model_routes(fn.model.name):
-            assert lambda_target(table[route]) == two.logical_id(fn.function), route
-    first = two.logical_id(two.stack.functions[0].function)
+            # The alias, never the unqualified function: CodeDeploy shifts the alias.
+            assert lambda_target(table[route]) == two.logical_id(fn.alias), route
+    first = two.logical_id(two.stack.functions[0].alias)
     for route in HEALTH_ROUTES:
         assert lambda_target(table[route]) == first
 
@@ -306,12 +309,17 @@ def test_api_is_regional_and_keyed_by_header(one) -> None:
 
 def test_outputs_never_expose_the_key_value(one) -> None:
     outputs = one.template.to_json()["Outputs"]
-    assert set(outputs) == {"ApiUrl", "ApiKeyId", "RegistryBucketName"}
+    # test_infra_rollout checks the rollout outputs (functions, aliases, groups, dashboard).
+    assert {"ApiUrl", "ApiKeyId", "RegistryBucketName"} <= set(outputs)
+    key_id = one.logical_id(one.stack.api.api_key)
+    assert [name for name, output in outputs.items() if key_id in json.dumps(output)] == [
+        "ApiKeyId"
+    ]
     assert outputs["ApiKeyId"]["Value"] == {"Ref": one.logical_id(one.stack.api.api_key)}
     assert outputs["RegistryBucketName"]["Value"] == {
         "Ref": one.logical_id(one.stack.registry.bucket)
     }
-    assert "Fn::GetAtt" not in json.dumps(outputs)  # ApiKey has no value attribute anyway
+    assert "Fn::GetAtt" not in json.dumps(outputs["ApiKeyId"])  # ApiKey has no value attribute
 
 
 def test_account_logging_role(one, two) -> None:

@@ -122,7 +122,14 @@ def test_read_context_applies_dotted_overrides() -> None:
 
 
 def spec(name: str, target: str = "lambda") -> SimpleNamespace:
-    serving = SimpleNamespace(target=target, memory_mb=3000, timeout_s=15, reserved_concurrency=4)
+    serving = SimpleNamespace(
+        target=target,
+        memory_mb=3000,
+        timeout_s=15,
+        reserved_concurrency=4,
+        rollout="canary10-5m",
+        p99_budget_ms=None,
+    )
     return SimpleNamespace(name=name, serving=serving)
 
 

@@ -22,8 +22,11 @@ def policy_statements(synth, name: str) -> list[dict[str, Any]]:
 
 
 def test_one_function_per_model(one, two) -> None:
-    assert len(one.of_type("AWS::Lambda::Function")) == 1
-    assert len(two.of_type("AWS::Lambda::Function")) == 2
+    """One image function per model, and beside it its zip PreTraffic hook (rollout tests)."""
+    for synth, count in ((one, 1), (two, 2)):
+        functions = synth.of_type("AWS::Lambda::Function").values()
+        kinds = sorted(f["Properties"].get("PackageType", "Zip") for f in functions)
+        assert kinds == ["Image"] * count + ["Zip"] * count
 
 
 def test_sizing_tracing_architecture(two) -> None:
@@ -66,9 +69,18 @@ def test_log_group_with_retention(one, two) -> None:
 
 
 def test_roles_have_no_managed_policies(one, two) -> None:
+    """None but CodeDeploy's service roles, which carry AWSCodeDeployRoleForLambdaLimited
+    (acknowledged next to the deployment group, infra/rollout.py)."""
     for synth in (one, two):
-        for role in synth.of_type("AWS::IAM::Role").values():
-            assert "ManagedPolicyArns" not in role["Properties"]
+        codedeploy_roles = {synth.logical_id(r.group.role) for r in synth.stack.rollouts}
+        assert len(codedeploy_roles) == len(synth.stack.functions)
+        for role_id, role in synth.of_type("AWS::IAM::Role").items():
+            managed = role["Properties"].get("ManagedPolicyArns")
+            if role_id in codedeploy_roles:
+                assert len(managed) == 1
+                assert "AWSCodeDeployRoleForLambdaLimited" in json.dumps(managed)
+            else:
+                assert managed is None, role_id
 
 
 def test_no_wildcard_actions_anywhere(one, two) -> None:

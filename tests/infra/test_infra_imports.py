@@ -34,6 +34,8 @@ LAYERS = {
     "sagemaker_endpoint": 2,
     "rest_api": 2,
     "signing_key": 2,
+    "rollout": 2,
+    "dashboard": 2,
     "onnxlift_stack": 3,
 }
 

@@ -79,8 +79,18 @@ def fresh(build_app, project_root: Path, tmp_path: Path, **kwargs) -> tuple:
                 "AwsSolutions-IAM5[Resource::<RegistryBucket9C3667AF.Arn>/models/minilm/*]",
                 "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:logs:<AWS::Region>:"
                 "<AWS::AccountId>:log-group:*]",
+                # The CodeDeploy role may invoke the PreTraffic hook (and its qualifiers).
+                "AwsSolutions-IAM5[Resource::<PreTrafficminilmFunctionE741AC50.Arn>:*]",
             },
         ),
+        (
+            "AwsSolutions-IAM4",
+            {
+                "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+                "AWSCodeDeployRoleForLambdaLimited]"
+            },
+        ),
+        ("AwsSolutions-L1", {"AwsSolutions-L1"}),  # the PreTraffic hook's python3.12
     ],
 )
 def test_each_acknowledgement_is_needed(

@@ -28,6 +28,15 @@ def signing_keys(built: Synth) -> dict[str, dict[str, Any]]:
     }
 
 
+def model_functions(built: Synth) -> list[dict[str, Any]]:
+    """The image functions that serve models (not the PreTraffic hooks, which load none)."""
+    return [
+        r
+        for r in built.of_type("AWS::Lambda::Function").values()
+        if r["Properties"].get("PackageType") == "Image"
+    ]
+
+
 def actions(statement: dict[str, Any]) -> list[str]:
     action = statement["Action"]
     return [action] if isinstance(action, str) else list(action)
@@ -35,7 +44,7 @@ def actions(statement: dict[str, Any]) -> list[str]:
 
 def test_signing_is_off_by_default(one: Synth) -> None:
     assert signing_keys(one) == {}
-    (function,) = one.of_type("AWS::Lambda::Function").values()
+    (function,) = model_functions(one)
     assert Env.MODEL_SIGNATURE_KEY not in function["Properties"]["Environment"]["Variables"]
     assert "ManifestSigningKeyArn" not in one.template.to_json().get("Outputs", {})
 
@@ -51,7 +60,7 @@ def test_the_key_is_asymmetric_p256_and_kept(signed: Synth) -> None:
 
 def test_the_function_verifies_with_that_key_and_may_only_verify(signed: Synth) -> None:
     ((key_id, _),) = signing_keys(signed).items()
-    (function,) = signed.of_type("AWS::Lambda::Function").values()
+    (function,) = model_functions(signed)
     variables = function["Properties"]["Environment"]["Variables"]
     assert variables[Env.MODEL_SIGNATURE_KEY] == {
         "Fn::Join": ["", ["kms:", {"Fn::GetAtt": [key_id, "Arn"]}]]
@@ -90,7 +99,7 @@ def test_kms_optional_lets_unsigned_versions_load_and_still_verifies(
     config = config_from_context({"signing": "kms-optional", "model_source": "registry"}, [MINILM])
     built = synth(config, project_root, tmp_path_factory.mktemp("optional"))
     assert len(signing_keys(built)) == 1
-    (function,) = built.of_type("AWS::Lambda::Function").values()
+    (function,) = model_functions(built)
     variables = function["Properties"]["Environment"]["Variables"]
     assert variables[Env.MODEL_SIGNATURE_REQUIRED] == "false"
     plain = {k: v for k, v in variables.items() if isinstance(v, str)}

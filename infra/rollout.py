@@ -1,0 +1,316 @@
+"""Safe rollout of a model function: CodeDeploy shifts its alias, alarms roll it back.
+
+`InferenceFunction` publishes each deploy as a new version behind the `LAMBDA_ALIAS` alias
+that API Gateway invokes. `ModelRollout` gives that alias a CodeDeploy deployment group
+(the model's `rollout`: canary, linear or all at once), four CloudWatch alarms that stop
+and roll back a deployment in alarm (and notify the stack's `AlarmTopic`), and an optional
+PreTraffic hook: a function CodeDeploy runs against the new version before any traffic
+shifts (`PreTrafficHook`: functions/pretraffic, the model's parity check).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from pathlib import Path
+
+from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as cw_actions
+from aws_cdk import aws_codedeploy as codedeploy
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_sns as sns
+from constructs import Construct
+from onnxlift_serving import contract
+from onnxlift_serving.contract import MODELS_PREFIX
+
+from infra import nag
+from infra.config import LOG_RETENTION_DAYS
+from infra.inference_function import InferenceFunction
+from infra.registry_bucket import REASON_MODEL_PREFIX, ModelRegistry
+
+__all__ = [
+    "ALARM_PERIOD",
+    "DEPLOYMENT_CONFIGS",
+    "ERRORS_THRESHOLD",
+    "FIVE_XX_RATE_PERCENT",
+    "HOOK_CODE",
+    "THROTTLES_THRESHOLD",
+    "AlarmTopic",
+    "ModelRollout",
+    "PreTrafficHook",
+]
+
+DEPLOYMENT_CONFIGS = {
+    "canary10-5m": codedeploy.LambdaDeploymentConfig.CANARY_10_PERCENT_5_MINUTES,
+    "linear10-1m": codedeploy.LambdaDeploymentConfig.LINEAR_10_PERCENT_EVERY_1_MINUTE,
+    "all-at-once": codedeploy.LambdaDeploymentConfig.ALL_AT_ONCE,
+}
+HOOK_CODE = "functions/pretraffic"
+# One-minute alarms: a canary's 5 minutes see five datapoints, so one bad minute is enough.
+ALARM_PERIOD = Duration.minutes(1)
+FIVE_XX_RATE_PERCENT = 5  # of the model's infer requests in a minute
+ERRORS_THRESHOLD = 1  # unhandled function errors (the handler answers its own 4xx/5xx)
+THROTTLES_THRESHOLD = 1
+
+REASON_CODEDEPLOY_MANAGED_POLICY = (
+    "CodeDeploy's service role for Lambda deployments uses the AWS managed policy "
+    "AWSCodeDeployRoleForLambdaLimited (the CDK attaches it): it may read the alias, update it, "
+    "read alarms and publish to SNS topics named CodeDeployTopic*, which is what a traffic shift "
+    "needs; there is no narrower managed policy."
+)
+REASON_HOOK_INVOKE = (
+    "The CDK grants CodeDeploy's role lambda:InvokeFunction on the PreTraffic hook function and "
+    "its qualified ARNs (<arn>:*), the form CodeDeploy invokes; it covers that one function only."
+)
+REASON_HOOK_RUNTIME = (
+    "The PreTraffic hook runs on python3.12 like the inference image (functions/inference uses "
+    "the public.ecr.aws/lambda/python:3.12 base), so the parity check it shares is tested on the "
+    "same interpreter; bump both together."
+)
+REASON_TOPIC_KEY = (
+    "CloudWatch alarms publish to the encrypted topic as the cloudwatch.amazonaws.com service, "
+    "which needs kms:Decrypt/GenerateDataKey* on the topic's key; a key policy's Resource is "
+    "always '*' (the key itself)."
+)
+
+
+class AlarmTopic(Construct):
+    """One SNS topic for every alarm, encrypted with its own rotating KMS key (an AWS managed
+    aws/sns key would not let CloudWatch publish) and reachable over TLS only."""
+
+    def __init__(self, scope: Construct, id: str) -> None:
+        super().__init__(scope, id)
+        self.key = kms.Key(
+            self,
+            "Key",
+            description="onnxlift: encrypts the alarm topic",
+            enable_key_rotation=True,
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        cloudwatch_service = iam.ServicePrincipal("cloudwatch.amazonaws.com")
+        self.key.grant(cloudwatch_service, "kms:Decrypt", "kms:GenerateDataKey*")
+        self.topic = sns.Topic(
+            self,
+            "Topic",
+            display_name="onnxlift alarms",
+            master_key=self.key,
+            enforce_ssl=True,
+        )
+        self.topic.grant_publish(cloudwatch_service)
+        self.action = cw_actions.SnsAction(self.topic)
+
+
+class PreTrafficHook(Construct):
+    """The function CodeDeploy runs before shifting traffic: it invokes the new version
+    (only that version) with the model's parity inputs (read from its registry prefix) and
+    reports the result with codedeploy:PutLifecycleEventHookExecutionStatus (granted by the
+    deployment group on itself)."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        target: InferenceFunction,
+        registry: ModelRegistry,
+        project_root: Path,
+        log_retention_days: int,
+    ) -> None:
+        super().__init__(scope, id)
+        model = target.model
+        self.version = target.version
+        self.log_group = logs.LogGroup(
+            self,
+            "Logs",
+            retention=logs.RetentionDays[LOG_RETENTION_DAYS[log_retention_days]],
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        self.role = iam.Role(
+            self,
+            "Role",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description=f"onnxlift PreTraffic parity check for model {model.name}",
+        )
+        self.log_group.grant_write(self.role)
+        self.role.add_to_policy(
+            iam.PolicyStatement(
+                sid="InvokeNewVersion",
+                actions=["lambda:InvokeFunction"],
+                resources=[self.version.function_arn],
+            )
+        )
+        self.model_objects_arn = registry.model_objects_arn(model.name)
+        self.role.add_to_policy(
+            iam.PolicyStatement(
+                sid="ReadParityInputs",
+                actions=["s3:GetObject"],
+                resources=[self.model_objects_arn],
+            )
+        )
+        self.function = lambda_.Function(
+            self,
+            "Function",
+            description=f"onnxlift: PreTraffic parity check of model {model.name}",
+            runtime=lambda_.Runtime.PYTHON_3_12,
+            handler="handler.handler",
+            code=lambda_.Code.from_asset(
+                str(project_root / HOOK_CODE), exclude=["__pycache__", "*.pyc"]
+            ),
+            # It waits on the target's answers: a cold start and up to 16 parity inputs, at
+            # least 2 minutes, and twice the target's own timeout plus time to report.
+            timeout=Duration.seconds(min(900, max(120, model.timeout_s * 2 + 30))),
+            memory_size=512,
+            role=self.role,
+            log_group=self.log_group,
+            environment={
+                str(contract.Env.TARGET_FUNCTION_ARN): self.version.function_arn,
+                str(contract.Env.MODEL_NAME): model.name,
+                str(contract.Env.MODEL_VERSION): model.version,
+                str(contract.Env.REGISTRY_BUCKET): registry.bucket.bucket_name,
+            },
+        )
+
+    def acknowledge_findings(self, *, skip: Collection[str] = ()) -> None:
+        nag.ack(self.function, f"{nag.PACK}-L1", REASON_HOOK_RUNTIME, skip=skip)
+        policy = self.role.node.find_child("DefaultPolicy")
+        objects = nag.resource_finding(self, self.model_objects_arn)
+        nag.ack(policy, f"{nag.PACK}-IAM5[{objects}]", REASON_MODEL_PREFIX, skip=skip)
+
+
+class ModelRollout(Construct):
+    """CodeDeploy deployment group on one model's alias, with its rollback alarms."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        target: InferenceFunction,
+        application: codedeploy.LambdaApplication,
+        topic: AlarmTopic,
+        api_name: str,
+        stage_name: str,
+        pre_hook: lambda_.IFunction | None = None,
+    ) -> None:
+        super().__init__(scope, id)
+        self.model = target.model
+        self.pre_hook = pre_hook
+        self.alarms = self._alarms(target, api_name, stage_name)
+        for alarm in self.alarms.values():
+            alarm.add_alarm_action(topic.action)
+        self.group = codedeploy.LambdaDeploymentGroup(
+            self,
+            "DeploymentGroup",
+            application=application,
+            alias=target.alias,
+            deployment_config=DEPLOYMENT_CONFIGS[self.model.rollout],
+            alarms=list(self.alarms.values()),
+            pre_hook=pre_hook,
+            auto_rollback=codedeploy.AutoRollbackConfig(
+                failed_deployment=True, stopped_deployment=True, deployment_in_alarm=True
+            ),
+        )
+
+    def acknowledge_findings(self, *, skip: Collection[str] = ()) -> None:
+        role = self.group.role
+        managed = "Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+        nag.ack(
+            role,
+            f"{nag.PACK}-IAM4[{managed}AWSCodeDeployRoleForLambdaLimited]",
+            REASON_CODEDEPLOY_MANAGED_POLICY,
+            skip=skip,
+        )
+        if self.pre_hook is not None:
+            hook_arn = Stack.of(self).resolve(self.pre_hook.function_arn)
+            finding = f"Resource::{nag.flatten_cfn_reference(hook_arn)}:*"
+            nag.ack(role, f"{nag.PACK}-IAM5[{finding}]", REASON_HOOK_INVOKE, skip=skip)
+
+    def _alarms(
+        self, target: InferenceFunction, api_name: str, stage_name: str
+    ) -> dict[str, cloudwatch.Alarm]:
+        name = self.model.name
+        alias = target.alias
+        budget = self.model.latency_budget_ms
+        return {
+            "FiveXxRate": self._alarm(
+                "FiveXxRate",
+                self._five_xx_rate(api_name, stage_name),
+                FIVE_XX_RATE_PERCENT,
+                f"{name}: more than {FIVE_XX_RATE_PERCENT}% of infer requests answered 5xx",
+            ),
+            "P99Duration": self._alarm(
+                "P99Duration",
+                alias.metric_duration(statistic="p99", period=ALARM_PERIOD),
+                budget,
+                f"{name}: p99 Duration of the alias over its budget {budget} ms",
+                inclusive=False,
+            ),
+            "Errors": self._alarm(
+                "Errors",
+                alias.metric_errors(statistic="Sum", period=ALARM_PERIOD),
+                ERRORS_THRESHOLD,
+                f"{name}: unhandled function errors on the alias",
+            ),
+            "Throttles": self._alarm(
+                "Throttles",
+                target.function.metric_throttles(statistic="Sum", period=ALARM_PERIOD),
+                THROTTLES_THRESHOLD,
+                f"{name}: invocations throttled (reserved concurrency used up)",
+            ),
+        }
+
+    def _alarm(
+        self,
+        id: str,
+        metric: cloudwatch.IMetric,
+        threshold: float,
+        description: str,
+        *,
+        inclusive: bool = True,
+    ) -> cloudwatch.Alarm:
+        return cloudwatch.Alarm(
+            self,
+            id,
+            metric=metric,
+            threshold=threshold,
+            evaluation_periods=1,
+            datapoints_to_alarm=1,
+            comparison_operator=(
+                cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD
+                if inclusive
+                else cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD
+            ),
+            # No traffic is no evidence against the new version.
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            alarm_description=description,
+        )
+
+    def _five_xx_rate(self, api_name: str, stage_name: str) -> cloudwatch.MathExpression:
+        """5xx share (%) of the model's two infer methods (the stage's per-method metrics)."""
+        base = f"/{MODELS_PREFIX.strip('/')}/{self.model.name}"
+        resources = (f"{base}/infer", f"{base}/versions/{{version}}/infer")
+        metrics: dict[str, cloudwatch.IMetric] = {}
+        for i, resource in enumerate(resources):
+            dims = {
+                "ApiName": api_name,
+                "Stage": stage_name,
+                "Method": "POST",
+                "Resource": resource,
+            }
+            for key, metric_name in (("e", "5XXError"), ("c", "Count")):
+                metrics[f"{key}{i}"] = cloudwatch.Metric(
+                    namespace="AWS/ApiGateway",
+                    metric_name=metric_name,
+                    dimensions_map=dims,
+                    statistic="Sum",
+                    period=ALARM_PERIOD,
+                )
+        return cloudwatch.MathExpression(
+            expression="100 * (FILL(e0, 0) + FILL(e1, 0)) / (FILL(c0, 0) + FILL(c1, 0))",
+            using_metrics=metrics,
+            period=ALARM_PERIOD,
+            label=f"{self.model.name} infer 5xx %",
+        )
