@@ -220,6 +220,7 @@ def test_proxy_function_invokes_only_its_endpoint(default: Built) -> None:
         {
             "Handler": "proxy_handler.lambda_handler",
             "Timeout": 29,
+            "TracingConfig": {"Mode": "Active"},
             "Environment": {
                 "Variables": Match.object_like(
                     {"ENDPOINT_NAME": "onnxlift-minilm", "MODEL_NAME": "minilm"}
@@ -231,6 +232,9 @@ def test_proxy_function_invokes_only_its_endpoint(default: Built) -> None:
     (invoke,) = [s for s in statements if "sagemaker:InvokeEndpoint" in _actions(s)]
     assert _actions(invoke) == ["sagemaker:InvokeEndpoint"]
     assert json.dumps(invoke["Resource"]).endswith(':endpoint/onnxlift-minilm"]]}')
+    # Active tracing adds the two X-Ray actions, which have no resource-level permissions.
+    on_star = {a for s in statements if s["Resource"] == "*" for a in _actions(s)}
+    assert on_star == {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
     assert default.endpoint.model.name == "minilm"  # what InferenceApi routes by
     assert default.endpoint.function is not None
 
