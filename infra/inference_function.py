@@ -73,11 +73,14 @@ class InferenceFunction(Construct):
         return self.alias
 
     def acknowledge_findings(self, *, skip: Collection[str] = ()) -> None:
-        """cdk-nag acknowledgements for this function's role, each with its reason."""
+        """cdk-nag acknowledgements (and cfn-lint ignores) for this function and its role,
+        each with its reason."""
         policy = self.role.node.find_child("DefaultPolicy")
         nag.ack(policy, f"{nag.PACK}-IAM5[Resource::*]", REASON_XRAY, skip=skip)
         model_objects = nag.resource_finding(self, self.model_objects_arn)
         nag.ack(policy, f"{nag.PACK}-IAM5[{model_objects}]", REASON_MODEL_PREFIX, skip=skip)
+        nag.ack(self.function, f"{nag.SERVERLESS}-LambdaDLQ", nag.REASON_API_DLQ, skip=skip)
+        nag.cfn_lint_ignore_function(self.function)
 
     def _log_group(self, config: DeploymentConfig) -> logs.LogGroup:
         return logs.LogGroup(

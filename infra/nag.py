@@ -1,20 +1,24 @@
-"""cdk-nag 3 wiring: the AwsSolutions pack, acknowledging findings, and reading them back.
+"""cdk-nag 3 wiring: the AwsSolutions and Serverless packs, acknowledging findings, and
+reading them back; and the per-resource cfn-lint ignores (`cfn_lint_ignore`).
 
 cdk-nag 3 is a CDK policy-validation plugin, not an Aspect:
 
-* enable:      ``Validations.of(app).add_plugins(AwsSolutionsChecks(app))``. The CDK runs it
+* enable:      ``Validations.of(app).add_plugins(AwsSolutionsChecks(app), ServerlessChecks())``.
+               Only these two packs run: acknowledge nothing for a pack that never runs
+               (HIPAA, NIST 800-53, PCI). The CDK runs them
                after synthesis; unacknowledged *error* findings fail `cdk synth`, and every
                finding is written to ``<cdk.out>/validation-report.json``.
 * acknowledge: ``Validations.of(construct).acknowledge(Acknowledgment(id=..., reason=...))``;
                it covers the construct and everything under it. Rules that report several
                findings per resource (IAM4/IAM5) are acknowledged one finding at a time as
                ``RuleId[Finding]`` (v2's ``applies_to``); there is no prefix matching.
-* read:        ``AwsSolutionsChecks().validate_scope(app)`` returns the
+* read:        ``<Pack>Checks().validate_scope(app)`` returns the
                ``PolicyValidationPluginReport`` directly (no synth needed), or read the
                ``validation-report.json`` that synth wrote (see `report_findings`).
 
-Generic helpers only: each construct acknowledges its own findings with `ack`, next to
-the resources they are about, so this module imports no construct or stack module.
+Generic helpers only: each construct acknowledges its own findings with `ack` (cdk-nag) and
+`cfn_lint_ignore` (cfn-lint), next to the resources they are about, so this module imports
+no construct or stack module.
 """
 
 from __future__ import annotations
@@ -25,11 +29,49 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aws_cdk import Acknowledgment, Stack, Validations
-from cdk_nag import AwsSolutionsChecks
+from aws_cdk import Acknowledgment, CfnResource, Stack, Validations
+from cdk_nag import AwsSolutionsChecks, ServerlessChecks
 from constructs import IConstruct
 
+__all__ = [
+    "CFN_LINT_METADATA",
+    "PACK",
+    "PACKS",
+    "REASON_API_DLQ",
+    "REASON_OWN_LOG_GROUP",
+    "REASON_ROLE_DEPENDS_ON",
+    "REPORT_FILE",
+    "SERVERLESS",
+    "Finding",
+    "ack",
+    "cfn_lint_ignore",
+    "cfn_lint_ignore_function",
+    "enable",
+    "findings",
+    "flatten_cfn_reference",
+    "report_findings",
+    "resource_finding",
+]
+
 PACK = "AwsSolutions"
+SERVERLESS = "Serverless"
+PACKS = (PACK, SERVERLESS)  # the cdk-nag packs that run at synth; nothing else is acknowledged
+CFN_LINT_METADATA = "cfn-lint"
+
+# Reasons shared by several constructs (each still acknowledges at its own resource).
+REASON_API_DLQ = (
+    "API Gateway invokes this function synchronously (Lambda proxy integration, "
+    "RequestResponse): a failure goes back to the caller as an HTTP error. A dead-letter queue "
+    "only ever receives failed asynchronous invocations, so it does not apply."
+)
+REASON_ROLE_DEPENDS_ON = (
+    "The CDK writes DependsOn [Role, Role's DefaultPolicy] so the policy exists before the "
+    "resource uses the role; the Role entry is redundant with the GetAtt but harmless."
+)
+REASON_OWN_LOG_GROUP = (
+    "The function logs to its own AWS::Logs::LogGroup (LoggingConfig.LogGroup) with "
+    "RetentionInDays set; WS1004 only recognizes a group named /aws/lambda/<function>."
+)
 REPORT_FILE = "validation-report.json"
 
 
@@ -52,16 +94,48 @@ def ack(construct: IConstruct, rule_id: str, reason: str, *, skip: Collection[st
     Validations.of(construct).acknowledge(Acknowledgment(id=rule_id, reason=reason))
 
 
-def enable(app: IConstruct, *, verbose: bool = False) -> AwsSolutionsChecks:
-    """Run the AwsSolutions pack over the whole app at synth."""
-    pack = AwsSolutionsChecks(app, verbose=verbose)
-    Validations.of(app).add_plugins(pack)
-    return pack
+def cfn_lint_ignore(resource: IConstruct, rule_id: str, reason: str) -> None:
+    """Have cfn-lint skip `rule_id` on this one resource (an L2 means its default child).
+
+    cfn-lint reads ``Metadata.cfn-lint.config.ignore_checks``; the reason sits beside it in
+    ``Metadata.cfn-lint.reasons`` (cfn-lint leaves other keys alone), and the scanner test
+    asserts every ignored check there has one.
+    """
+    cfn = resource if isinstance(resource, CfnResource) else resource.node.default_child
+    assert isinstance(cfn, CfnResource), f"{resource.node.path} has no CloudFormation resource"
+    metadata = cfn.get_metadata(CFN_LINT_METADATA) or {"config": {"ignore_checks": []}}
+    if rule_id not in metadata["config"]["ignore_checks"]:
+        metadata["config"]["ignore_checks"].append(rule_id)
+    metadata.setdefault("reasons", {})[rule_id] = reason
+    cfn.add_metadata(CFN_LINT_METADATA, metadata)
+
+
+def cfn_lint_ignore_function(function: IConstruct) -> None:
+    """The two cfn-lint findings every Lambda function here has by construction (reasons above)."""
+    cfn_lint_ignore(function, "W3005", REASON_ROLE_DEPENDS_ON)
+    cfn_lint_ignore(function, "WS1004", REASON_OWN_LOG_GROUP)
+
+
+def enable(
+    app: IConstruct, *, verbose: bool = False
+) -> tuple[AwsSolutionsChecks, ServerlessChecks]:
+    """Run the AwsSolutions and Serverless packs over the whole app at synth."""
+    packs = (AwsSolutionsChecks(app, verbose=verbose), ServerlessChecks(app, verbose=verbose))
+    Validations.of(app).add_plugins(*packs)
+    return packs
 
 
 def findings(scope: IConstruct) -> list[Finding]:
-    """Unacknowledged AwsSolutions findings under `scope`, without synthesizing."""
-    report = AwsSolutionsChecks().validate_scope(scope)
+    """Unacknowledged AwsSolutions and Serverless findings under `scope`, without synthesizing."""
+    return [
+        finding
+        for checks in (AwsSolutionsChecks(), ServerlessChecks())
+        for finding in _findings(checks, scope)
+    ]
+
+
+def _findings(checks: AwsSolutionsChecks | ServerlessChecks, scope: IConstruct) -> list[Finding]:
+    report = checks.validate_scope(scope)
     return [
         Finding(
             rule_id=violation.rule_name,
@@ -75,7 +149,7 @@ def findings(scope: IConstruct) -> list[Finding]:
 
 
 def report_findings(assembly_dir: str | Path) -> list[Finding]:
-    """AwsSolutions findings from the validation report a synth wrote (none: no report)."""
+    """AwsSolutions and Serverless findings from the report a synth wrote (none: no report)."""
     path = Path(assembly_dir) / REPORT_FILE
     if not path.is_file():
         return []
@@ -88,7 +162,7 @@ def report_findings(assembly_dir: str | Path) -> list[Finding]:
             description=violation.get("description", ""),
         )
         for plugin in report.get("pluginReports", [])
-        if plugin.get("pluginName") == PACK
+        if plugin.get("pluginName") in PACKS
         for violation in plugin.get("violations", [])
         for construct in violation.get("violatingConstructs", [])
     ]

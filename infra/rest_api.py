@@ -309,6 +309,11 @@ class InferenceApi(Construct):
                 access_log_format=apigw.AccessLogFormat.custom(json.dumps(ACCESS_LOG_FIELDS)),
                 tracing_enabled=True,
                 metrics_enabled=True,
+                # The stage-wide default for every method, beside the per-key usage plan: with
+                # the one API key the two agree, and the stage keeps its ceiling even for a key
+                # added later without a plan (cdk-nag Serverless, cfn-lint ES2003).
+                throttling_rate_limit=config.throttle_rate_limit,
+                throttling_burst_limit=config.throttle_burst_limit,
                 logging_level=apigw.MethodLoggingLevel.ERROR,
                 # Never log request/response bodies: they carry callers' data.
                 data_trace_enabled=False,

@@ -28,7 +28,7 @@ from onnxlift_serving.contract import MODELS_PREFIX
 
 from infra import nag
 from infra.config import LOG_RETENTION_DAYS
-from infra.inference_function import InferenceFunction
+from infra.inference_function import REASON_XRAY, InferenceFunction
 from infra.registry_bucket import REASON_MODEL_PREFIX, ModelRegistry
 
 __all__ = [
@@ -64,6 +64,11 @@ REASON_CODEDEPLOY_MANAGED_POLICY = (
 REASON_HOOK_INVOKE = (
     "The CDK grants CodeDeploy's role lambda:InvokeFunction on the PreTraffic hook function and "
     "its qualified ARNs (<arn>:*), the form CodeDeploy invokes; it covers that one function only."
+)
+REASON_HOOK_DLQ = (
+    "CodeDeploy waits for the hook's PutLifecycleEventHookExecutionStatus: a run that fails "
+    "or never reports fails the deployment, which rolls the alias back. The failure is acted "
+    "on already; a dead-letter queue would hold an event nobody replays (the deployment is over)."
 )
 REASON_HOOK_RUNTIME = (
     "The PreTraffic hook runs on python3.12 like the inference image (functions/inference uses "
@@ -163,6 +168,8 @@ class PreTrafficHook(Construct):
             # least 2 minutes, and twice the target's own timeout plus time to report.
             timeout=Duration.seconds(min(900, max(120, model.timeout_s * 2 + 30))),
             memory_size=512,
+            # Traced like the function it checks: the parity calls show up in X-Ray.
+            tracing=lambda_.Tracing.ACTIVE,
             role=self.role,
             log_group=self.log_group,
             environment={
@@ -175,7 +182,13 @@ class PreTrafficHook(Construct):
 
     def acknowledge_findings(self, *, skip: Collection[str] = ()) -> None:
         nag.ack(self.function, f"{nag.PACK}-L1", REASON_HOOK_RUNTIME, skip=skip)
+        nag.ack(
+            self.function, f"{nag.SERVERLESS}-LambdaLatestVersion", REASON_HOOK_RUNTIME, skip=skip
+        )
+        nag.ack(self.function, f"{nag.SERVERLESS}-LambdaDLQ", REASON_HOOK_DLQ, skip=skip)
+        nag.cfn_lint_ignore_function(self.function)
         policy = self.role.node.find_child("DefaultPolicy")
+        nag.ack(policy, f"{nag.PACK}-IAM5[Resource::*]", REASON_XRAY, skip=skip)
         objects = nag.resource_finding(self, self.model_objects_arn)
         nag.ack(policy, f"{nag.PACK}-IAM5[{objects}]", REASON_MODEL_PREFIX, skip=skip)
 

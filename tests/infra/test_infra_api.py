@@ -253,7 +253,7 @@ def test_gateway_responses_are_json_errors(one) -> None:
 
 
 def test_stage_logging_tracing_metrics(one, two) -> None:
-    for synth, stage_name in ((one, "v1"), (two, "prod")):
+    for synth, stage_name, (rate, burst) in ((one, "v1", (50, 100)), (two, "prod", (20, 40))):
         (stage,) = synth.of_type("AWS::ApiGateway::Stage").values()
         props = stage["Properties"]
         assert props["StageName"] == stage_name
@@ -265,6 +265,9 @@ def test_stage_logging_tracing_metrics(one, two) -> None:
                 "LoggingLevel": "ERROR",
                 "MetricsEnabled": True,
                 "DataTraceEnabled": False,
+                # The stage default the usage plan's per-key throttle sits under.
+                "ThrottlingRateLimit": rate,
+                "ThrottlingBurstLimit": burst,
             }
         ]
         access_log_group = synth.logical_id(synth.stack.api.access_log_group)

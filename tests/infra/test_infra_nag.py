@@ -1,6 +1,7 @@
-"""cdk-nag AwsSolutions: zero unacknowledged findings, and each acknowledgement is load-bearing.
+"""cdk-nag AwsSolutions and Serverless packs: zero unacknowledged findings, and each
+acknowledgement is load-bearing.
 
-Findings are read two ways: `nag.findings(app)` (AwsSolutionsChecks().validate_scope, no
+Findings are read two ways: `nag.findings(app)` (<Pack>Checks().validate_scope, no
 synth) and `nag.report_findings(outdir)` (the validation-report.json written by synth).
 """
 
@@ -56,9 +57,12 @@ def test_the_pack_really_runs_at_synth(build_app, project_root: Path, tmp_path: 
     with pytest.raises(RuntimeError, match="AwsSolutions-APIG4"):
         app.synth()
     report = nag.report_findings(tmp_path)
-    assert {"AwsSolutions-APIG4", "AwsSolutions-COG4", "AwsSolutions-IAM5[Resource::*]"} <= (
-        rule_ids(report)
-    )
+    assert {
+        "AwsSolutions-APIG4",
+        "AwsSolutions-COG4",
+        "AwsSolutions-IAM5[Resource::*]",
+        "Serverless-LambdaDLQ",  # the Serverless pack runs beside AwsSolutions
+    } <= rule_ids(report)
 
 
 def fresh(build_app, project_root: Path, tmp_path: Path, **kwargs) -> tuple:
@@ -91,6 +95,8 @@ def fresh(build_app, project_root: Path, tmp_path: Path, **kwargs) -> tuple:
             },
         ),
         ("AwsSolutions-L1", {"AwsSolutions-L1"}),  # the PreTraffic hook's python3.12
+        ("Serverless-LambdaLatestVersion", {"Serverless-LambdaLatestVersion"}),  # the same
+        ("Serverless-LambdaDLQ", {"Serverless-LambdaDLQ"}),  # model function and hook
     ],
 )
 def test_each_acknowledgement_is_needed(
@@ -214,7 +220,7 @@ def test_acknowledgements_are_narrow_and_reasoned(one, two) -> None:
                 assert construct is not synth.app and construct is not synth.stack
                 for rule, reason in entry.data.items():
                     seen += 1
-                    assert "AwsSolutions-" in rule
+                    assert any(f"::{pack}-" in rule for pack in nag.PACKS), rule
                     assert len(reason) >= 80, (rule, reason)
         assert seen > 0
 

@@ -224,6 +224,7 @@ def test_pretraffic_hook_wiring_and_least_privilege(three: Synth) -> None:
         fn = next(f for f in three.stack.functions if f.version is hook.version)
         props = three.resources[three.logical_id(hook.function)]["Properties"]
         assert (props["Runtime"], props["Handler"]) == ("python3.12", "handler.handler")
+        assert props["TracingConfig"] == {"Mode": "Active"}
         version_arn = three.stack.resolve(fn.version.function_arn)  # a Version's Ref: its ARN
         assert props["Environment"]["Variables"] == {
             contract.Env.TARGET_FUNCTION_ARN: version_arn,
@@ -246,6 +247,14 @@ def test_pretraffic_hook_wiring_and_least_privilege(three: Synth) -> None:
             "codedeploy:PutLifecycleEventHookExecutionStatus",
             "logs:CreateLogStream",
             "logs:PutLogEvents",
+            "xray:PutTraceSegments",
+            "xray:PutTelemetryRecords",
+        }
+        # Active tracing: the two X-Ray actions have no resource-level permissions, and they
+        # are the only ones on '*'.
+        assert {a for a, r in grants if r == '"*"'} == {
+            "xray:PutTraceSegments",
+            "xray:PutTelemetryRecords",
         }
         assert ("lambda:InvokeFunction", json.dumps(version_arn)) in grants
         (s3_resource,) = [r for a, r in grants if a == "s3:GetObject"]
