@@ -466,6 +466,8 @@ def models_from_specs(
     specs: Iterable[_Spec], context: Mapping[str, Any], project_root: Path | None = None
 ) -> list[ModelDeployment]:
     """Lambda-served models from the specs, versions from `onnxlift.models.<name>.version`."""
+    if "environments" in context:  # not through read_context
+        context = apply_environment(context)
     models = []
     defaults = context.get("model_defaults") or {}
     for spec in specs:
