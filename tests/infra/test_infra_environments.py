@@ -4,6 +4,7 @@ environments synthesize to side by side (disjoint names, their own settings, nag
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -25,7 +26,8 @@ from infra.config import (
     read_context,
 )
 from infra.onnxlift_stack import OnnxliftStack
-from tests.infra.conftest import CDK_CONTEXT
+from onnxlift.spec import load_spec
+from tests.infra.conftest import CDK_CONTEXT, ROOT
 
 ONNXLIFT = CDK_CONTEXT["onnxlift"]
 # Name properties scoped inside their parent (a role's inline policy, a function's alias, an
@@ -302,3 +304,16 @@ def test_arm64_model_gets_an_arm64_function_and_image(envs: dict[str, SimpleName
 def test_cdk_nag_clean_in_both(envs: dict[str, SimpleNamespace]) -> None:
     for synth in envs.values():
         assert nag.findings(synth.app) == []
+
+
+def test_spec_serving_architecture_reaches_the_model(tmp_path: Path) -> None:
+    """`[serving] architecture = "arm64"` in a real model.toml selects an arm64 function."""
+    folder = tmp_path / "minilm"
+    shutil.copytree(ROOT / "models" / "minilm", folder)
+    toml = folder / "model.toml"
+    assert toml.read_text().rstrip().splitlines()[-1].startswith("max_batch")  # [serving] last
+    toml.write_text(toml.read_text() + 'architecture = "arm64"\n')
+    (model,) = models_from_specs([load_spec(folder)], {})
+    assert model.architecture == "arm64"
+    (default,) = models_from_specs([load_spec(ROOT / "models" / "minilm")], {})
+    assert default.architecture == "x86_64"
