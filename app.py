@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import aws_cdk as cdk
+from onnxlift_serving import contract
 
 from infra import nag
 from infra.config import (
@@ -28,9 +29,10 @@ config = config_from_context(
     models_from_specs(specs, context, ROOT),
     sagemaker_from_specs(specs, context, ROOT),
 )
+# One stack per environment (-c onnxlift.env=dev|staging|prod): Onnxlift-<env>.
 OnnxliftStack(
     app,
-    "Onnxlift",
+    contract.stack_name(config.env),
     config=config,
     project_root=ROOT,
     env=cdk.Environment(

@@ -5,7 +5,15 @@ other way round.
 
 `cdk.json` holds the defaults under `context.onnxlift`; any field can be overridden on the
 command line with a dotted key, e.g. `npx cdk deploy -c onnxlift.image_source=ecr`.
-Per-model sizing (memory, timeout, concurrency) comes from the model specs, not from here.
+Per-model sizing (memory, timeout, concurrency) comes from the model specs; the context may
+override it per model (`onnxlift.models.<name>.<field>`).
+
+Environments: `-c onnxlift.env=dev|staging|prod` picks one; `onnxlift.environments.<env>`
+holds its settings, applied over the top-level ones (apply_environment): deployment fields
+(log_retention_days, waf_enabled, ...), model defaults (MODEL_FIELDS: rollout,
+provisioned_concurrency, ...) and per-model overrides (`models.<name>.<field>`).
+Precedence, highest first: `-c onnxlift.<field>`, the environment's per-model override, the
+top-level per-model override, the environment's model default, the model spec.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import dataclasses
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,6 +56,19 @@ DEFAULT_ROLLOUT = "canary10-5m"
 # Without a spec figure, p99 Duration over this share of the timeout rolls a deploy back: at
 # the timeout itself the requests are already failing.
 DEFAULT_P99_BUDGET_SHARE = 0.8
+ENVIRONMENTS = contract.ENVIRONMENTS
+DEFAULT_ENVIRONMENT = "dev"
+# Lambda architectures (spec `[serving] architecture`, or `onnxlift.models.<name>.architecture`);
+# arm64 (Graviton) costs 20% less per GB-second. The image is built for the same platform.
+ARCHITECTURES = ("x86_64", "arm64")
+# Application Auto Scaling's LambdaProvisionedConcurrencyUtilization target range.
+UTILIZATION_RANGE = (0.1, 0.9)
+DEFAULT_TARGET_UTILIZATION = 0.7
+# The per-model fields the context may set (per model, or per environment as a default).
+MODEL_FIELDS = (
+    "memory_mb", "reserved_concurrency", "provisioned_concurrency",
+    "autoscaling_target_utilization", "rollout", "architecture",
+)  # fmt: skip
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,39}$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -74,8 +95,19 @@ class ModelDeployment:
     p99_budget_ms: int | None = None
     """p99 Duration (ms) above which a deploy rolls back; None: DEFAULT_P99_BUDGET_SHARE of
     the timeout (see latency_budget_ms)."""
+    architecture: str = "x86_64"
+    provisioned_concurrency: int = 0
+    """Provisioned on the live alias; above 0 Application Auto Scaling keeps utilisation near
+    autoscaling_target_utilization, between this and reserved_concurrency."""
+    autoscaling_target_utilization: float = DEFAULT_TARGET_UTILIZATION
+    env: str | None = None
+    """The environment whose names it takes (DeploymentConfig stamps its own)."""
 
     def __post_init__(self) -> None:
+        self._check_basics()
+        self._check_scaling()
+
+    def _check_basics(self) -> None:
         if not _NAME.match(self.name):
             raise ConfigError(
                 f"model name {self.name!r} must be 1-40 letters, digits, '-' or '_', "
@@ -102,6 +134,30 @@ class ModelDeployment:
                 f"model {self.name}: p99_budget_ms must be within 1..{self.timeout_s * 1000} "
                 "(the function's timeout)"
             )
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(
+                f"model {self.name}: architecture {self.architecture!r} not in {ARCHITECTURES} "
+                "(spec [serving] architecture, or onnxlift.models.<name>.architecture)"
+            )
+        if self.env is not None and self.env not in ENVIRONMENTS:
+            raise ConfigError(f"model {self.name}: env {self.env!r} not in {ENVIRONMENTS}")
+
+    def _check_scaling(self) -> None:
+        if not 0 <= self.provisioned_concurrency <= self.reserved_concurrency:
+            raise ConfigError(
+                f"model {self.name}: provisioned_concurrency must be within "
+                f"0..reserved_concurrency ({self.reserved_concurrency})"
+            )
+        lo, hi = UTILIZATION_RANGE
+        if not lo <= self.autoscaling_target_utilization <= hi:
+            raise ConfigError(
+                f"model {self.name}: autoscaling_target_utilization must be within {lo}..{hi}"
+            )
+
+    @property
+    def function_name(self) -> str:
+        """The Lambda function's name: onnxlift-<env>-<model>."""
+        return contract.function_name(self.name, self.env)
 
     @property
     def latency_budget_ms(self) -> int:
@@ -122,9 +178,9 @@ class ModelDeployment:
         return contract.image_tag("lambda", self.name, self.version)
 
 
-def endpoint_name(model: str) -> str:
-    """The SageMaker endpoint that serves `model` (the local stack names it the same way)."""
-    return contract.endpoint_name(model)
+def endpoint_name(model: str, env: str | None = None) -> str:
+    """The SageMaker endpoint that serves `model` (the local stack's has no env)."""
+    return contract.endpoint_name(model, env)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,6 +199,7 @@ class SageMakerDeployment:
     target_invocations_per_instance: int = 600
     data_capture: bool = False
     data_capture_sampling_percent: int = 10
+    env: str | None = None  # DeploymentConfig stamps its own
 
     def __post_init__(self) -> None:
         if not _INSTANCE.match(self.instance_type):
@@ -160,7 +217,7 @@ class SageMakerDeployment:
 
     @property
     def endpoint_name(self) -> str:
-        return endpoint_name(self.name)
+        return endpoint_name(self.name, self.env)
 
     @property
     def image_tag(self) -> str:
@@ -172,6 +229,8 @@ class SageMakerDeployment:
 class DeploymentConfig:
     models: tuple[ModelDeployment, ...]
     sagemaker_models: tuple[SageMakerDeployment, ...] = ()
+    env: str = DEFAULT_ENVIRONMENT
+    """dev | staging | prod: the stack (Onnxlift-<env>) and every physical name carry it."""
     registry_bucket_name: str | None = None
     stage_name: str = "v1"
     throttle_rate_limit: float = 50
@@ -194,6 +253,15 @@ class DeploymentConfig:
     when the account already has one configured by another stack."""
 
     def __post_init__(self) -> None:
+        if self.env not in ENVIRONMENTS:
+            raise ConfigError(f"env {self.env!r} not in {ENVIRONMENTS} (-c onnxlift.env=...)")
+        # Every model takes this environment's names (frozen: set through object.__setattr__).
+        object.__setattr__(self, "models", tuple(replace(m, env=self.env) for m in self.models))
+        object.__setattr__(
+            self,
+            "sagemaker_models",
+            tuple(replace(m, env=self.env) for m in self.sagemaker_models),
+        )
         if not self.models and not self.sagemaker_models:
             raise ConfigError("no models to deploy: add a model folder under models/")
         names = [m.name for m in (*self.models, *self.sagemaker_models)]
@@ -222,6 +290,14 @@ class DeploymentConfig:
                 f"log_retention_days {self.log_retention_days} is not a CloudWatch Logs "
                 f"retention period: {sorted(LOG_RETENTION_DAYS)}"
             )
+
+    def name(self, *parts: str) -> str:
+        """A physical name in this environment: onnxlift-<env>-<parts> (contract.resource_name)."""
+        return contract.resource_name(self.env, *parts)
+
+    @property
+    def stack_name(self) -> str:
+        return contract.stack_name(self.env)
 
 
 # Fields of DeploymentConfig that the context may set (everything but `models`).
@@ -254,13 +330,71 @@ def _coerce(name: str, value: Any) -> Any:
 
 
 def read_context(node: Any) -> dict[str, Any]:
-    """The `onnxlift` context of a construct node, with `-c onnxlift.<field>=...` applied."""
+    """The `onnxlift` context of a construct node: its environment's settings applied
+    (apply_environment), then `-c onnxlift.<field>=...` over both."""
     context = dict(node.try_get_context(CONTEXT_KEY) or {})
+    overrides = {}
     for name in _FIELDS:
         override = node.try_get_context(f"{CONTEXT_KEY}.{name}")
         if override is not None:
-            context[name] = override
-    return context
+            overrides[name] = override
+    if "env" in overrides:
+        context["env"] = overrides["env"]
+    return apply_environment(context) | overrides
+
+
+def _environment_settings(context: Mapping[str, Any], env: str) -> Mapping[str, Any]:
+    environments = context.get("environments") or {}
+    if not isinstance(environments, Mapping) or set(environments) - set(ENVIRONMENTS):
+        raise ConfigError(f"{CONTEXT_KEY}.environments: an object keyed by {ENVIRONMENTS}")
+    # The API Gateway account setting is one per region: one environment sets it.
+    managing = [
+        name
+        for name in ENVIRONMENTS
+        if _coerce(
+            "manage_apigateway_account",
+            (environments.get(name) or {}).get(
+                "manage_apigateway_account", context.get("manage_apigateway_account", True)
+            ),
+        )
+    ]
+    if environments and len(managing) > 1:
+        raise ConfigError(
+            f"manage_apigateway_account is on for {managing}: the region has one API Gateway "
+            "CloudWatch role setting, so exactly one environment may manage it "
+            f"({CONTEXT_KEY}.environments.<env>.manage_apigateway_account)"
+        )
+    settings = environments.get(env) or {}
+    unknown = (set(settings) - set(_FIELDS) - set(MODEL_FIELDS) - {"models"}) | (
+        {"env"} & set(settings)
+    )
+    if unknown:
+        raise ConfigError(f"{CONTEXT_KEY}.environments.{env}: unknown keys {sorted(unknown)}")
+    return settings
+
+
+def apply_environment(context: Mapping[str, Any]) -> dict[str, Any]:
+    """The context with `environments.<env>` merged over it (env: `env`, default dev).
+
+    Deployment fields replace the top-level ones; MODEL_FIELDS become `model_defaults`; the
+    environment's `models.<name>` entries are merged over the top-level ones field by field.
+    """
+    env = str(context.get("env") or DEFAULT_ENVIRONMENT)
+    if env not in ENVIRONMENTS:
+        raise ConfigError(f"{CONTEXT_KEY}.env {env!r} not in {ENVIRONMENTS}")
+    settings = _environment_settings(context, env)
+    merged = {k: v for k, v in context.items() if k != "environments"} | {"env": env}
+    merged |= {k: v for k, v in settings.items() if k in _FIELDS}
+    defaults = dict(context.get("model_defaults") or {})
+    merged["model_defaults"] = defaults | {k: v for k, v in settings.items() if k in MODEL_FIELDS}
+    models = {name: dict(entry or {}) for name, entry in _versions(context).items()}
+    env_models = settings.get("models") or {}
+    if not isinstance(env_models, Mapping):
+        raise ConfigError(f"{CONTEXT_KEY}.environments.{env}.models: an object keyed by model")
+    for name, entry in env_models.items():
+        models[name] = models.get(name, {}) | dict(entry or {})
+    merged["models"] = models
+    return merged
 
 
 def config_from_context(
@@ -269,7 +403,9 @@ def config_from_context(
     sagemaker_models: Sequence[SageMakerDeployment] = (),
 ) -> DeploymentConfig:
     """Build the config from the `onnxlift` context dict; unknown keys are an error."""
-    unknown = set(context) - set(_FIELDS) - {"models"}
+    if "environments" in context:  # not through read_context
+        context = apply_environment(context)
+    unknown = set(context) - set(_FIELDS) - {"models", "model_defaults"}
     if unknown:
         raise ConfigError(
             f"unknown {CONTEXT_KEY} context keys {sorted(unknown)}; known: {sorted(_FIELDS)}"
@@ -287,6 +423,7 @@ class _Serving(Protocol):
     reserved_concurrency: int
     rollout: str
     p99_budget_ms: int | None
+    architecture: str
 
 
 class _Spec(Protocol):
@@ -329,23 +466,41 @@ def models_from_specs(
     specs: Iterable[_Spec], context: Mapping[str, Any], project_root: Path | None = None
 ) -> list[ModelDeployment]:
     """Lambda-served models from the specs, versions from `onnxlift.models.<name>.version`."""
+    if "environments" in context:  # not through read_context
+        context = apply_environment(context)
     models = []
+    defaults = context.get("model_defaults") or {}
     for spec in specs:
         if resolved_target(spec, context, project_root) != "lambda":
             continue
         entry = _versions(context).get(spec.name) or {}
-        models.append(
-            ModelDeployment(
+
+        def pick(field: str, spec_value: Any, entry: Mapping[str, Any] = entry) -> Any:
+            # Per model (the environment's over the top level's), the environment, the spec.
+            return entry.get(field, defaults.get(field, spec_value))
+
+        try:
+            model = ModelDeployment(
                 name=spec.name,
                 version=str(entry.get("version", "1")),
-                memory_mb=int(spec.serving.memory_mb),
+                memory_mb=int(pick("memory_mb", spec.serving.memory_mb)),
                 timeout_s=int(spec.serving.timeout_s),
-                reserved_concurrency=int(spec.serving.reserved_concurrency),
-                # The context may override the spec's rollout per model (and per environment).
-                rollout=str(entry.get("rollout", spec.serving.rollout)),
+                reserved_concurrency=int(
+                    pick("reserved_concurrency", spec.serving.reserved_concurrency)
+                ),
+                rollout=str(pick("rollout", spec.serving.rollout)),
                 p99_budget_ms=spec.serving.p99_budget_ms,
+                architecture=str(pick("architecture", spec.serving.architecture)),
+                provisioned_concurrency=int(pick("provisioned_concurrency", 0)),
+                autoscaling_target_utilization=float(
+                    pick("autoscaling_target_utilization", DEFAULT_TARGET_UTILIZATION)
+                ),
             )
-        )
+        except (TypeError, ValueError) as e:
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"model {spec.name}: {e}") from None
+        models.append(model)
     return models
 
 

@@ -38,11 +38,14 @@ class OperationsDashboard(Construct):
         scope: Construct,
         id: str,
         *,
+        name: str,
         functions: Sequence[InferenceFunction],
         endpoints: Sequence[SageMakerEndpoint],
     ) -> None:
         super().__init__(scope, id)
-        self.dashboard = cloudwatch.Dashboard(self, "Dashboard", default_interval=Duration.hours(3))
+        self.dashboard = cloudwatch.Dashboard(
+            self, "Dashboard", dashboard_name=name, default_interval=Duration.hours(3)
+        )
         for fn in functions:
             self.dashboard.add_widgets(*self._model_widgets(fn))
         for endpoint in endpoints:
@@ -57,7 +60,7 @@ class OperationsDashboard(Construct):
             namespace=contract.POWERTOOLS_NAMESPACE,
             metric_name="InferLatency",
             # Powertools' default dimension: the service, POWERTOOLS_SERVICE_NAME.
-            dimensions_map={"service": contract.function_name(name)},
+            dimensions_map={"service": fn.model.function_name},
             period=PERIOD,
         )
         graph = cloudwatch.GraphWidget

@@ -24,6 +24,7 @@ __all__ = [
     "IMAGE_TARGETS",
     "INFERENCE_DOCKERFILE",
     "PLATFORM",
+    "PLATFORMS",
     "SAGEMAKER_DOCKERFILE",
     "ImageBuild",
     "StagedImage",
@@ -34,7 +35,9 @@ __all__ = [
 INFERENCE_DOCKERFILE = "functions/inference/Dockerfile"
 SAGEMAKER_DOCKERFILE = "functions/sagemaker/Dockerfile"
 ARTIFACTS_DIR = ".onnxlift/artifacts"  # `onnxlift pull` puts versions here; the image bakes one
-PLATFORM = "linux/amd64"  # the functions are X86_64; SageMaker's GPU instances are too
+PLATFORM = "linux/amd64"  # x86_64 functions; SageMaker's GPU instances are x86_64 too
+# The image platform of each Lambda architecture (a model's `architecture`).
+PLATFORMS = {"x86_64": PLATFORM, "arm64": "linux/arm64"}
 IMAGE_TARGETS = contract.IMAGE_TARGETS
 
 
@@ -52,7 +55,7 @@ class ImageBuild:
     platform: str = PLATFORM
 
 
-def _lambda_build(name: str, version: str) -> ImageBuild:
+def _lambda_build(name: str, version: str, architecture: str) -> ImageBuild:
     # Everything is excluded, then the three inputs are re-included. With IgnoreMode.DOCKER
     # the CDK prunes whole excluded directories (.venv, node_modules, .git, cdk.out, other
     # models' artifacts) instead of walking them, so fingerprinting stays fast however big
@@ -74,6 +77,7 @@ def _lambda_build(name: str, version: str) -> ImageBuild:
         display_name=f"onnxlift-{name}-{version}",
         build_args={str(contract.Env.MODEL_NAME): name, str(contract.Env.MODEL_VERSION): version},
         artifacts=artifacts,
+        platform=PLATFORMS[architecture],
     )
 
 
@@ -87,10 +91,13 @@ def _sagemaker_build(name: str, version: str) -> ImageBuild:
     )
 
 
-def image_build(target: str, name: str, version: str) -> ImageBuild:
-    """The build of `name` `version`'s image for `target` (lambda or sagemaker)."""
+def image_build(target: str, name: str, version: str, architecture: str = "x86_64") -> ImageBuild:
+    """The build of `name` `version`'s image for `target` (lambda or sagemaker); a Lambda
+    image is built for its function's `architecture` (x86_64 or arm64)."""
     if target == "lambda":
-        return _lambda_build(name, version)
+        if architecture not in PLATFORMS:
+            raise ValueError(f"architecture {architecture!r} not in {sorted(PLATFORMS)}")
+        return _lambda_build(name, version, architecture)
     if target == "sagemaker":
         return _sagemaker_build(name, version)
     raise ValueError(f"image target {target!r} not in {IMAGE_TARGETS}")

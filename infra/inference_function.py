@@ -25,6 +25,7 @@ from infra.config import (
 from infra.images import image_build
 from infra.registry_bucket import REASON_MODEL_PREFIX, ModelRegistry
 
+ARCHITECTURES = {"x86_64": lambda_.Architecture.X86_64, "arm64": lambda_.Architecture.ARM_64}
 REASON_XRAY = (
     "Active X-Ray tracing: xray:PutTraceSegments and xray:PutTelemetryRecords do not "
     "support resource-level permissions, so their statement must use Resource '*'. "
@@ -64,8 +65,24 @@ class InferenceFunction(Construct):
             alias_name=LAMBDA_ALIAS,
             version=self.version,
             description=f"onnxlift: the version of model {model.name} the API serves",
+            provisioned_concurrent_executions=model.provisioned_concurrency or None,
         )
+        self.scaling = self._provisioned_scaling(model)
         self._warn_if_slower_than_api_gateway(model)
+
+    def _provisioned_scaling(
+        self, model: ModelDeployment
+    ) -> lambda_.IScalableFunctionAttribute | None:
+        """With provisioned concurrency: Application Auto Scaling keeps the alias's
+        utilisation near the target, between the provisioned floor and reserved concurrency."""
+        if not model.provisioned_concurrency:
+            return None
+        scaling = self.alias.add_auto_scaling(
+            min_capacity=model.provisioned_concurrency,
+            max_capacity=model.reserved_concurrency,
+        )
+        scaling.scale_on_utilization(utilization_target=model.autoscaling_target_utilization)
+        return scaling
 
     @property
     def api_target(self) -> lambda_.IFunction:
@@ -86,6 +103,7 @@ class InferenceFunction(Construct):
         return logs.LogGroup(
             self,
             "Logs",
+            log_group_name=f"/aws/lambda/{self.model.function_name}",
             retention=logs.RetentionDays[LOG_RETENTION_DAYS[config.log_retention_days]],
             removal_policy=RemovalPolicy.DESTROY,
         )
@@ -116,8 +134,9 @@ class InferenceFunction(Construct):
             self,
             "Function",
             description=f"onnxlift: serves model {model.name} v{model.version} (V2 protocol)",
+            function_name=model.function_name,
             code=self._image_code(model, config, project_root),
-            architecture=lambda_.Architecture.X86_64,
+            architecture=ARCHITECTURES[model.architecture],
             memory_size=model.memory_mb,
             timeout=Duration.seconds(model.timeout_s),
             reserved_concurrent_executions=model.reserved_concurrency,
@@ -134,7 +153,7 @@ class InferenceFunction(Construct):
                 signature_required=self.signature_required,
             )
             | {
-                "POWERTOOLS_SERVICE_NAME": contract.function_name(model.name),
+                "POWERTOOLS_SERVICE_NAME": model.function_name,
                 "POWERTOOLS_METRICS_NAMESPACE": contract.POWERTOOLS_NAMESPACE,
                 "LOG_LEVEL": "INFO",
             },
@@ -152,7 +171,8 @@ class InferenceFunction(Construct):
     def _image_code(
         self, model: ModelDeployment, config: DeploymentConfig, project_root: Path
     ) -> lambda_.DockerImageCode:
-        build = image_build("lambda", model.name, model.version)  # `onnxlift image` builds it too
+        # `onnxlift image` builds the same image (for the same architecture).
+        build = image_build("lambda", model.name, model.version, model.architecture)
         if config.image_source == "ecr":
             assert config.ecr_repository_name is not None  # DeploymentConfig checks it
             repository = ecr.Repository.from_repository_name(

@@ -43,6 +43,7 @@ class OnnxliftStack(Stack):
         super().__init__(scope, id, **kwargs)
         self.config = config
         Tags.of(self).add("project", "onnxlift")
+        Tags.of(self).add("environment", config.env)
 
         self.registry = ModelRegistry(self, "Registry", bucket_name=config.registry_bucket_name)
         self.signing_key = (
@@ -55,11 +56,15 @@ class OnnxliftStack(Stack):
         self.api = InferenceApi(
             self, "Api", config=config, functions=[*self.functions, *self.endpoints]
         )
-        self.alarm_topic = AlarmTopic(self, "Alarms")
+        self.alarm_topic = AlarmTopic(self, "Alarms", name=config.name("alarms"))
         self.hooks: list[PreTrafficHook] = []
         self.rollouts = self._rollouts(config, project_root)
         self.dashboard = OperationsDashboard(
-            self, "Operations", functions=self.functions, endpoints=self.endpoints
+            self,
+            "Operations",
+            name=config.name(),
+            functions=self.functions,
+            endpoints=self.endpoints,
         )
         self._outputs()
         self._model_outputs()
@@ -94,7 +99,9 @@ class OnnxliftStack(Stack):
         """Per model function: a PreTraffic hook and a deployment group on its alias."""
         if not self.functions:
             return []
-        self.codedeploy_app = codedeploy.LambdaApplication(self, "Deployments")
+        self.codedeploy_app = codedeploy.LambdaApplication(
+            self, "Deployments", application_name=config.name()
+        )
         rollouts = []
         for fn in self.functions:
             hook = PreTrafficHook(

@@ -171,7 +171,7 @@ def _waf_visibility(metric: str) -> wafv2.CfnWebACL.VisibilityConfigProperty:
     )
 
 
-def _waf_rate_limit_rule(limit: int, *, priority: int) -> wafv2.CfnWebACL.RuleProperty:
+def _waf_rate_limit_rule(limit: int, *, priority: int, metric: str) -> wafv2.CfnWebACL.RuleProperty:
     """Block an address above `limit` requests per window with a JSON 429."""
     return wafv2.CfnWebACL.RuleProperty(
         name="RateLimitPerIp",
@@ -190,11 +190,11 @@ def _waf_rate_limit_rule(limit: int, *, priority: int) -> wafv2.CfnWebACL.RulePr
                 evaluation_window_sec=WAF_RATE_WINDOW_S,
             )
         ),
-        visibility_config=_waf_visibility("onnxlift-rate-limit"),
+        visibility_config=_waf_visibility(metric),
     )
 
 
-def _waf_common_rules(*, priority: int) -> wafv2.CfnWebACL.RuleProperty:
+def _waf_common_rules(*, priority: int, metric: str) -> wafv2.CfnWebACL.RuleProperty:
     """The AWS common rule set, its body rules counting only (WAF_COUNT_ONLY_RULES)."""
     return wafv2.CfnWebACL.RuleProperty(
         name="AWSManagedRulesCommonRuleSet",
@@ -213,7 +213,7 @@ def _waf_common_rules(*, priority: int) -> wafv2.CfnWebACL.RuleProperty:
                 ],
             )
         ),
-        visibility_config=_waf_visibility("onnxlift-common-rules"),
+        visibility_config=_waf_visibility(metric),
     )
 
 
@@ -291,6 +291,7 @@ class InferenceApi(Construct):
         api = apigw.RestApi(
             self,
             "RestApi",
+            rest_api_name=config.name("api"),
             description="onnxlift: ONNX model inference (Open Inference Protocol V2)",
             endpoint_types=[apigw.EndpointType.REGIONAL],
             # Set in _account_logging_role, region-wide, with our own least-privilege role
@@ -555,16 +556,20 @@ class InferenceApi(Construct):
         self.web_acl = wafv2.CfnWebACL(
             self,
             "WebAcl",
+            name=config.name("api"),
             scope="REGIONAL",
             default_action=wafv2.CfnWebACL.DefaultActionProperty(allow={}),
-            visibility_config=_waf_visibility("onnxlift-api"),
+            visibility_config=_waf_visibility(config.name("api")),
             custom_response_bodies={
                 "rate-limited": wafv2.CfnWebACL.CustomResponseBodyProperty(
                     content_type="APPLICATION_JSON",
                     content=json.dumps({"error": "too many requests from this address"}),
                 )
             },
-            rules=[_waf_rate_limit_rule(rate_limit, priority=0), _waf_common_rules(priority=1)],
+            rules=[
+                _waf_rate_limit_rule(rate_limit, priority=0, metric=config.name("rate-limit")),
+                _waf_common_rules(priority=1, metric=config.name("common-rules")),
+            ],
         )
         self.web_acl_association = wafv2.CfnWebACLAssociation(
             self,

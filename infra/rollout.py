@@ -86,7 +86,8 @@ class AlarmTopic(Construct):
     """One SNS topic for every alarm, encrypted with its own rotating KMS key (an AWS managed
     aws/sns key would not let CloudWatch publish) and reachable over TLS only."""
 
-    def __init__(self, scope: Construct, id: str) -> None:
+    def __init__(self, scope: Construct, id: str, *, name: str) -> None:
+        """`name`: the topic's, from the environment's naming (DeploymentConfig.name)."""
         super().__init__(scope, id)
         self.key = kms.Key(
             self,
@@ -100,7 +101,8 @@ class AlarmTopic(Construct):
         self.topic = sns.Topic(
             self,
             "Topic",
-            display_name="onnxlift alarms",
+            topic_name=name,
+            display_name=name,
             master_key=self.key,
             enforce_ssl=True,
         )

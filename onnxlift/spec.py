@@ -82,6 +82,9 @@ class ServingSpec:
     # it rolls back (unset: 80% of timeout_s).
     rollout: str = "canary10-5m"
     p99_budget_ms: int | None = None
+    # x86_64 | arm64 (Graviton, 20% lower price per GB-second); the image is built to match
+    # and the PreTraffic hook proves its answers before any traffic (infra/config.py checks it).
+    architecture: str = "x86_64"
     # SageMaker (target sagemaker, or auto deciding so)
     instance_type: str = "ml.g5.xlarge"
     initial_instances: int = 1

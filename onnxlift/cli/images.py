@@ -110,7 +110,10 @@ def _plan(
     (spec,) = select_specs((name,), False)  # unknown model: one line, exit 2
     if not contract.is_canonical_version(version):
         raise OnnxliftError(f"version {version!r} is not a registry version (1, 2, ...)")
-    build = images.image_build(target or _target(spec, version, root), name, version)
+    # The spec's architecture (a cdk.json per-model override is the stack's, not seen here).
+    build = images.image_build(
+        target or _target(spec, version, root), name, version, spec.serving.architecture
+    )
     if not kw["dry_run"]:
         _check_docker()  # before a pull: no download for a build that cannot run
     if build.artifacts is not None and not (root / build.artifacts).is_dir():

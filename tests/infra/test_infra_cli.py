@@ -43,7 +43,8 @@ def test_npx_cdk_synth(tmp_path: Path) -> None:
     )
     assert version.stdout.startswith("2.1148.1"), version.stdout
 
-    template = json.loads((outdir / "Onnxlift.template.json").read_text())
+    # cdk.json's default environment is dev: the stack is Onnxlift-dev.
+    template = json.loads((outdir / "Onnxlift-dev.template.json").read_text())
     assert any(r["Type"] == "AWS::Lambda::Function" for r in template["Resources"].values())
     report = outdir / "validation-report.json"
     if report.exists():

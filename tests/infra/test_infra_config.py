@@ -87,8 +87,15 @@ def test_defaults() -> None:
 
 
 def test_cdk_json_context_is_a_valid_config(cdk_context: dict) -> None:
+    """cdk.json's default environment is dev: short retention, no WAF, not the account role."""
     config = config_from_context(cdk_context["onnxlift"], [MINILM])
-    assert config == DeploymentConfig(models=(MINILM,))
+    assert config == DeploymentConfig(
+        models=(MINILM,),
+        env="dev",
+        log_retention_days=7,
+        waf_enabled=False,
+        manage_apigateway_account=False,
+    )
 
 
 def test_config_from_context_coerces_cli_strings() -> None:
@@ -118,7 +125,12 @@ def test_config_from_context_rejects_unknown_keys() -> None:
 def test_read_context_applies_dotted_overrides() -> None:
     values = {"onnxlift": {"stage_name": "v1", "models": {}}, "onnxlift.stage_name": "beta"}
     node = SimpleNamespace(try_get_context=values.get)
-    assert read_context(node) == {"stage_name": "beta", "models": {}}
+    assert read_context(node) == {
+        "stage_name": "beta",
+        "models": {},
+        "env": "dev",
+        "model_defaults": {},
+    }
 
 
 def spec(name: str, target: str = "lambda") -> SimpleNamespace:
@@ -129,6 +141,7 @@ def spec(name: str, target: str = "lambda") -> SimpleNamespace:
         reserved_concurrency=4,
         rollout="canary10-5m",
         p99_budget_ms=None,
+        architecture="x86_64",
     )
     return SimpleNamespace(name=name, serving=serving)
 

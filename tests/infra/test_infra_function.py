@@ -47,7 +47,8 @@ def test_environment(one, two) -> None:
         "MODEL_SOURCE": "image",
         "MODEL_BUCKET": registry_ref,
         "ORT_INTRA_OP_THREADS": "1",
-        "POWERTOOLS_SERVICE_NAME": "onnxlift-minilm",
+        # The function's own name, onnxlift-<env>-<model> (the dashboard's service dimension).
+        "POWERTOOLS_SERVICE_NAME": "onnxlift-dev-minilm",
         "POWERTOOLS_METRICS_NAMESPACE": "onnxlift",
         "LOG_LEVEL": "INFO",
     }

@@ -20,6 +20,7 @@ __all__ = [
     "ASSET_MAX_DEPTH",
     "BINARY_CONTENT_TYPE",
     "DEFAULT_MAX_LOADED_VERSIONS",
+    "ENVIRONMENTS",
     "EXTENSIONS",
     "HEALTH_PATHS",
     "IMAGE_TARGETS",
@@ -33,6 +34,7 @@ __all__ = [
     "LAMBDA_TIMEOUT_S",
     "MODELS_PREFIX",
     "MODEL_NAME_PATTERN",
+    "NAME_PREFIX",
     "OPENAPI_PATH",
     "POWERTOOLS_NAMESPACE",
     "RETRY_AFTER",
@@ -43,6 +45,7 @@ __all__ = [
     "SAGEMAKER_PAYLOAD_BYTES",
     "SAGEMAKER_VARIANT",
     "SERVING_RESERVE_MB",
+    "STACK_PREFIX",
     "THROTTLE_RETRY_AFTER_S",
     "UNAVAILABLE_RETRY_AFTER_S",
     "VERSION_PATTERN",
@@ -65,9 +68,11 @@ __all__ = [
     "no_route_message",
     "not_allowed_message",
     "parse_count",
+    "resource_name",
     "retry_after",
     "sandbox_environment",
     "serving_environment",
+    "stack_name",
     "threads_for_memory",
 ]
 
@@ -110,14 +115,33 @@ def threads_for_memory(memory_mb: int) -> int:
     return max(1, min(LAMBDA_MAX_VCPUS, memory_mb // LAMBDA_MB_PER_VCPU))
 
 
-def function_name(model: str) -> str:
+# The deployment environments (`-c onnxlift.env=...`): one stack each, side by side in an
+# account and region, so every physical name carries its environment (resource_name).
+ENVIRONMENTS: Final = ("dev", "staging", "prod")
+STACK_PREFIX: Final = "Onnxlift"
+NAME_PREFIX: Final = "onnxlift"
+
+
+def resource_name(env: str | None, *parts: str) -> str:
+    """The one naming function for physical names: `onnxlift[-<env>]-<part>-...`.
+
+    env None is the local stack's (and a pre-environment deployment's) unqualified form."""
+    return "-".join(p for p in (NAME_PREFIX, env, *parts) if p)
+
+
+def stack_name(env: str) -> str:
+    """The CloudFormation stack of an environment: Onnxlift-<env>."""
+    return f"{STACK_PREFIX}-{env}"
+
+
+def function_name(model: str, env: str | None = None) -> str:
     """The Lambda function (and powertools service) name of a model."""
-    return f"onnxlift-{model}"
+    return resource_name(env, model)
 
 
-def endpoint_name(model: str) -> str:
+def endpoint_name(model: str, env: str | None = None) -> str:
     """The SageMaker endpoint name of a model."""
-    return f"onnxlift-{model}"
+    return resource_name(env, model)
 
 
 # The ECR tags of the prebuilt images (`-c onnxlift.image_source=ecr`, `onnxlift image push`).
