@@ -58,14 +58,23 @@ def full(tmp_path_factory: pytest.TempPathFactory) -> Synth:
 
 
 @pytest.fixture(scope="module")
-def templates(one: Synth, two: Synth, full: Synth) -> dict[str, Path]:
-    """Every template the three synths wrote (any stack name), keyed by a readable label."""
+def prod(tmp_path_factory: pytest.TempPathFactory) -> Synth:
+    """The prod environment as cdk.json sets it: provisioned concurrency with autoscaling,
+    WAF, canary rollouts, the account's API Gateway role, an arm64 model."""
+    from tests.infra.test_infra_environments import env_config
+
+    return synth(env_config("prod"), ROOT, tmp_path_factory.mktemp("prod"))
+
+
+@pytest.fixture(scope="module")
+def templates(one: Synth, two: Synth, full: Synth, prod: Synth) -> dict[str, Path]:
+    """Every template the four synths wrote (any stack name), keyed by a readable label."""
     found = {
         f"{label}/{path.name}": path
-        for label, built in (("one", one), ("two", two), ("full", full))
+        for label, built in (("one", one), ("two", two), ("full", full), ("prod", prod))
         for path in sorted(built.outdir.glob("*.template.json"))
     }
-    assert len(found) >= 3, found
+    assert len(found) >= 4, found
     return found
 
 
