@@ -16,6 +16,7 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from onnxlift_serving import contract
 
@@ -53,6 +54,21 @@ class ImageBuild:
     build_args: Mapping[str, str] = field(default_factory=dict)
     artifacts: str | None = None  # the pulled version the image bakes in (Lambda only)
     platform: str = PLATFORM
+
+    def asset_options(self) -> dict[str, Any]:
+        """The CDK image asset's settings for this build (the same for a DockerImageAsset and
+        a function's DockerImageCode): the stack, `stage` and `onnxlift image` share them."""
+        from aws_cdk import IgnoreMode
+        from aws_cdk import aws_ecr_assets as ecr_assets
+
+        return {
+            "file": self.dockerfile,
+            "build_args": dict(self.build_args),
+            "platform": ecr_assets.Platform.custom(self.platform),
+            "display_name": self.display_name,
+            "ignore_mode": IgnoreMode.DOCKER,
+            "exclude": list(self.exclude),
+        }
 
 
 def _lambda_build(name: str, version: str, architecture: str) -> ImageBuild:
@@ -121,7 +137,7 @@ def stage(build: ImageBuild, project_root: Path, outdir: Path) -> StagedImage:
     stack's asset gets, and its asset manifest says how cdk-assets would run `docker build`.
     """
     os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")  # as make does
-    from aws_cdk import App, IgnoreMode, Stack
+    from aws_cdk import App, Stack
     from aws_cdk import aws_ecr_assets as ecr_assets
 
     shutil.rmtree(outdir, ignore_errors=True)  # no stale asset.<hash> folders
@@ -129,15 +145,7 @@ def stage(build: ImageBuild, project_root: Path, outdir: Path) -> StagedImage:
     context = json.loads(cdk_json.read_text()).get("context", {}) if cdk_json.is_file() else {}
     app = App(outdir=str(outdir), context=context, builtin_cloud_formation_validation=False)
     ecr_assets.DockerImageAsset(
-        Stack(app, "Image"),
-        "Image",
-        directory=str(project_root),
-        file=build.dockerfile,
-        build_args=dict(build.build_args),
-        platform=ecr_assets.Platform.custom(build.platform),
-        display_name=build.display_name,
-        ignore_mode=IgnoreMode.DOCKER,
-        exclude=list(build.exclude),
+        Stack(app, "Image"), "Image", directory=str(project_root), **build.asset_options()
     )
     app.synth()
     manifest = json.loads((outdir / "Image.assets.json").read_text())

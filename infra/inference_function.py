@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Collection
 from pathlib import Path
 
-from aws_cdk import Annotations, Duration, IgnoreMode, RemovalPolicy
+from aws_cdk import Annotations, Duration, RemovalPolicy
 from aws_cdk import aws_ecr as ecr
-from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -192,12 +191,4 @@ class InferenceFunction(Construct):
             )
         # Everything is excluded, then the image's inputs are re-included (images.py says
         # why IgnoreMode.DOCKER): the CDK prunes .venv, node_modules, .git whole.
-        return lambda_.DockerImageCode.from_image_asset(
-            str(project_root),
-            file=build.dockerfile,
-            build_args=dict(build.build_args),
-            platform=ecr_assets.Platform.custom(build.platform),
-            display_name=build.display_name,
-            ignore_mode=IgnoreMode.DOCKER,
-            exclude=list(build.exclude),
-        )
+        return lambda_.DockerImageCode.from_image_asset(str(project_root), **build.asset_options())

@@ -26,7 +26,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from aws_cdk import ArnFormat, Duration, IgnoreMode, RemovalPolicy, Stack
+from aws_cdk import ArnFormat, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_applicationautoscaling as appscaling
 from aws_cdk import aws_ecr as ecr
 from aws_cdk import aws_ecr_assets as ecr_assets
@@ -108,14 +108,7 @@ class SageMakerImage:
         """Built by `cdk deploy` (needs Docker) from the repo root, container inputs only."""
         build = image_build("sagemaker", "", "")  # one image for every model
         asset = ecr_assets.DockerImageAsset(
-            scope,
-            id,
-            directory=str(project_root),
-            file=build.dockerfile,
-            platform=ecr_assets.Platform.custom(build.platform),
-            display_name=build.display_name,
-            ignore_mode=IgnoreMode.DOCKER,
-            exclude=list(build.exclude),
+            scope, id, directory=str(project_root), **build.asset_options()
         )
         return cls(asset.image_uri, asset.repository)
 
