@@ -59,8 +59,11 @@ class OperationsDashboard(Construct):
         infer_latency = cloudwatch.Metric(
             namespace=contract.POWERTOOLS_NAMESPACE,
             metric_name="InferLatency",
-            # Powertools' default dimension: the service, POWERTOOLS_SERVICE_NAME.
-            dimensions_map={"service": fn.model.function_name},
+            # Exactly the handler's dimension set (contract): CloudWatch matches it whole.
+            dimensions_map={
+                contract.METRIC_SERVICE_DIMENSION: fn.model.function_name,
+                contract.METRIC_MODEL_DIMENSION: name,
+            },
             period=PERIOD,
         )
         graph = cloudwatch.GraphWidget

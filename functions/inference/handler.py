@@ -19,6 +19,7 @@ from onnxlift_serving import binary, protocol, server_info
 from onnxlift_serving.contract import (
     INFERENCE_HEADER_LENGTH,
     JSON_CONTENT_TYPE,
+    METRIC_MODEL_DIMENSION,
     ROUTES,
     Op,
     allowed_methods,
@@ -163,5 +164,5 @@ for _route in ROUTES:
 @tracer.capture_lambda_handler
 @metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    metrics.add_dimension(name="model", value=service.config.name)
+    metrics.add_dimension(name=METRIC_MODEL_DIMENSION, value=service.config.name)
     return app.resolve(event, context)

@@ -288,6 +288,9 @@ def test_dashboard_has_every_widget(three: Synth) -> None:
     ):
         assert f'\\"{metric}\\"' in body, metric
     assert f'\\"{contract.POWERTOOLS_NAMESPACE}\\"' in body
+    # InferLatency with the handler's whole dimension set, or CloudWatch shows nothing
+    # (tests/serving/test_handler.py pins what the handler emits)
+    assert f'\\"{contract.METRIC_MODEL_DIMENSION}\\",\\"minilm\\"' in body
 
 
 def test_outputs_name_every_function_alias_group_endpoint_dashboard_topic(three: Synth) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from onnxlift_serving import contract
 
 from tests.conftest import call, texts_body
 
@@ -166,6 +167,15 @@ def test_metrics_are_emitted_as_emf(handler: Any, lambda_context: Any, capsys: A
         m["Name"] for doc in emitted for d in doc["_aws"]["CloudWatchMetrics"] for m in d["Metrics"]
     }
     assert "InferLatency" in names
+    dimension_sets = {
+        tuple(sorted(dims))
+        for doc in emitted
+        for d in doc["_aws"]["CloudWatchMetrics"]
+        if any(m["Name"] == "InferLatency" for m in d["Metrics"])
+        for dims in d["Dimensions"]
+    }  # what the dashboard's InferLatency widget asks for (infra/dashboard.py)
+    expected = (contract.METRIC_MODEL_DIMENSION, contract.METRIC_SERVICE_DIMENSION)
+    assert dimension_sets == {tuple(sorted(expected))}
 
 
 def test_corrupt_artifact_is_refused_and_answers_503(

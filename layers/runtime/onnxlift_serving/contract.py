@@ -32,6 +32,8 @@ __all__ = [
     "LAMBDA_PAYLOAD_BYTES",
     "LAMBDA_RESPONSE_BYTES",
     "LAMBDA_TIMEOUT_S",
+    "METRIC_MODEL_DIMENSION",
+    "METRIC_SERVICE_DIMENSION",
     "MODELS_PREFIX",
     "MODEL_NAME_PATTERN",
     "NAME_PREFIX",
@@ -202,6 +204,11 @@ def memory_limit_mb(env: Mapping[str, str]) -> int | None:
 
 
 POWERTOOLS_NAMESPACE: Final = "onnxlift"  # CloudWatch metrics namespace
+# The dimensions of the handler's metrics (InferLatency, InferCount): the model it adds, and
+# the service powertools adds (POWERTOOLS_SERVICE_NAME, the function's name). A dashboard or
+# alarm must ask for exactly this set: CloudWatch matches dimension sets whole.
+METRIC_MODEL_DIMENSION: Final = "model"
+METRIC_SERVICE_DIMENSION: Final = "service"
 
 
 def serving_environment(
