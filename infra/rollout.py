@@ -25,6 +25,7 @@ from aws_cdk import aws_sns as sns
 from constructs import Construct
 from onnxlift_serving import contract
 from onnxlift_serving.contract import MODELS_PREFIX
+from onnxlift_serving.verify import MAX_PARITY_INPUTS
 
 from infra import nag
 from infra.config import LOG_RETENTION_DAYS
@@ -166,9 +167,10 @@ class PreTrafficHook(Construct):
             code=lambda_.Code.from_asset(
                 str(project_root / HOOK_CODE), exclude=["__pycache__", "*.pyc"]
             ),
-            # It waits on the target's answers: a cold start and up to 16 parity inputs, at
-            # least 2 minutes, and twice the target's own timeout plus time to report.
-            timeout=Duration.seconds(min(900, max(120, model.timeout_s * 2 + 30))),
+            # Room for every parity input to take the target's whole timeout, and a minute for
+            # S3 and the report; the handler also stops itself before this runs out, so it
+            # always reports (a killed hook would leave CodeDeploy waiting for an hour).
+            timeout=Duration.seconds(min(900, MAX_PARITY_INPUTS * model.timeout_s + 60)),
             memory_size=512,
             # Traced like the function it checks: the parity calls show up in X-Ray.
             tracing=lambda_.Tracing.ACTIVE,

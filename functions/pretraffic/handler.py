@@ -95,6 +95,33 @@ def _answer(result: Mapping[str, Any]) -> dict[str, Any]:
     return doc
 
 
+# Stop this long before the hook's own timeout: a hook Lambda kills never reports, and
+# CodeDeploy then waits an hour for it. Each invoke is sent once (no botocore retry: a read
+# timeout would otherwise invoke the target again) and may take the target's whole timeout.
+DEADLINE_MARGIN_S = 20
+INVOKE_READ_TIMEOUT_S = 60  # over any API-invoked function's timeout (29 s at most)
+
+
+def lambda_client() -> Any:
+    import boto3
+    from botocore.config import Config
+
+    config = Config(read_timeout=INVOKE_READ_TIMEOUT_S, retries={"total_max_attempts": 1})
+    return boto3.client("lambda", config=config)
+
+
+def within_deadline(invoke: Invoke, context: Any) -> Invoke:
+    """`invoke`, refused once less than DEADLINE_MARGIN_S of this hook's time is left."""
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+
+    def bounded(event: dict[str, Any]) -> Mapping[str, Any]:
+        if remaining is not None and remaining() < DEADLINE_MARGIN_S * 1000:
+            raise HookError("the hook ran out of time before every parity input was answered")
+        return invoke(event)
+
+    return bounded
+
+
 def lambda_invoker(client: Any, function_arn: str) -> Invoke:
     """Invoke the function version synchronously; its proxy result."""
 
@@ -127,12 +154,13 @@ def handler(
     if clients is None:
         import boto3
 
-        clients = {k: boto3.client(k) for k in ("s3", "codedeploy", "lambda")}
+        clients = {"s3": boto3.client("s3"), "codedeploy": boto3.client("codedeploy")}
+        clients = {**clients, "lambda": lambda_client()}
     env = os.environ
     what = f"{env.get(MODEL_NAME)} version {env.get(MODEL_VERSION)}"
     try:
         invoke = invoke or lambda_invoker(clients["lambda"], env[TARGET_FUNCTION_ARN])
-        result = run_hook(env, clients["s3"], invoke)
+        result = run_hook(env, clients["s3"], within_deadline(invoke, context))
         status, line = ("Succeeded" if result.passed else "Failed"), result.line(what)
     except Exception as exc:  # anything that stops the check fails the deployment
         status, line = "Failed", f"{what}: parity could not be checked: {exc}"

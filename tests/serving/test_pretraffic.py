@@ -144,6 +144,7 @@ def run_hook(
     bucket: str,
     version: str,
     monkeypatch: pytest.MonkeyPatch,
+    context: Any = None,
 ) -> tuple[dict[str, str], list[tuple[str, dict[str, Any]]]]:
     hook = load_hook()
     for key, value in {
@@ -159,7 +160,7 @@ def run_hook(
         "lambda": client("lambda", function),
         "codedeploy": client("codedeploy", endpoints["codedeploy"]),
     }
-    result = hook.handler(dict(EVENT), None, clients=clients)
+    result = hook.handler(dict(EVENT), context, clients=clients)
     return result, CodeDeployRecorder.calls
 
 
@@ -215,6 +216,29 @@ def test_the_hook_fails_a_version_whose_answers_miss_the_reference(
         result, calls = run_hook(endpoints, function, registry.bucket, "2", monkeypatch)
     assert reported(calls) == "Failed" == result["status"]
     assert "parity FAILED: max_abs_error 0.5" in result["message"], result
+
+
+class ShortOfTime:
+    """A Lambda context with less time left than the hook keeps in reserve."""
+
+    def get_remaining_time_in_millis(self) -> int:
+        return (load_hook().DEADLINE_MARGIN_S - 1) * 1000
+
+
+def test_a_hook_short_of_time_reports_failed_before_it_is_killed(
+    endpoints: dict[str, str],
+    published: tuple[Registry, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Killed at its timeout, a hook never reports and CodeDeploy waits an hour: it stops
+    itself first and reports Failed."""
+    registry, build = published
+    with serving(build, "1", tmp_path, monkeypatch) as function:
+        result, calls = run_hook(
+            endpoints, function, registry.bucket, "1", monkeypatch, context=ShortOfTime()
+        )
+    assert reported(calls) == "Failed" and "ran out of time" in result["message"]
 
 
 def test_an_altered_parity_set_fails_the_deployment(
