@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from pathlib import Path
 
-from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import ArnFormat, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_codedeploy as codedeploy
@@ -97,7 +97,23 @@ class AlarmTopic(Construct):
             enable_key_rotation=True,
             removal_policy=RemovalPolicy.DESTROY,
         )
-        cloudwatch_service = iam.ServicePrincipal("cloudwatch.amazonaws.com")
+        # CloudWatch alarms of this account only: without the conditions, an alarm in any
+        # account could publish to this topic (and page the on-call) through the key.
+        stack = Stack.of(self)
+        cloudwatch_service = iam.PrincipalWithConditions(
+            iam.ServicePrincipal("cloudwatch.amazonaws.com"),
+            {
+                "StringEquals": {"aws:SourceAccount": stack.account},
+                "ArnLike": {
+                    "aws:SourceArn": stack.format_arn(
+                        service="cloudwatch",
+                        resource="alarm",
+                        resource_name="*",
+                        arn_format=ArnFormat.COLON_RESOURCE_NAME,
+                    )
+                },
+            },
+        )
         self.key.grant(cloudwatch_service, "kms:Decrypt", "kms:GenerateDataKey*")
         self.topic = sns.Topic(
             self,

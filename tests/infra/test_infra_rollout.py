@@ -205,6 +205,16 @@ def test_alarm_topic_is_encrypted_tls_only_and_cloudwatch_may_publish(three: Syn
     assert "aws:SecureTransport" in text and "cloudwatch.amazonaws.com" in text
     key_policy = json.dumps(three.resources[key_id]["Properties"]["KeyPolicy"])
     assert "cloudwatch.amazonaws.com" in key_policy
+    # only this account's alarms: every CloudWatch statement carries both conditions
+    for document in (
+        policy["Properties"]["PolicyDocument"],
+        three.resources[key_id]["Properties"]["KeyPolicy"],
+    ):
+        for statement in document["Statement"]:
+            if "cloudwatch.amazonaws.com" in json.dumps(statement.get("Principal", {})):
+                condition = statement["Condition"]
+                assert "aws:SourceAccount" in condition["StringEquals"]
+                assert "alarm" in json.dumps(condition["ArnLike"]["aws:SourceArn"])
 
 
 def _statements(three: Synth, role: Any) -> list[dict[str, Any]]:
