@@ -8,6 +8,7 @@ Lambda model, `sagemaker` for the image every SageMaker model shares.
 from __future__ import annotations
 
 import base64
+import re
 import shlex
 import shutil
 import subprocess
@@ -44,6 +45,12 @@ class Plan:
     tag: str
     local_ref: str
     build: list[str]
+
+
+# What may go into a registry host and an image reference (ECR's own naming rules).
+ECR_REPOSITORY = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*")
+AWS_ACCOUNT = re.compile(r"[0-9]{12}")
+AWS_REGION = re.compile(r"[a-z]{2}(?:-[a-z]+)+-[0-9]")
 
 
 def _infra(root: Path) -> ModuleType:
@@ -105,6 +112,8 @@ def _plan(
 ) -> Plan:
     """Pull the version if the image bakes it in and it is missing, stage the context, and
     say the `docker build` the CDK asset would run."""
+    if not ECR_REPOSITORY.fullmatch(repository):  # it becomes a docker argument and a ref
+        raise OnnxliftError(f"--repository {repository[:80]!r} is not an ECR repository name")
     root = project_root()
     images = _infra(root)
     (spec,) = select_specs((name,), False)  # unknown model: one line, exit 2
@@ -139,8 +148,12 @@ def _registry(region: str | None, account: str | None, dry_run: bool) -> tuple[s
     region = region or boto3.session.Session().region_name
     if not region:
         raise OnnxliftError("no AWS region: pass --region or set AWS_REGION")
+    if not AWS_REGION.fullmatch(region):
+        raise OnnxliftError(f"--region {region[:40]!r} is not an AWS region")
     if account is None:
         account = PLACEHOLDER_ACCOUNT if dry_run else _caller_account(region)
+    elif not AWS_ACCOUNT.fullmatch(account):  # the ECR token goes to this host: 12 digits only
+        raise OnnxliftError(f"--account {account[:40]!r} is not a 12-digit AWS account id")
     suffix = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
     return region, f"{account}.dkr.ecr.{region}.{suffix}"
 

@@ -124,6 +124,26 @@ def test_dry_run_build_is_the_cdk_assets(assets: Synth, tmp_path: Path) -> None:
         (("build", "nope", "1", "--dry-run"), "unknown model(s): nope"),
         (("build", "minilm", "../1", "--dry-run"), "is not a registry version"),
         (("build", "minilm", "1", "--target", "gpu", "--dry-run"), "Invalid value for '--target'"),
+        (("build", "minilm", "1", "--repository", "--privileged", "--dry-run"), "not an ECR"),
+        (
+            (
+                "push",
+                "minilm",
+                "1",
+                "--repository",
+                "onnxlift",
+                "--region",
+                "eu-west-1",
+                "--account",
+                "evil.example:443/x",
+                "--dry-run",
+            ),
+            "not a 12-digit AWS account id",
+        ),
+        (
+            ("push", "minilm", "1", "--repository", "onnxlift", "--region", "x;y", "--dry-run"),
+            "is not an AWS region",
+        ),
     ],
 )
 def test_refusals_are_one_line_exit_2(args: tuple[str, ...], message: str, tmp_path: Path) -> None:
