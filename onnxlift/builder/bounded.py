@@ -51,8 +51,9 @@ DEFAULT_SECONDS: Final = 1800  # MiniLM builds in about 2 minutes here; 15x that
 DEFAULT_MEMORY_MB: Final = max(
     2048, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 // 2
 )
-# What onnxruntime says when its arena cannot grow (the C++ allocator's refusal under the limit).
-ALLOCATION_FAILURES: Final = ("Failed to allocate memory", "bad_alloc", "bad allocation")
+# Beyond onnxruntime's arena refusals (onnxlift_serving.session.is_allocation_failure): the
+# C++ allocator's own, which RLIMIT_DATA makes any native allocation raise.
+NATIVE_ALLOCATION_FAILURES: Final = ("bad_alloc", "bad allocation")
 POLL_SECONDS: Final = 0.2
 
 
@@ -100,7 +101,9 @@ def _child_main(
         connection.send(("memory", f"MemoryError: {str(exc)[:200]}"))
     except BaseException as exc:  # onnx's, onnxruntime's or a source.py's (sys.exit too)
         text = str(exc)
-        if any(marker in text for marker in ALLOCATION_FAILURES):
+        from onnxlift_serving.session import is_allocation_failure
+
+        if is_allocation_failure(text) or any(m in text for m in NATIVE_ALLOCATION_FAILURES):
             size = re.search(r"buffer of size (\d+)", text)
             what = f"an allocation of {int(size[1]):,} bytes failed" if size else text[-200:]
             connection.send(("memory", what))
