@@ -60,7 +60,7 @@ ENVIRONMENTS = contract.ENVIRONMENTS
 DEFAULT_ENVIRONMENT = "dev"
 # Lambda architectures (spec `[serving] architecture`, or `onnxlift.models.<name>.architecture`);
 # arm64 (Graviton) costs 20% less per GB-second. The image is built for the same platform.
-ARCHITECTURES = ("x86_64", "arm64")
+ARCHITECTURES = contract.LAMBDA_ARCHITECTURES
 # Application Auto Scaling's LambdaProvisionedConcurrencyUtilization target range.
 UTILIZATION_RANGE = (0.1, 0.9)
 DEFAULT_TARGET_UTILIZATION = 0.7
@@ -175,7 +175,7 @@ class ModelDeployment:
     @property
     def image_tag(self) -> str:
         """The tag of this model's prebuilt image when `image_source == "ecr"`."""
-        return contract.image_tag("lambda", self.name, self.version)
+        return contract.image_tag("lambda", self.name, self.version, self.architecture)
 
 
 def endpoint_name(model: str, env: str | None = None) -> str:

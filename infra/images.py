@@ -38,7 +38,7 @@ SAGEMAKER_DOCKERFILE = "functions/sagemaker/Dockerfile"
 ARTIFACTS_DIR = ".onnxlift/artifacts"  # `onnxlift pull` puts versions here; the image bakes one
 PLATFORM = "linux/amd64"  # x86_64 functions; SageMaker's GPU instances are x86_64 too
 # The image platform of each Lambda architecture (a model's `architecture`).
-PLATFORMS = {"x86_64": PLATFORM, "arm64": "linux/arm64"}
+PLATFORMS = {"x86_64": PLATFORM, "arm64": "linux/arm64"}  # keyed by contract.LAMBDA_ARCHITECTURES
 IMAGE_TARGETS = contract.IMAGE_TARGETS
 
 
@@ -79,7 +79,7 @@ def _lambda_build(name: str, version: str, architecture: str) -> ImageBuild:
     artifacts = f"{ARTIFACTS_DIR}/{name}/{version}"
     return ImageBuild(
         target="lambda",
-        tag=contract.image_tag("lambda", name, version),
+        tag=contract.image_tag("lambda", name, version, architecture),
         dockerfile=INFERENCE_DOCKERFILE,
         exclude=(
             "*",

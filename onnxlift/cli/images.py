@@ -1,13 +1,16 @@
 """Image commands: build and push the images ECR mode deploys (`-c onnxlift.image_source=ecr`).
 
 The build is the CDK asset's (infra/images.py describes it, and the CDK stages its context)
-and the tag is the one the stack looks up (contract.image_tag): `<model>-<version>` for a
-Lambda model, `sagemaker` for the image every SageMaker model shares.
+and the tag is the one the stack looks up (contract.image_tag): `<model>-<version>` for an
+x86_64 Lambda model (`-arm64` appended for arm64), `sagemaker` for the image every SageMaker
+model shares. A Lambda image's architecture is resolved as the stack resolves it (cdk.json's
+environment and per-model settings over the spec), or given with --architecture.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shlex
 import shutil
@@ -74,6 +77,28 @@ def _target(spec: Any, version: str, root: Path) -> str:
     return resolved_target(spec, {"models": {spec.name: {"version": version}}}, root)
 
 
+def _architecture(spec: Any, version: str, root: Path, env: str | None) -> str:
+    """The Lambda function's architecture as the stack resolves it for `env`: cdk.json's
+    `onnxlift` context (its environment block, per-model entries), then the spec."""
+    from infra.config import CONTEXT_KEY, ConfigError, apply_environment, models_from_specs
+
+    cdk_json = root / "cdk.json"
+    try:
+        document = json.loads(cdk_json.read_text()) if cdk_json.is_file() else {}
+        context = dict(document.get("context", {}).get(CONTEXT_KEY) or {})
+        if env is not None:
+            context["env"] = env
+        merged = apply_environment(context)
+        merged["models"] = merged["models"] | {
+            spec.name: {**(merged["models"].get(spec.name) or {}), "version": version}
+        }
+        deployments = models_from_specs([spec], merged, root)
+    except (OSError, ValueError) as e:  # ConfigError is a ValueError; so is bad JSON
+        kind = "cdk.json" if not isinstance(e, ConfigError) else "the deployment config"
+        raise OnnxliftError(f"{kind}: {e}") from None
+    return deployments[0].architecture if deployments else spec.serving.architecture
+
+
 def _check_docker() -> None:
     if shutil.which("docker") is None:
         raise OnnxliftError(
@@ -119,10 +144,11 @@ def _plan(
     (spec,) = select_specs((name,), False)  # unknown model: one line, exit 2
     if not contract.is_canonical_version(version):
         raise OnnxliftError(f"version {version!r} is not a registry version (1, 2, ...)")
-    # The spec's architecture (a cdk.json per-model override is the stack's, not seen here).
-    build = images.image_build(
-        target or _target(spec, version, root), name, version, spec.serving.architecture
+    target = target or _target(spec, version, root)
+    architecture = kw["architecture"] or (
+        _architecture(spec, version, root, kw["env"]) if target == "lambda" else "x86_64"
     )
+    build = images.image_build(target, name, version, architecture)
     if not kw["dry_run"]:
         _check_docker()  # before a pull: no download for a build that cannot run
     if build.artifacts is not None and not (root / build.artifacts).is_dir():
@@ -183,6 +209,16 @@ TARGET_OPTION = click.option(
 DRY_RUN_OPTION = click.option(
     "--dry-run", is_flag=True, help="Stage the context; print the commands, run none."
 )
+ENV_OPTION = click.option(
+    "--env",
+    type=click.Choice(contract.ENVIRONMENTS),
+    help="The environment whose cdk.json settings decide the architecture (default: cdk.json's).",
+)
+ARCHITECTURE_OPTION = click.option(
+    "--architecture",
+    type=click.Choice(contract.LAMBDA_ARCHITECTURES),
+    help="A Lambda image's architecture (default: as the stack resolves it for --env).",
+)
 
 
 @click.group("image")
@@ -194,6 +230,8 @@ def image() -> None:
 @NAME
 @VERSION
 @TARGET_OPTION
+@ENV_OPTION
+@ARCHITECTURE_OPTION
 @click.option(
     "--repository", default=DEFAULT_REPOSITORY, show_default=True, help="Local image name."
 )
@@ -205,7 +243,8 @@ def build_image(
     ctx: click.Context, name: str, version: str, target: str | None, repository: str, **kw: Any
 ) -> None:
     """Build NAME VERSION's image as `cdk deploy` would, tagged REPOSITORY:<tag>
-    (<tag>: NAME-VERSION for Lambda, `sagemaker` for SageMaker); pulls VERSION if missing."""
+    (<tag>: NAME-VERSION[-arm64] for Lambda, `sagemaker` for SageMaker); pulls VERSION if
+    missing."""
     plan = _plan(ctx, name, version, target, repository, **kw)
     _run(plan.build, kw["dry_run"], timeout=BUILD_TIMEOUT_S)
 
@@ -214,6 +253,8 @@ def build_image(
 @NAME
 @VERSION
 @TARGET_OPTION
+@ENV_OPTION
+@ARCHITECTURE_OPTION
 @click.option(
     "--repository", required=True, help="The ECR repository (-c onnxlift.ecr_repository_name)."
 )

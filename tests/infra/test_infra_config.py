@@ -35,6 +35,7 @@ def test_ort_threads_follow_lambda_vcpus(memory_mb: int, threads: int) -> None:
 
 def test_image_tag() -> None:
     assert model(name="minilm", version="3").image_tag == "minilm-3"
+    assert model(name="minilm", version="3", architecture="arm64").image_tag == "minilm-3-arm64"
 
 
 @pytest.mark.parametrize(

@@ -13,23 +13,30 @@ from click.testing import CliRunner
 
 from infra.config import DeploymentConfig, ModelDeployment, SageMakerDeployment
 from onnxlift.cli import cli
+from onnxlift.errors import OnnxliftError
 from tests.infra.conftest import ROOT, Synth, synth
 
 REPOSITORY = "onnxlift/inference"
 # Real model folders (the command knows only models/<name>); the target is given explicitly.
-LAMBDA_MODELS = (("minilm", "1"), ("textclf", "2"))
+# (name, version, architecture): the arm64 one is tagged apart from an x86_64 build.
+LAMBDA_MODELS = (("minilm", "1", "x86_64"), ("textclf", "2", "arm64"))
 SAGEMAKER_MODEL = SageMakerDeployment(name="tabular", version="3")
 
 
-def _lambda(name: str, version: str) -> ModelDeployment:
+def _lambda(name: str, version: str, architecture: str) -> ModelDeployment:
     return ModelDeployment(
-        name=name, version=version, memory_mb=2048, timeout_s=29, reserved_concurrency=2
+        name=name,
+        version=version,
+        memory_mb=2048,
+        timeout_s=29,
+        reserved_concurrency=2,
+        architecture=architecture,
     )
 
 
 def _config(**kwargs: Any) -> DeploymentConfig:
     return DeploymentConfig(
-        models=tuple(_lambda(n, v) for n, v in LAMBDA_MODELS),
+        models=tuple(_lambda(*m) for m in LAMBDA_MODELS),
         sagemaker_models=(SAGEMAKER_MODEL,),
         **kwargs,
     )
@@ -67,19 +74,22 @@ def test_pushed_tags_are_the_tags_ecr_mode_deploys(ecr: Synth, tmp_path: Path) -
     deployed = {_uri_tail(f["Properties"]["Code"]["ImageUri"]) for f in _image_functions(ecr)}
     (model,) = ecr.of_type("AWS::SageMaker::Model").values()
     deployed.add(_uri_tail(model["Properties"]["PrimaryContainer"]["Image"]))
-    tags = {"minilm-1", "textclf-2", "sagemaker"}
+    tags = {"minilm-1", "textclf-2-arm64", "sagemaker"}
     assert deployed == {f"{REPOSITORY}:{tag}" for tag in tags}
 
     pushed = set()
-    targets = [(n, v, "lambda") for n, v in LAMBDA_MODELS] + [("tabular", "3", "sagemaker")]
-    for name, version, target in targets:
+    targets = [(n, v, "lambda", a) for n, v, a in LAMBDA_MODELS]
+    for name, version, target, arch in [*targets, ("tabular", "3", "sagemaker", "x86_64")]:
         result = run(tmp_path, "push", name, version, "--target", target, "--repository",
-                     REPOSITORY, "--region", "eu-west-1", "--dry-run")  # fmt: skip
+                     REPOSITORY, "--region", "eu-west-1", "--architecture", arch,
+                     "--dry-run")  # fmt: skip
         assert result.exit_code == 0, result.output
         ((_, _, local, remote),) = docker_lines(result.output, "tag")
         assert docker_lines(result.output, "push") == [["docker", "push", remote]]
         assert option(docker_lines(result.output, "build")[0], "--tag") == [local]
         assert remote.startswith("ACCOUNT_ID.dkr.ecr.eu-west-1.amazonaws.com/")
+        platform = "linux/arm64" if arch == "arm64" else "linux/amd64"
+        assert option(docker_lines(result.output, "build")[0], "--platform") == [platform]
         pushed.add(remote.split("/", 1)[1])
     assert pushed == deployed
 
@@ -177,3 +187,31 @@ def test_engine_down_is_one_line(tmp_path: Path) -> None:
     result = run(tmp_path, "build", "tabular", "1", "--target", "sagemaker")
     assert (result.exit_code, result.output.count("\n")) == (2, 1), result.output
     assert "the Docker engine is not reachable" in result.output
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [(None, "x86_64"), ("dev", "x86_64"), ("staging", "arm64"), ("prod", "x86_64")],
+)
+def test_architecture_is_resolved_as_the_stack_resolves_it(
+    env: str | None, expected: str, tmp_path: Path
+) -> None:
+    """cdk.json's environment block and per-model entries decide the image's platform and
+    tag, as they decide the function's Architectures (models_from_specs)."""
+    from onnxlift.cli.images import _architecture
+    from onnxlift.spec import discover_specs
+
+    (spec,) = [s for s in discover_specs(ROOT / "models") if s.name == "textclf"]
+    assert spec.serving.architecture == "x86_64"
+    context = {
+        "env": "dev",
+        "manage_apigateway_account": False,
+        "models": {"textclf": {"version": "9"}},
+        "environments": {"staging": {"models": {"textclf": {"architecture": "arm64"}}}},
+    }
+    (tmp_path / "cdk.json").write_text(json.dumps({"context": {"onnxlift": context}}))
+    assert _architecture(spec, "2", tmp_path, env) == expected
+    config = {"onnxlift": {"environments": {"qa": {}}}}
+    (tmp_path / "cdk.json").write_text(json.dumps({"context": config}))
+    with pytest.raises(OnnxliftError, match=r"the deployment config: .*environments"):
+        _architecture(spec, "2", tmp_path, None)

@@ -26,6 +26,7 @@ __all__ = [
     "IMAGE_TARGETS",
     "INFERENCE_HEADER_LENGTH",
     "JSON_CONTENT_TYPE",
+    "LAMBDA_ARCHITECTURES",
     "LAMBDA_MAX_VCPUS",
     "LAMBDA_MB_PER_VCPU",
     "LAMBDA_MEMORY_MB",
@@ -149,14 +150,19 @@ def endpoint_name(model: str, env: str | None = None) -> str:
 # The ECR tags of the prebuilt images (`-c onnxlift.image_source=ecr`, `onnxlift image push`).
 SAGEMAKER_IMAGE_TAG: Final = "sagemaker"  # one image serves every SageMaker model
 IMAGE_TARGETS: Final = ("lambda", "sagemaker")
+LAMBDA_ARCHITECTURES: Final = ("x86_64", "arm64")
 
 
-def image_tag(target: str, model: str, version: str) -> str:
-    """The tag ECR mode deploys: `<model>-<version>` per Lambda model (its version is baked
-    in), `sagemaker` for the image every SageMaker model shares (models come from the
-    registry as model.tar.gz)."""
+def image_tag(target: str, model: str, version: str, architecture: str = "x86_64") -> str:
+    """The tag ECR mode deploys: `<model>-<version>` per x86_64 Lambda model (its version is
+    baked in) and `<model>-<version>-arm64` per arm64 one, so both builds of a version can
+    share a repository; `sagemaker` for the image every SageMaker model shares (models come
+    from the registry as model.tar.gz)."""
     if target == "lambda":
-        return f"{model}-{version}"
+        if architecture not in LAMBDA_ARCHITECTURES:
+            raise ValueError(f"architecture {architecture!r} not in {LAMBDA_ARCHITECTURES}")
+        suffix = "" if architecture == "x86_64" else f"-{architecture}"
+        return f"{model}-{version}{suffix}"
     if target == "sagemaker":
         return SAGEMAKER_IMAGE_TAG
     raise ValueError(f"image target {target!r} not in {IMAGE_TARGETS}")
