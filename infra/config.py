@@ -178,6 +178,13 @@ class ModelDeployment:
         return contract.image_tag("lambda", self.name, self.version, self.architecture)
 
 
+def output_key(model: str) -> str:
+    """A model's stack-output id prefix: Model + its name's letters and digits, each run
+    capitalized (minilm-fp32 -> ModelMinilmFp32). Names differing only in case or separators
+    share one, so DeploymentConfig refuses them together."""
+    return "Model" + "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", model))
+
+
 def endpoint_name(model: str, env: str | None = None) -> str:
     """The SageMaker endpoint that serves `model` (the local stack's has no env)."""
     return contract.endpoint_name(model, env)
@@ -267,6 +274,14 @@ class DeploymentConfig:
         names = [m.name for m in (*self.models, *self.sagemaker_models)]
         if len(set(names)) != len(names):
             raise ConfigError(f"model names must be unique, got {names}")
+        keys: dict[str, str] = {}
+        for name in names:
+            other = keys.setdefault(output_key(name), name)
+            if other != name:
+                raise ConfigError(
+                    f"models {other!r} and {name!r} differ only in case or separators: their "
+                    f"stack outputs would share the id {output_key(name)}...; rename one"
+                )
         if self.registry_bucket_name is not None and not _BUCKET.match(self.registry_bucket_name):
             raise ConfigError(f"registry_bucket_name {self.registry_bucket_name!r} is invalid")
         if not _STAGE.match(self.stage_name):
@@ -363,6 +378,12 @@ def _environment_settings(context: Mapping[str, Any], env: str) -> Mapping[str, 
             f"manage_apigateway_account is on for {managing}: the region has one API Gateway "
             "CloudWatch role setting, so exactly one environment may manage it "
             f"({CONTEXT_KEY}.environments.<env>.manage_apigateway_account)"
+        )
+    if environments and context.get("registry_bucket_name") is not None:
+        raise ConfigError(
+            f"{CONTEXT_KEY}.registry_bucket_name is set for every environment, but bucket "
+            "names are global: set it per environment "
+            f"({CONTEXT_KEY}.environments.<env>.registry_bucket_name)"
         )
     settings = environments.get(env) or {}
     unknown = (set(settings) - set(_FIELDS) - set(MODEL_FIELDS) - {"models"}) | (

@@ -3,7 +3,6 @@ with a CodeDeploy rollout per model function, the alarm topic and the operations
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from aws_cdk import CfnOutput, Stack, Tags
 from aws_cdk import aws_codedeploy as codedeploy
 from constructs import Construct
 
-from infra.config import DeploymentConfig
+from infra.config import DeploymentConfig, output_key
 from infra.dashboard import OperationsDashboard
 from infra.inference_function import InferenceFunction
 from infra.registry_bucket import ModelRegistry
@@ -183,12 +182,12 @@ class OnnxliftStack(Stack):
     def _model_outputs(self) -> None:
         """Name every function, alias, deployment group and endpoint, the dashboard, topic."""
         for fn, rollout in zip(self.functions, self.rollouts, strict=True):
-            key = _output_key(fn.model.name)
+            key = output_key(fn.model.name)
             CfnOutput(self, f"{key}FunctionName", value=fn.function.function_name)
             CfnOutput(self, f"{key}AliasArn", value=fn.alias.function_arn)
             CfnOutput(self, f"{key}DeploymentGroup", value=rollout.group.deployment_group_name)
         for endpoint in self.endpoints:
-            key = _output_key(endpoint.model.name)
+            key = output_key(endpoint.model.name)
             CfnOutput(self, f"{key}EndpointName", value=endpoint.endpoint.attr_endpoint_name)
             CfnOutput(self, f"{key}ProxyFunctionName", value=endpoint.function.function_name)
         if self.rollouts:
@@ -221,9 +220,3 @@ class OnnxliftStack(Stack):
             hook.acknowledge_findings(skip=skip)
         for rollout in self.rollouts:
             rollout.acknowledge_findings(skip=skip)
-
-
-def _output_key(model: str) -> str:
-    """An output id for a model: Model + its name's letters and digits (minilm-fp32 ->
-    ModelMinilmFp32)."""
-    return "Model" + "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", model))

@@ -140,6 +140,30 @@ def test_bad_environment_context_is_a_config_error(context: dict[str, Any]) -> N
         config_from_context(merged, models_from_specs(SPECS, merged))
 
 
+def test_a_global_bucket_name_is_refused_for_every_environment() -> None:
+    """Bucket names are global: one registry_bucket_name at the top level would be every
+    environment's, so the second stack to deploy could not create its bucket."""
+    top_level = {**ONNXLIFT, "registry_bucket_name": "acme-models"}
+    with pytest.raises(ConfigError, match=r"environments\.<env>\.registry_bucket_name"):
+        apply_environment(top_level)
+    per_env = json.loads(json.dumps(ONNXLIFT))
+    per_env["environments"]["prod"]["registry_bucket_name"] = "acme-models-prod"
+    assert apply_environment({**per_env, "env": "prod"})["registry_bucket_name"] == (
+        "acme-models-prod"
+    )
+    assert apply_environment({**per_env, "env": "dev"}).get("registry_bucket_name") is None
+
+
+@pytest.mark.parametrize("pair", [("minilm", "MiniLM"), ("mini-lm", "mini_lm")])
+def test_names_sharing_an_output_id_are_refused(pair: tuple[str, str]) -> None:
+    models = tuple(
+        ModelDeployment(name=n, version="1", memory_mb=2048, timeout_s=9, reserved_concurrency=2)
+        for n in pair
+    )
+    with pytest.raises(ConfigError, match="differ only in case or separators"):
+        DeploymentConfig(models=models)
+
+
 @pytest.mark.parametrize(
     "bad",
     [
