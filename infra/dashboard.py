@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from aws_cdk import Duration
+from aws_cdk import Duration, Stack
 from aws_cdk import aws_cloudwatch as cloudwatch
 from constructs import Construct
 from onnxlift_serving import contract
@@ -43,8 +43,13 @@ class OperationsDashboard(Construct):
         endpoints: Sequence[SageMakerEndpoint],
     ) -> None:
         super().__init__(scope, id)
+        # Dashboard names are global to the account, not per region: the region keeps a
+        # second region's stack of the same environment from colliding with this one.
         self.dashboard = cloudwatch.Dashboard(
-            self, "Dashboard", dashboard_name=name, default_interval=Duration.hours(3)
+            self,
+            "Dashboard",
+            dashboard_name=f"{name}-{Stack.of(self).region}",
+            default_interval=Duration.hours(3),
         )
         for fn in functions:
             self.dashboard.add_widgets(*self._model_widgets(fn))

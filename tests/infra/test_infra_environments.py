@@ -250,8 +250,13 @@ def test_physical_names_are_disjoint_and_carry_the_environment(
             f"onnxlift-{env}-big",  # SageMaker endpoint
             f"onnxlift-{env}-api",  # REST API
             f"onnxlift-{env}-alarms",  # SNS topic
-            f"onnxlift-{env}",  # dashboard, CodeDeploy application
+            f"onnxlift-{env}",  # CodeDeploy application
         } <= names
+        # Dashboard names are global to the account: the region is part of it.
+        (dashboard,) = of_type(envs[env], "AWS::CloudWatch::Dashboard")
+        assert dashboard["DashboardName"] == {
+            "Fn::Join": ["", [f"onnxlift-{env}-", {"Ref": "AWS::Region"}]]
+        }
     assert "onnxlift-prod-api" in {w["Name"] for w in of_type(envs["prod"], "AWS::WAFv2::WebACL")}
 
 
