@@ -75,6 +75,11 @@ class OnnxliftStack(Stack):
     def _signature_key(self) -> str | None:
         return None if self.signing_key is None else self.signing_key.spec
 
+    @staticmethod
+    def _signature_required(config: DeploymentConfig) -> bool | None:
+        """kms: every version must be signed; kms-optional: unsigned ones load too."""
+        return None if config.signing == "none" else config.signing == "kms"
+
     def _functions(self, config: DeploymentConfig, project_root: Path) -> list[InferenceFunction]:
         functions = [
             InferenceFunction(
@@ -85,7 +90,7 @@ class OnnxliftStack(Stack):
                 registry=self.registry,
                 project_root=project_root,
                 signature_key=self._signature_key,
-                signature_required=None if config.signing == "none" else config.signing == "kms",
+                signature_required=self._signature_required(config),
             )
             for model in config.models
         ]
@@ -110,7 +115,11 @@ class OnnxliftStack(Stack):
                 registry=self.registry,
                 project_root=project_root,
                 log_retention_days=config.log_retention_days,
+                signature_key=self._signature_key,
+                signature_required=self._signature_required(config),
             )
+            if self.signing_key is not None:
+                self.signing_key.grant_verify(hook.role)
             self.hooks.append(hook)
             rollouts.append(
                 ModelRollout(

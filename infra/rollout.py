@@ -10,10 +10,22 @@ shifts (`PreTrafficHook`: functions/pretraffic, the model's parity check).
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
-from aws_cdk import ArnFormat, Duration, RemovalPolicy, Stack
+import jsii
+from aws_cdk import (
+    ArnFormat,
+    AssetHashType,
+    BundlingOptions,
+    DockerImage,
+    Duration,
+    ILocalBundling,
+    RemovalPolicy,
+    Stack,
+)
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_codedeploy as codedeploy
@@ -38,8 +50,10 @@ __all__ = [
     "ERRORS_THRESHOLD",
     "FIVE_XX_RATE_PERCENT",
     "HOOK_CODE",
+    "HOOK_SERVING_MODULES",
     "THROTTLES_THRESHOLD",
     "AlarmTopic",
+    "HookBundle",
     "ModelRollout",
     "PreTrafficHook",
 ]
@@ -50,6 +64,12 @@ DEPLOYMENT_CONFIGS = {
     "all-at-once": codedeploy.LambdaDeploymentConfig.ALL_AT_ONCE,
 }
 HOOK_CODE = "functions/pretraffic"
+# The serving runtime's plain-Python modules the hook imports (parity math, signatures, the
+# contract), bundled beside its handler: one copy of each check, no numpy or onnxruntime.
+SERVING_PACKAGE = "layers/runtime/onnxlift_serving"
+HOOK_SERVING_MODULES = (
+    "__init__.py", "contract.py", "errors.py", "layout.py", "signing.py", "verify.py",
+)  # fmt: skip
 # One-minute alarms: a canary's 5 minutes see five datapoints, so one bad minute is enough.
 ALARM_PERIOD = Duration.minutes(1)
 FIVE_XX_RATE_PERCENT = 5  # of the model's infer requests in a minute
@@ -127,6 +147,38 @@ class AlarmTopic(Construct):
         self.action = cw_actions.SnsAction(self.topic)
 
 
+@jsii.implements(ILocalBundling)
+class HookBundle:
+    """Local bundling of the hook's zip: a copy, so no Docker. The handler, and the serving
+    modules it imports under onnxlift_serving/ (HOOK_SERVING_MODULES)."""
+
+    def __init__(self, project_root: Path) -> None:
+        self.project_root = project_root
+
+    def try_bundle(self, output_dir: str, _options: Any = None) -> bool:  # jsii: positional
+        out = Path(output_dir)
+        shutil.copy2(self.project_root / HOOK_CODE / "handler.py", out / "handler.py")
+        package = out / "onnxlift_serving"
+        package.mkdir(exist_ok=True)
+        for module in HOOK_SERVING_MODULES:
+            shutil.copy2(self.project_root / SERVING_PACKAGE / module, package / module)
+        return True
+
+
+def hook_code(project_root: Path) -> lambda_.Code:
+    """The hook's asset. Hashed on the bundle's output, so a change to a bundled serving
+    module is a new asset (a source hash would see functions/pretraffic only)."""
+    return lambda_.Code.from_asset(
+        str(project_root / HOOK_CODE),
+        asset_hash_type=AssetHashType.OUTPUT,
+        bundling=BundlingOptions(
+            # Never pulled: the local bundler always succeeds. The CDK requires an image.
+            image=DockerImage.from_registry("public.ecr.aws/sam/build-python3.12"),
+            local=HookBundle(project_root),
+        ),
+    )
+
+
 class PreTrafficHook(Construct):
     """The function CodeDeploy runs before shifting traffic: it invokes the new version
     (only that version) with the model's parity inputs (read from its registry prefix) and
@@ -142,7 +194,11 @@ class PreTrafficHook(Construct):
         registry: ModelRegistry,
         project_root: Path,
         log_retention_days: int,
+        signature_key: str | None = None,
+        signature_required: bool | None = None,
     ) -> None:
+        """`signature_key`/`signature_required`: the model functions' own (contract's
+        MODEL_SIGNATURE_*); the stack grants the key's kms:Verify to `self.role`."""
         super().__init__(scope, id)
         model = target.model
         self.version = target.version
@@ -180,9 +236,7 @@ class PreTrafficHook(Construct):
             description=f"onnxlift: PreTraffic parity check of model {model.name}",
             runtime=lambda_.Runtime.PYTHON_3_12,
             handler="handler.handler",
-            code=lambda_.Code.from_asset(
-                str(project_root / HOOK_CODE), exclude=["__pycache__", "*.pyc"]
-            ),
+            code=hook_code(project_root),
             # Room for every parity input to take the target's whole timeout, and a minute for
             # S3 and the report; the handler also stops itself before this runs out, so it
             # always reports (a killed hook would leave CodeDeploy waiting for an hour).
@@ -192,10 +246,16 @@ class PreTrafficHook(Construct):
             tracing=lambda_.Tracing.ACTIVE,
             role=self.role,
             log_group=self.log_group,
-            environment={
+            # The model's and the signature check's settings as the serving function reads
+            # them (a manifest signed by another key fails the deployment), and the target.
+            environment=contract.serving_environment(
+                name=model.name,
+                version=model.version,
+                signature_key=signature_key,
+                signature_required=signature_required,
+            )
+            | {
                 str(contract.Env.TARGET_FUNCTION_ARN): self.version.function_arn,
-                str(contract.Env.MODEL_NAME): model.name,
-                str(contract.Env.MODEL_VERSION): model.version,
                 str(contract.Env.REGISTRY_BUCKET): registry.bucket.bucket_name,
             },
         )

@@ -5,10 +5,14 @@ was built with (assets/parity.json in the registry: V2 requests, the source fram
 outputs, the spec's metric and threshold) on whatever CPU Lambda gives it; below the
 threshold the deployment fails and CodeDeploy rolls it back.
 
-A zip asset (functions/pretraffic/, handler.handler, python3.12) with boto3 only, which the
-runtime provides: parity_verify.py beside this file is a byte-identical copy of
-onnxlift_serving.verify (plain Python, no numpy), the math the build's gate uses;
-tests/serving/test_pretraffic.py holds the copy and these environment names to the contract.
+A zip asset (handler.handler, python3.12) with boto3 only, which the runtime provides: the
+stack bundles this file with the serving runtime's plain-Python modules it imports
+(infra.rollout.HOOK_SERVING_MODULES: the contract, the parity math the build's gate uses and
+the manifest signature check the serving function applies), so each check has one copy.
+
+With signing on (MODEL_SIGNATURE_KEY), the version's manifest must verify with the
+deployment's key before its parity set is trusted: whoever can write the bucket but not sign
+cannot pass a deployment with a parity set of their own.
 """
 
 from __future__ import annotations
@@ -21,19 +25,17 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from parity_verify import PARITY_SET_ASSET, VerifyResult, read_parity_set, verify
+from onnxlift_serving.contract import Env, infer_path
+from onnxlift_serving.layout import MANIFEST_FILE, SIGNATURE_FILE, version_prefix
+from onnxlift_serving.signing import SignaturePolicy, open_key
+from onnxlift_serving.verify import PARITY_SET_ASSET, VerifyResult, read_parity_set, verify
 
 __all__ = ["handler", "lambda_invoker", "parity_set", "proxy_event", "run_hook"]
 
 log = logging.getLogger()
 log.setLevel(os.environ.get("LOG_LEVEL", "INFO"))
 
-# onnxlift_serving.contract.Env spells these; this asset cannot import it (test_pretraffic)
-TARGET_FUNCTION_ARN = "TARGET_FUNCTION_ARN"
-MODEL_NAME = "MODEL_NAME"
-MODEL_VERSION = "MODEL_VERSION"
-REGISTRY_BUCKET = "REGISTRY_BUCKET"
-INFER_ROUTE = "/v2/models/{name}/versions/{version}/infer"  # contract.infer_path's, versioned
+INFER_ROUTE = infer_path("{name}", "{version}")  # the resource of the versioned infer route
 
 Invoke = Callable[[dict[str, Any]], Mapping[str, Any]]  # proxy event in, proxy result out
 
@@ -42,10 +44,30 @@ class HookError(Exception):
     """Why the version could not be checked: the deployment fails with this line."""
 
 
-def parity_set(s3: Any, bucket: str, name: str, version: str) -> dict[str, Any]:
-    """The version's parity set from the registry, checked against its manifest's sha256."""
-    prefix = f"models/{name}/{version}/"
-    manifest = json.loads(s3.get_object(Bucket=bucket, Key=prefix + "manifest.json")["Body"].read())
+def _signature(s3: Any, bucket: str, key: str) -> bytes | None:
+    """manifest.sig's bytes, or None where there is none (S3 says NoSuchKey, or AccessDenied
+    for a missing key when the role may not list the bucket)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        return bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "AccessDenied", "403"):
+            return None
+        raise
+
+
+def parity_set(
+    s3: Any, bucket: str, name: str, version: str, signature: SignaturePolicy | None = None
+) -> dict[str, Any]:
+    """The version's parity set from the registry, checked against its manifest's sha256,
+    and the manifest against `signature` (the deployment's key) when signing is on."""
+    prefix = version_prefix(name, version)
+    raw_manifest = bytes(s3.get_object(Bucket=bucket, Key=prefix + MANIFEST_FILE)["Body"].read())
+    if signature is not None:
+        where = f"{name} version {version}"
+        signature.check(raw_manifest, _signature(s3, bucket, prefix + SIGNATURE_FILE), where)
+    manifest = json.loads(raw_manifest)
     digest = (manifest.get("assets") or {}).get(PARITY_SET_ASSET)
     if not digest:
         raise HookError(f"{name} version {version} holds no parity set: rebuild and publish it")
@@ -135,10 +157,22 @@ def lambda_invoker(client: Any, function_arn: str) -> Invoke:
     return invoke
 
 
-def run_hook(env: Mapping[str, str], s3: Any, invoke: Invoke) -> VerifyResult:
-    """Fetch the parity set of the deployed model version and replay it through `invoke`."""
-    name, version = env[MODEL_NAME], env[MODEL_VERSION]
-    doc = parity_set(s3, env[REGISTRY_BUCKET], name, version)
+def signature_policy(env: Mapping[str, str], kms: Any = None) -> SignaturePolicy | None:
+    """The serving function's signature check, from the same settings (contract's Env)."""
+    key = env.get(Env.MODEL_SIGNATURE_KEY, "")
+    if not key:
+        return None
+    required = env.get(Env.MODEL_SIGNATURE_REQUIRED, "true").lower() != "false"
+    return SignaturePolicy(open_key(key, kms_client=kms), required)
+
+
+def run_hook(
+    env: Mapping[str, str], s3: Any, invoke: Invoke, signature: SignaturePolicy | None = None
+) -> VerifyResult:
+    """Fetch the parity set of the deployed model version (its manifest's signature checked
+    when `signature` is given) and replay it through `invoke`."""
+    name, version = env[Env.MODEL_NAME], env[Env.MODEL_VERSION]
+    doc = parity_set(s3, env[Env.REGISTRY_BUCKET], name, version, signature)
     return verify(doc, lambda body: _answer(invoke(proxy_event(name, version, body))))
 
 
@@ -150,17 +184,19 @@ def handler(
     invoke: Invoke | None = None,
 ) -> dict[str, str]:
     """CodeDeploy's hook: check, then report Succeeded or Failed for the deployment.
-    `clients` (s3, codedeploy, lambda) and `invoke` default to boto3's and the target's."""
+    `clients` (s3, codedeploy, lambda, and kms where signing is on) and `invoke` default to
+    boto3's and the target's."""
     if clients is None:
         import boto3
 
         clients = {"s3": boto3.client("s3"), "codedeploy": boto3.client("codedeploy")}
         clients = {**clients, "lambda": lambda_client()}
     env = os.environ
-    what = f"{env.get(MODEL_NAME)} version {env.get(MODEL_VERSION)}"
+    what = f"{env.get(Env.MODEL_NAME)} version {env.get(Env.MODEL_VERSION)}"
     try:
-        invoke = invoke or lambda_invoker(clients["lambda"], env[TARGET_FUNCTION_ARN])
-        result = run_hook(env, clients["s3"], within_deadline(invoke, context))
+        invoke = invoke or lambda_invoker(clients["lambda"], env[Env.TARGET_FUNCTION_ARN])
+        signature = signature_policy(env, clients.get("kms"))
+        result = run_hook(env, clients["s3"], within_deadline(invoke, context), signature)
         status, line = ("Succeeded" if result.passed else "Failed"), result.line(what)
     except Exception as exc:  # anything that stops the check fails the deployment
         status, line = "Failed", f"{what}: parity could not be checked: {exc}"

@@ -26,6 +26,7 @@ from aws_cdk.assertions import Template  # noqa: E402
 from infra import nag  # noqa: E402
 from infra.config import DeploymentConfig, ModelDeployment  # noqa: E402
 from infra.onnxlift_stack import OnnxliftStack  # noqa: E402
+from infra.rollout import HOOK_SERVING_MODULES  # noqa: E402
 
 CDK_CONTEXT: dict[str, Any] = json.loads((ROOT / "cdk.json").read_text())["context"]
 
@@ -100,7 +101,7 @@ def project_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "functions/inference/handler.py": "def handler(event, context): ...\n",
         "functions/inference/__pycache__/handler.cpython-311.pyc": "junk",
         "functions/pretraffic/handler.py": "def handler(event, context): ...\n",
-        "layers/runtime/onnxlift_serving/__init__.py": "",
+        **{f"layers/runtime/onnxlift_serving/{m}": "" for m in HOOK_SERVING_MODULES},
         ".onnxlift/artifacts/minilm/1/model.onnx": "onnx-bytes",
         ".onnxlift/artifacts/minilm/1/manifest.json": "{}",
         ".onnxlift/artifacts/minilm/0/model.onnx": "an older version",

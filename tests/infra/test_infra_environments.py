@@ -26,6 +26,7 @@ from infra.config import (
     read_context,
 )
 from infra.onnxlift_stack import OnnxliftStack
+from infra.rollout import HOOK_SERVING_MODULES
 from onnxlift.spec import load_spec
 from tests.infra.conftest import CDK_CONTEXT, ROOT
 
@@ -207,7 +208,7 @@ def envs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SimpleNamespace]
         "functions/sagemaker/Dockerfile",
         "functions/sagemaker/proxy/handler.py",
         "functions/pretraffic/handler.py",
-        "layers/runtime/onnxlift_serving/__init__.py",
+        *(f"layers/runtime/onnxlift_serving/{m}" for m in HOOK_SERVING_MODULES),
         ".onnxlift/artifacts/minilm/1/model.onnx",
         ".onnxlift/artifacts/bge/1/model.onnx",
     ):

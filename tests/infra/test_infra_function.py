@@ -8,6 +8,8 @@ from typing import Any
 
 from aws_cdk.assertions import Capture, Match
 
+from infra.rollout import HOOK_SERVING_MODULES
+
 
 def function_of(synth, name: str) -> dict[str, Any]:
     fn = next(f for f in synth.stack.functions if f.model.name == name)
@@ -172,13 +174,16 @@ def test_image_build_context_holds_only_what_the_image_needs(one) -> None:
     asset_hash = capture.as_string().rsplit(":", 1)[1]
     context = one.outdir / f"asset.{asset_hash}"
     files = sorted(p.relative_to(context).as_posix() for p in context.rglob("*") if p.is_file())
-    assert files == [
-        ".onnxlift/artifacts/minilm/1/manifest.json",
-        ".onnxlift/artifacts/minilm/1/model.onnx",
-        "functions/inference/Dockerfile",
-        "functions/inference/handler.py",
-        "layers/runtime/onnxlift_serving/__init__.py",
-    ]
+    # (The fixture's serving package holds the modules the PreTraffic hook bundles.)
+    assert files == sorted(
+        [
+            ".onnxlift/artifacts/minilm/1/manifest.json",
+            ".onnxlift/artifacts/minilm/1/model.onnx",
+            "functions/inference/Dockerfile",
+            "functions/inference/handler.py",
+            *(f"layers/runtime/onnxlift_serving/{m}" for m in HOOK_SERVING_MODULES),
+        ]
+    )
 
 
 def test_missing_artifacts_warn(build_app, tmp_path: Path, project_root: Path) -> None:

@@ -79,6 +79,35 @@ def test_the_function_verifies_with_that_key_and_may_only_verify(signed: Synth) 
     ]
 
 
+def test_the_pretraffic_hook_checks_the_same_signature_with_the_same_key(signed: Synth) -> None:
+    """The hook trusts a parity set only under a manifest that verifies with the key the
+    functions use (same env, same grant: kms:Verify on that key, nothing else of KMS)."""
+    ((key_id, _),) = signing_keys(signed).items()
+    (function,) = model_functions(signed)
+    (hook,) = signed.stack.hooks
+    props = signed.resources[signed.logical_id(hook.function)]["Properties"]
+    variables, served = props["Environment"]["Variables"], function["Properties"]
+    for name in (Env.MODEL_SIGNATURE_KEY, Env.MODEL_SIGNATURE_REQUIRED):
+        assert variables[name] == served["Environment"]["Variables"][name]
+    role_id = props["Role"]["Fn::GetAtt"][0]
+    kms_statements = [
+        statement
+        for policy in signed.of_type("AWS::IAM::Policy").values()
+        if {"Ref": role_id} in policy["Properties"]["Roles"]
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+        if any(a.startswith("kms:") for a in actions(statement))
+    ]
+    assert kms_statements == [
+        {"Action": "kms:Verify", "Effect": "Allow", "Resource": {"Fn::GetAtt": [key_id, "Arn"]}}
+    ]
+
+
+def test_without_signing_the_hook_has_no_key(one: Synth) -> None:
+    (hook,) = one.stack.hooks
+    variables = one.resources[one.logical_id(hook.function)]["Properties"]["Environment"]
+    assert Env.MODEL_SIGNATURE_KEY not in variables["Variables"]
+
+
 def test_cdk_nag_has_nothing_to_say(signed: Synth) -> None:
     assert nag.findings(signed.app) == []
     assert nag.report_findings(signed.outdir) == []

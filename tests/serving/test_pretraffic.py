@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -29,7 +30,9 @@ from onnxlift_serving.contract import (
     sandbox_environment,
     serving_environment,
 )
+from onnxlift_serving.signing import create_file_key, load_file_key
 
+from infra.rollout import HOOK_SERVING_MODULES, HookBundle
 from onnxlift.cli import cli
 from onnxlift.local.lambda_runtime import load_handler, make_server
 from onnxlift.local.moto_server import LOCAL_CREDENTIALS, start_moto
@@ -43,17 +46,13 @@ EVENT = {"DeploymentId": "d-ABCDEF123", "LifecycleEventHookExecutionId": "hook-e
 
 
 def load_hook() -> Any:
-    """The hook module as Lambda imports it: its folder on sys.path (parity_verify beside)."""
-    sys.path.insert(0, str(HOOK_DIR))
-    try:
-        spec = importlib.util.spec_from_file_location("pretraffic_handler", HOOK_DIR / "handler.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(HOOK_DIR))
-        sys.modules.pop("parity_verify", None)
+    """The hook's handler module. Its onnxlift_serving imports resolve to this checkout's
+    layers/runtime, the files the asset bundles (test_the_hook_asset_is_self_contained)."""
+    spec = importlib.util.spec_from_file_location("pretraffic_handler", HOOK_DIR / "handler.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class CodeDeployRecorder(BaseHTTPRequestHandler):
@@ -145,6 +144,7 @@ def run_hook(
     version: str,
     monkeypatch: pytest.MonkeyPatch,
     context: Any = None,
+    signing: dict[str, str] | None = None,
 ) -> tuple[dict[str, str], list[tuple[str, dict[str, Any]]]]:
     hook = load_hook()
     for key, value in {
@@ -152,6 +152,7 @@ def run_hook(
         Env.MODEL_NAME: "ext",
         Env.MODEL_VERSION: version,
         Env.REGISTRY_BUCKET: bucket,
+        **(signing or {}),
     }.items():
         monkeypatch.setenv(key, value)
     CodeDeployRecorder.calls = []
@@ -257,16 +258,85 @@ def test_an_altered_parity_set_fails_the_deployment(
     assert reported(calls) == "Failed" and "sha256 does not match" in result["message"]
 
 
-def test_the_hook_carries_the_serving_layers_math_verbatim() -> None:
-    """parity_verify.py is onnxlift_serving/verify.py byte for byte (the zip asset cannot
-    import the serving layer): `cp layers/runtime/onnxlift_serving/verify.py
-    functions/pretraffic/parity_verify.py` after any change."""
-    served = ROOT / "layers" / "runtime" / "onnxlift_serving" / "verify.py"
-    assert (HOOK_DIR / "parity_verify.py").read_bytes() == served.read_bytes()
+def _signed_registry(registry: Registry, key: Path) -> Registry:
+    return Registry(registry.bucket, registry.s3, signer=load_file_key(key))
 
 
-def test_the_hook_spells_the_contracts_env_names() -> None:
+@pytest.mark.parametrize(
+    ("signer", "verifier", "required", "status", "message"),
+    [
+        ("a", "a", "true", "Succeeded", "parity passed"),
+        ("b", "a", "true", "Failed", "does not verify with key"),
+        (None, "a", "true", "Failed", "is not signed, and this deployment requires it"),
+        (None, "a", "false", "Succeeded", "parity passed"),  # kms-optional: unsigned loads
+    ],
+)
+def test_the_hook_checks_the_manifest_signature_before_trusting_the_parity_set(
+    signer: str | None,
+    verifier: str,
+    required: str,
+    status: str,
+    message: str,
+    endpoints: dict[str, str],
+    published: tuple[Registry, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With signing on, the hook applies the serving function's own check (the same env
+    names, the same SignaturePolicy): a version signed by another key, or unsigned where
+    signatures are required, fails the deployment before any parity input is sent."""
+    registry, build = published
+    keys = {}
+    for who in ("a", "b"):
+        keys[who] = (tmp_path / f"{who}.pem", tmp_path / f"{who}.pub.pem")
+        create_file_key(*keys[who])
+    publisher = registry if signer is None else _signed_registry(registry, keys[signer][0])
+    assert publisher.publish(build, name="ext", version="2") == "2"
+    signing = {
+        Env.MODEL_SIGNATURE_KEY: f"file:{keys[verifier][1]}",
+        Env.MODEL_SIGNATURE_REQUIRED: required,
+    }
+    with serving(build, "2", tmp_path, monkeypatch) as function:
+        result, calls = run_hook(
+            endpoints, function, registry.bucket, "2", monkeypatch, signing=signing
+        )
+    assert reported(calls) == status == result["status"], result
+    assert message in result["message"], result
+
+
+# What the stack bundles into the hook's zip (infra.rollout): the handler and these modules.
+BUNDLED = ["handler.py"] + [f"onnxlift_serving/{m}" for m in HOOK_SERVING_MODULES]
+
+
+def test_the_hook_asset_is_self_contained(tmp_path: Path) -> None:
+    """The zip Lambda runs: the handler beside the serving runtime's own files (one copy of
+    the parity math and the signature check), importable with the standard library alone
+    (no numpy, no onnxruntime; boto3 only when it calls AWS)."""
+    HookBundle(ROOT).try_bundle(str(tmp_path))
+    files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.py"))
+    assert files == sorted(BUNDLED)
+    runtime = ROOT / "layers" / "runtime"
+    for module in HOOK_SERVING_MODULES:
+        source = runtime / "onnxlift_serving" / module
+        assert (tmp_path / "onnxlift_serving" / module).read_bytes() == source.read_bytes()
+    probe = (
+        "import json, sys, handler; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('numpy', 'onnxruntime', 'boto3', 'botocore', 'onnxlift_serving'))))"
+    )
+    # -S: no site-packages, so only the bundle and the standard library can be imported.
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+        env={"PATH": "/usr/bin:/bin"}, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    imported = set(json.loads(done.stdout))
+    assert imported == {
+        "onnxlift_serving", "onnxlift_serving.contract", "onnxlift_serving.errors",
+        "onnxlift_serving.layout", "onnxlift_serving.signing", "onnxlift_serving.verify",
+    }  # fmt: skip
+
+
+def test_the_hook_spells_the_contracts_routes() -> None:
     hook = load_hook()
-    for name in ("TARGET_FUNCTION_ARN", "MODEL_NAME", "MODEL_VERSION", "REGISTRY_BUCKET"):
-        assert getattr(hook, name) == Env[name].value
     assert hook.INFER_ROUTE.format(name="m", version="3") == infer_path("m", "3")

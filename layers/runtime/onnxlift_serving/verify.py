@@ -7,9 +7,8 @@ version invoked by the PreTraffic hook) and measures the answers against the ref
 
 The math is plain Python (the standard library only, no numpy): the build's gate
 (onnxlift.builder.parity) runs these same functions, and the PreTraffic hook, a zip asset
-with boto3 only, carries a byte-identical copy of this file (functions/pretraffic/
-parity_verify.py; tests/serving/test_pretraffic.py holds the two equal). Values are lists of rows,
-each row one input's output flattened row-major.
+with boto3 only, has this file bundled beside its handler (infra.rollout.HOOK_SERVING_MODULES).
+Values are lists of rows, each row one input's output flattened row-major.
 """
 
 from __future__ import annotations
