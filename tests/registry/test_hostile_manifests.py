@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from onnxlift_serving.artifact import fetch_from_registry
-from onnxlift_serving.errors import ArtifactError
+from onnxlift_serving.errors import ArtifactError, VersionNotPublished
 
 from onnxlift.cli import cli
 from onnxlift.errors import RegistryError
@@ -84,6 +84,17 @@ def test_names_and_versions_are_checked_before_any_path_or_key(
             bucket="any", name=name, version=version, cache_dir=tmp_path / "c", s3_client=s3
         )
     assert not (tmp_path / "c").exists()
+
+
+def test_a_version_never_published_is_said_so(registry: Any, tmp_path: Path) -> None:
+    """One exception for every caller (the serving 404, pull), not botocore's NoSuchKey."""
+    registry.publish(make_artifact(tmp_path / "a"), name="tiny")
+    with pytest.raises(VersionNotPublished, match="model version tiny 7 is not published"):
+        fetch_from_registry(
+            bucket=registry.bucket, name="tiny", version="7", cache_dir=tmp_path / "c",
+            s3_client=registry.s3,
+        )  # fmt: skip
+    assert not (tmp_path / "c" / "tiny" / "7").exists()
 
 
 @pytest.mark.parametrize("version", ["01", "²", "0", "1.0", "-1", "1 "])

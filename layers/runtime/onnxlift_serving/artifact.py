@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from onnxlift_serving import layout
 from onnxlift_serving.contract import is_asset_key, is_canonical_version, is_model_name
-from onnxlift_serving.errors import ArtifactError
+from onnxlift_serving.errors import ArtifactError, VersionNotPublished
 from onnxlift_serving.protocol import TensorSpec
 
 if TYPE_CHECKING:
@@ -137,6 +137,19 @@ def _get_signature(s3_client: Any, bucket: str, key: str) -> bytes | None:
         raise
 
 
+def _get_manifest(s3_client: Any, bucket: str, key: str, what: str) -> bytes:
+    """A version's manifest bytes; VersionNotPublished where S3 has no such key, for every
+    caller alike (the serving 404, `onnxlift pull`), not botocore's NoSuchKey."""
+    from botocore.exceptions import ClientError
+
+    try:
+        return bytes(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            raise VersionNotPublished(f"model version {what} is not published") from None
+        raise
+
+
 def fetch_from_registry(
     *,
     bucket: str,
@@ -170,8 +183,7 @@ def fetch_from_registry(
 
         s3_client = boto3.client("s3")
     prefix = layout.version_prefix(name, version)
-    manifest_obj = s3_client.get_object(Bucket=bucket, Key=prefix + layout.MANIFEST_FILE)
-    raw = bytes(manifest_obj["Body"].read())
+    raw = _get_manifest(s3_client, bucket, prefix + layout.MANIFEST_FILE, f"{name} {version}")
     signed = None
     if signature is not None:
         signed = _get_signature(s3_client, bucket, prefix + layout.SIGNATURE_FILE)

@@ -63,3 +63,7 @@ class ServiceUnavailable(InferenceError):
 
 class ArtifactError(Exception):
     """A model artifact is missing, corrupt (sha256 mismatch) or unreadable."""
+
+
+class VersionNotPublished(ArtifactError):
+    """The registry holds no manifest for this model version: it was never published."""

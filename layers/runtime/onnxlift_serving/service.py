@@ -44,7 +44,13 @@ from onnxlift_serving.contract import (
     memory_limit_mb,
 )
 from onnxlift_serving.cpu import cpu_facts
-from onnxlift_serving.errors import ArtifactError, NotFound, PayloadTooLarge, ServiceUnavailable
+from onnxlift_serving.errors import (
+    ArtifactError,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    VersionNotPublished,
+)
 from onnxlift_serving.pipelines import Pipeline, build_pipeline
 from onnxlift_serving.session import create_session, default_threads, integer_kernel_setting
 from onnxlift_serving.signing import SignaturePolicy, open_key
@@ -212,7 +218,7 @@ class ModelService:
                 signature=self.signature,
             )
             return fetched, True
-        except self.s3.exceptions.NoSuchKey:
+        except VersionNotPublished:
             raise NotFound(
                 f"version '{version}' of model '{self.config.name}' is not published"
             ) from None
