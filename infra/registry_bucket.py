@@ -8,6 +8,7 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 ACCESS_LOG_EXPIRY_DAYS = 365
+NONCURRENT_LOG_DAYS = 30  # how long a deleted or expired log object can be restored
 
 # The IAM5 finding that `grant_model_read` brings; every role it is granted to
 # (inference functions, SageMaker execution roles) acknowledges it with this reason.
@@ -36,10 +37,14 @@ class ModelRegistry(Construct):
             block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
             enforce_ssl=True,
             object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            # A log object deleted or overwritten stays recoverable, as a noncurrent version,
+            # for NONCURRENT_LOG_DAYS; log keys are unique, so little else is stored twice.
+            versioned=True,
             lifecycle_rules=[
                 s3.LifecycleRule(
                     id="expire-access-logs",
                     expiration=Duration.days(ACCESS_LOG_EXPIRY_DAYS),
+                    noncurrent_version_expiration=Duration.days(NONCURRENT_LOG_DAYS),
                     abort_incomplete_multipart_upload_after=Duration.days(1),
                 )
             ],

@@ -160,6 +160,11 @@ WAF_COUNT_ONLY_RULES = (
     "GenericRFI_BODY",
     "EC2MetaDataSSRF_BODY",
 )
+# The known-bad-inputs set (Log4j JNDI lookups, Java deserialization, exploitable paths) blocks
+# on headers, URI path and query string; its body rules count only, for the same reason: raw
+# tensor bytes can hold a Java serialization header, and text to embed may quote an exploit.
+# The functions are Python (no Log4j, no Java deserializer) and never log bodies.
+WAF_KNOWN_BAD_INPUTS_COUNT_ONLY_RULES = ("JavaDeserializationRCE_BODY", "Log4JRCE_BODY")
 WAF_RATE_WINDOW_S = 300
 
 
@@ -194,22 +199,24 @@ def _waf_rate_limit_rule(limit: int, *, priority: int, metric: str) -> wafv2.Cfn
     )
 
 
-def _waf_common_rules(*, priority: int, metric: str) -> wafv2.CfnWebACL.RuleProperty:
-    """The AWS common rule set, its body rules counting only (WAF_COUNT_ONLY_RULES)."""
+def _waf_managed_rules(
+    name: str, count_only: Sequence[str], *, priority: int, metric: str
+) -> wafv2.CfnWebACL.RuleProperty:
+    """An AWS managed rule group that blocks, except its `count_only` rules (body rules)."""
     return wafv2.CfnWebACL.RuleProperty(
-        name="AWSManagedRulesCommonRuleSet",
+        name=name,
         priority=priority,
         override_action=wafv2.CfnWebACL.OverrideActionProperty(none={}),
         statement=wafv2.CfnWebACL.StatementProperty(
             managed_rule_group_statement=wafv2.CfnWebACL.ManagedRuleGroupStatementProperty(
                 vendor_name="AWS",
-                name="AWSManagedRulesCommonRuleSet",
+                name=name,
                 rule_action_overrides=[
                     wafv2.CfnWebACL.RuleActionOverrideProperty(
                         name=rule,
                         action_to_use=wafv2.CfnWebACL.RuleActionProperty(count={}),
                     )
-                    for rule in WAF_COUNT_ONLY_RULES
+                    for rule in count_only
                 ],
             )
         ),
@@ -568,7 +575,18 @@ class InferenceApi(Construct):
             },
             rules=[
                 _waf_rate_limit_rule(rate_limit, priority=0, metric=config.name("rate-limit")),
-                _waf_common_rules(priority=1, metric=config.name("common-rules")),
+                _waf_managed_rules(
+                    "AWSManagedRulesCommonRuleSet",
+                    WAF_COUNT_ONLY_RULES,
+                    priority=1,
+                    metric=config.name("common-rules"),
+                ),
+                _waf_managed_rules(
+                    "AWSManagedRulesKnownBadInputsRuleSet",
+                    WAF_KNOWN_BAD_INPUTS_COUNT_ONLY_RULES,
+                    priority=2,
+                    metric=config.name("known-bad-inputs"),
+                ),
             ],
         )
         self.web_acl_association = wafv2.CfnWebACLAssociation(

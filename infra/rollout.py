@@ -188,6 +188,9 @@ class PreTrafficHook(Construct):
             # always reports (a killed hook would leave CodeDeploy waiting for an hour).
             timeout=Duration.seconds(min(900, MAX_PARITY_INPUTS * model.timeout_s + 60)),
             memory_size=512,
+            # CodeDeploy runs one deployment per group at a time and invokes the hook once per
+            # deployment: one execution is all it ever needs, and a runaway stays at one.
+            reserved_concurrent_executions=1,
             # Traced like the function it checks: the parity calls show up in X-Ray.
             tracing=lambda_.Tracing.ACTIVE,
             role=self.role,
