@@ -46,6 +46,11 @@ REASON_NO_WAF = (
     "WAF switched off in the deployment config (onnxlift.waf_enabled=false); the API still "
     "requires an API key and a usage plan throttle on every method."
 )
+REASON_NO_CACHE = (
+    "No stage cache: inference is POST with its input in the body (API Gateway caches GET "
+    "methods by default and keys on parameters, not bodies), and health/ready must answer "
+    "live. A cache cluster is billed by the hour for responses it would rarely serve."
+)
 
 # One line of JSON per request in the access log group.
 ACCESS_LOG_FIELDS = {
@@ -283,6 +288,8 @@ class InferenceApi(Construct):
 
         if self.web_acl is None:
             nag.ack(self.stage, f"{nag.PACK}-APIG3", REASON_NO_WAF, skip=skip)
+        nag.checkov_skip(self.stage, "CKV_AWS_120", REASON_NO_CACHE)
+        nag.checkov_skip(self.access_log_group, "CKV_AWS_158", nag.REASON_LOGS_KMS)
 
     # -- the API, its stage and what every request is checked against ----------------------
 

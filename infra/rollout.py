@@ -210,6 +210,7 @@ class PreTrafficHook(Construct):
         )
         nag.ack(self.function, f"{nag.SERVERLESS}-LambdaDLQ", REASON_HOOK_DLQ, skip=skip)
         nag.cfn_lint_ignore_function(self.function)
+        nag.checkov_skip_function(self.function, self.log_group, dlq=REASON_HOOK_DLQ)
         policy = self.role.node.find_child("DefaultPolicy")
         nag.ack(policy, f"{nag.PACK}-IAM5[Resource::*]", REASON_XRAY, skip=skip)
         objects = nag.resource_finding(self, self.model_objects_arn)
