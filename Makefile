@@ -5,12 +5,16 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 LOCK   := requirements/dev.lock
+# checkov, in its own venv: it pins packaging<24 and boto3 ~=1.35, below dev.lock.
+SCAN_VENV  := .venv-scan
+SCAN_LOCK  := requirements/scan.lock
+SCAN_STAMP := $(SCAN_VENV)/.installed
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 export HF_HUB_OFFLINE := 1
 
 .PHONY: setup up test test-fast lint synth build clean lock image-build image-push
 
-setup: $(STAMP) node_modules/.installed
+setup: $(STAMP) $(SCAN_STAMP) node_modules/.installed
 
 # Exact installs: every package from the hashed lock, nothing resolved on the day; then the
 # project itself (no deps, no build isolation: its build backend is in the lock too). Not
@@ -21,6 +25,15 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(BIN)/pip install --quiet --require-hashes -r $(LOCK)
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	$(BIN)/pip check
+	touch $@
+
+# The scanner venv (tests/infra/test_infra_scanners.py runs .venv-scan/bin/checkov): the same
+# exact, hashed, wheels-only install, made anew whenever its lock changes.
+$(SCAN_STAMP): $(SCAN_LOCK)
+	rm -rf $(SCAN_VENV)
+	$(PYTHON) -m venv $(SCAN_VENV)
+	$(SCAN_VENV)/bin/pip install --quiet --require-hashes --only-binary :all: -r $(SCAN_LOCK)
+	$(SCAN_VENV)/bin/pip check
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
@@ -61,6 +74,8 @@ BASE_IMAGE_SHIPS := boto3 botocore s3transfer jmespath python-dateutil six urlli
 lock: setup
 	$(UV_LOCK) pyproject.toml requirements/build-backend.in --extra dev --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --find-links /opt/wheels -o $(LOCK)
+	$(UV_LOCK) requirements/scan.in --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 -o $(SCAN_LOCK)
 	$(UV_LOCK) functions/inference/requirements.in --python-version 3.12 \
 		--python-platform x86_64-manylinux_2_28 $(BASE_IMAGE_SHIPS:%=--no-emit-package %) \
 		-o functions/inference/requirements.txt

@@ -98,6 +98,7 @@ class InferenceFunction(Construct):
         nag.ack(self.function, f"{nag.SERVERLESS}-LambdaDLQ", nag.REASON_API_DLQ, skip=skip)
         # W3005 only: its log group is /aws/lambda/<function name>, which WS1004 looks for
         nag.cfn_lint_ignore(self.function, "W3005", nag.REASON_ROLE_DEPENDS_ON)
+        nag.checkov_skip_function(self.function, self.log_group, dlq=nag.REASON_API_DLQ)
 
     def _log_group(self, config: DeploymentConfig) -> logs.LogGroup:
         return logs.LogGroup(

@@ -1,5 +1,6 @@
 """cdk-nag 3 wiring: the AwsSolutions and Serverless packs, acknowledging findings, and
-reading them back; and the per-resource cfn-lint ignores (`cfn_lint_ignore`).
+reading them back; and the per-resource cfn-lint ignores (`cfn_lint_ignore`) and checkov
+skips (`checkov_skip`).
 
 cdk-nag 3 is a CDK policy-validation plugin, not an Aspect:
 
@@ -16,9 +17,9 @@ cdk-nag 3 is a CDK policy-validation plugin, not an Aspect:
                ``PolicyValidationPluginReport`` directly (no synth needed), or read the
                ``validation-report.json`` that synth wrote (see `report_findings`).
 
-Generic helpers only: each construct acknowledges its own findings with `ack` (cdk-nag) and
-`cfn_lint_ignore` (cfn-lint), next to the resources they are about, so this module imports
-no construct or stack module.
+Generic helpers only: each construct acknowledges its own findings with `ack` (cdk-nag),
+`cfn_lint_ignore` (cfn-lint) and `checkov_skip` (checkov), next to the resources they are
+about, so this module imports no construct or stack module.
 """
 
 from __future__ import annotations
@@ -35,9 +36,13 @@ from constructs import IConstruct
 
 __all__ = [
     "CFN_LINT_METADATA",
+    "CHECKOV_METADATA",
     "PACK",
     "PACKS",
     "REASON_API_DLQ",
+    "REASON_ENV_NO_SECRETS",
+    "REASON_LOGS_KMS",
+    "REASON_NO_VPC",
     "REASON_OWN_LOG_GROUP",
     "REASON_ROLE_DEPENDS_ON",
     "REPORT_FILE",
@@ -46,6 +51,8 @@ __all__ = [
     "ack",
     "cfn_lint_ignore",
     "cfn_lint_ignore_function",
+    "checkov_skip",
+    "checkov_skip_function",
     "enable",
     "findings",
     "flatten_cfn_reference",
@@ -57,6 +64,7 @@ PACK = "AwsSolutions"
 SERVERLESS = "Serverless"
 PACKS = (PACK, SERVERLESS)  # the cdk-nag packs that run at synth; nothing else is acknowledged
 CFN_LINT_METADATA = "cfn-lint"
+CHECKOV_METADATA = "checkov"
 
 # Reasons shared by several constructs (each still acknowledges at its own resource).
 REASON_API_DLQ = (
@@ -71,6 +79,25 @@ REASON_ROLE_DEPENDS_ON = (
 REASON_OWN_LOG_GROUP = (
     "The function logs to its own AWS::Logs::LogGroup (LoggingConfig.LogGroup) with "
     "RetentionInDays set; WS1004 only recognizes a group named /aws/lambda/<function>."
+)
+# checkov findings every Lambda function and log group here has by design (checkov_skip_function).
+REASON_NO_VPC = (
+    "The function reaches only AWS service endpoints (S3, KMS, Lambda, SageMaker runtime, "
+    "CodeDeploy, CloudWatch, X-Ray) over TLS with IAM-signed requests, and no private "
+    "resource (database, cache, internal host). A VPC would add NAT gateways or interface "
+    "endpoints (cost, another failure path) and protect nothing this function talks to."
+)
+REASON_ENV_NO_SECRETS = (
+    "The environment holds only names and identifiers (model name and version, bucket, "
+    "endpoint or function name, key ARN, log level), no secret; Lambda encrypts it at rest "
+    "with its AWS managed key. A customer managed key would guard nothing more."
+)
+REASON_LOGS_KMS = (
+    "CloudWatch Logs encrypts this group at rest with a service key. It holds request "
+    "metadata and errors, never request or response bodies (the handlers do not log them, "
+    "API Gateway data tracing is off), and IAM on the group controls who reads it; a customer "
+    "managed key would add a key policy for the logs service and KMS charges for no data that "
+    "needs key-level separation."
 )
 REPORT_FILE = "validation-report.json"
 
@@ -101,8 +128,7 @@ def cfn_lint_ignore(resource: IConstruct, rule_id: str, reason: str) -> None:
     ``Metadata.cfn-lint.reasons`` (cfn-lint leaves other keys alone), and the scanner test
     asserts every ignored check there has one.
     """
-    cfn = resource if isinstance(resource, CfnResource) else resource.node.default_child
-    assert isinstance(cfn, CfnResource), f"{resource.node.path} has no CloudFormation resource"
+    cfn = _cfn_resource(resource)
     metadata = cfn.get_metadata(CFN_LINT_METADATA) or {"config": {"ignore_checks": []}}
     if rule_id not in metadata["config"]["ignore_checks"]:
         metadata["config"]["ignore_checks"].append(rule_id)
@@ -114,6 +140,36 @@ def cfn_lint_ignore_function(function: IConstruct) -> None:
     """The two cfn-lint findings every Lambda function here has by construction (reasons above)."""
     cfn_lint_ignore(function, "W3005", REASON_ROLE_DEPENDS_ON)
     cfn_lint_ignore(function, "WS1004", REASON_OWN_LOG_GROUP)
+
+
+def checkov_skip(resource: IConstruct, check_id: str, reason: str) -> None:
+    """Have checkov skip `check_id` on this one resource (an L2 means its default child).
+
+    checkov reads ``Metadata.checkov.skip``, a list of ``{"id": ..., "comment": ...}``; the
+    comment is the reason (checkov reports it as the suppression comment), and the scanner
+    test asserts every skip has one.
+    """
+    cfn = _cfn_resource(resource)
+    metadata = cfn.get_metadata(CHECKOV_METADATA) or {"skip": []}
+    skips = [entry for entry in metadata["skip"] if entry["id"] != check_id]
+    metadata["skip"] = [*skips, {"id": check_id, "comment": reason}]
+    cfn.add_metadata(CHECKOV_METADATA, metadata)
+
+
+def checkov_skip_function(function: IConstruct, log_group: IConstruct, *, dlq: str) -> None:
+    """The checkov findings every Lambda function here has by design, and its log group's:
+    no dead-letter queue (`dlq` says why for this function), no VPC, environment under the
+    AWS managed key, log group under the service key (reasons above)."""
+    checkov_skip(function, "CKV_AWS_116", dlq)
+    checkov_skip(function, "CKV_AWS_117", REASON_NO_VPC)
+    checkov_skip(function, "CKV_AWS_173", REASON_ENV_NO_SECRETS)
+    checkov_skip(log_group, "CKV_AWS_158", REASON_LOGS_KMS)
+
+
+def _cfn_resource(resource: IConstruct) -> CfnResource:
+    cfn = resource if isinstance(resource, CfnResource) else resource.node.default_child
+    assert isinstance(cfn, CfnResource), f"{resource.node.path} has no CloudFormation resource"
+    return cfn
 
 
 def enable(

@@ -220,6 +220,7 @@ class OnnxliftStack(Stack):
         `skip` leaves out acknowledgements by rule id (with or without the [finding] part);
         tests use it to prove that each acknowledgement is what silences its finding.
         """
+        self.registry.acknowledge_findings()
         self.api.acknowledge_findings(skip=skip)
         for endpoint in self.endpoints:
             endpoint.acknowledge_findings(skip=skip)

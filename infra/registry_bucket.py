@@ -7,7 +7,10 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+from infra import nag
+
 ACCESS_LOG_EXPIRY_DAYS = 365
+NONCURRENT_LOG_DAYS = 30  # how long a deleted or expired log object can be restored
 
 # The IAM5 finding that `grant_model_read` brings; every role it is granted to
 # (inference functions, SageMaker execution roles) acknowledges it with this reason.
@@ -15,6 +18,11 @@ REASON_MODEL_PREFIX = (
     "Read-only (s3:GetObject, s3:GetObjectVersion) on this model's own registry prefix "
     "models/<name>/*: the wildcard is the object key under the prefix (versions, manifest, "
     "assets); other models' prefixes are not covered."
+)
+REASON_LOG_BUCKET_NOT_LOGGED = (
+    "This is the access-log bucket itself: it receives the registry's server access logs. "
+    "Logging it to itself would log its own log deliveries, and logging it to yet another "
+    "bucket only moves the question; it is private, versioned, SSE-S3, TLS-only and retained."
 )
 
 
@@ -36,10 +44,14 @@ class ModelRegistry(Construct):
             block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
             enforce_ssl=True,
             object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            # A log object deleted or overwritten stays recoverable, as a noncurrent version,
+            # for NONCURRENT_LOG_DAYS; log keys are unique, so little else is stored twice.
+            versioned=True,
             lifecycle_rules=[
                 s3.LifecycleRule(
                     id="expire-access-logs",
                     expiration=Duration.days(ACCESS_LOG_EXPIRY_DAYS),
+                    noncurrent_version_expiration=Duration.days(NONCURRENT_LOG_DAYS),
                     abort_incomplete_multipart_upload_after=Duration.days(1),
                 )
             ],
@@ -67,6 +79,10 @@ class ModelRegistry(Construct):
             ],
             removal_policy=RemovalPolicy.RETAIN,
         )
+
+    def acknowledge_findings(self) -> None:
+        """checkov skips for the registry's buckets, each with its reason."""
+        nag.checkov_skip(self.access_log_bucket, "CKV_AWS_18", REASON_LOG_BUCKET_NOT_LOGGED)
 
     @staticmethod
     def model_prefix(model_name: str) -> str:

@@ -46,6 +46,11 @@ REASON_NO_WAF = (
     "WAF switched off in the deployment config (onnxlift.waf_enabled=false); the API still "
     "requires an API key and a usage plan throttle on every method."
 )
+REASON_NO_CACHE = (
+    "No stage cache: inference is POST with its input in the body (API Gateway caches GET "
+    "methods by default and keys on parameters, not bodies), and health/ready must answer "
+    "live. A cache cluster is billed by the hour for responses it would rarely serve."
+)
 
 # One line of JSON per request in the access log group.
 ACCESS_LOG_FIELDS = {
@@ -160,6 +165,11 @@ WAF_COUNT_ONLY_RULES = (
     "GenericRFI_BODY",
     "EC2MetaDataSSRF_BODY",
 )
+# The known-bad-inputs set (Log4j JNDI lookups, Java deserialization, exploitable paths) blocks
+# on headers, URI path and query string; its body rules count only, for the same reason: raw
+# tensor bytes can hold a Java serialization header, and text to embed may quote an exploit.
+# The functions are Python (no Log4j, no Java deserializer) and never log bodies.
+WAF_KNOWN_BAD_INPUTS_COUNT_ONLY_RULES = ("JavaDeserializationRCE_BODY", "Log4JRCE_BODY")
 WAF_RATE_WINDOW_S = 300
 
 
@@ -194,22 +204,24 @@ def _waf_rate_limit_rule(limit: int, *, priority: int, metric: str) -> wafv2.Cfn
     )
 
 
-def _waf_common_rules(*, priority: int, metric: str) -> wafv2.CfnWebACL.RuleProperty:
-    """The AWS common rule set, its body rules counting only (WAF_COUNT_ONLY_RULES)."""
+def _waf_managed_rules(
+    name: str, count_only: Sequence[str], *, priority: int, metric: str
+) -> wafv2.CfnWebACL.RuleProperty:
+    """An AWS managed rule group that blocks, except its `count_only` rules (body rules)."""
     return wafv2.CfnWebACL.RuleProperty(
-        name="AWSManagedRulesCommonRuleSet",
+        name=name,
         priority=priority,
         override_action=wafv2.CfnWebACL.OverrideActionProperty(none={}),
         statement=wafv2.CfnWebACL.StatementProperty(
             managed_rule_group_statement=wafv2.CfnWebACL.ManagedRuleGroupStatementProperty(
                 vendor_name="AWS",
-                name="AWSManagedRulesCommonRuleSet",
+                name=name,
                 rule_action_overrides=[
                     wafv2.CfnWebACL.RuleActionOverrideProperty(
                         name=rule,
                         action_to_use=wafv2.CfnWebACL.RuleActionProperty(count={}),
                     )
-                    for rule in WAF_COUNT_ONLY_RULES
+                    for rule in count_only
                 ],
             )
         ),
@@ -276,6 +288,8 @@ class InferenceApi(Construct):
 
         if self.web_acl is None:
             nag.ack(self.stage, f"{nag.PACK}-APIG3", REASON_NO_WAF, skip=skip)
+        nag.checkov_skip(self.stage, "CKV_AWS_120", REASON_NO_CACHE)
+        nag.checkov_skip(self.access_log_group, "CKV_AWS_158", nag.REASON_LOGS_KMS)
 
     # -- the API, its stage and what every request is checked against ----------------------
 
@@ -568,7 +582,18 @@ class InferenceApi(Construct):
             },
             rules=[
                 _waf_rate_limit_rule(rate_limit, priority=0, metric=config.name("rate-limit")),
-                _waf_common_rules(priority=1, metric=config.name("common-rules")),
+                _waf_managed_rules(
+                    "AWSManagedRulesCommonRuleSet",
+                    WAF_COUNT_ONLY_RULES,
+                    priority=1,
+                    metric=config.name("common-rules"),
+                ),
+                _waf_managed_rules(
+                    "AWSManagedRulesKnownBadInputsRuleSet",
+                    WAF_KNOWN_BAD_INPUTS_COUNT_ONLY_RULES,
+                    priority=2,
+                    metric=config.name("known-bad-inputs"),
+                ),
             ],
         )
         self.web_acl_association = wafv2.CfnWebACLAssociation(

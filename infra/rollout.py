@@ -242,6 +242,9 @@ class PreTrafficHook(Construct):
             # always reports (a killed hook would leave CodeDeploy waiting for an hour).
             timeout=Duration.seconds(min(900, MAX_PARITY_INPUTS * model.timeout_s + 60)),
             memory_size=512,
+            # CodeDeploy runs one deployment per group at a time and invokes the hook once per
+            # deployment: one execution is all it ever needs, and a runaway stays at one.
+            reserved_concurrent_executions=1,
             # Traced like the function it checks: the parity calls show up in X-Ray.
             tracing=lambda_.Tracing.ACTIVE,
             role=self.role,
@@ -267,6 +270,7 @@ class PreTrafficHook(Construct):
         )
         nag.ack(self.function, f"{nag.SERVERLESS}-LambdaDLQ", REASON_HOOK_DLQ, skip=skip)
         nag.cfn_lint_ignore_function(self.function)
+        nag.checkov_skip_function(self.function, self.log_group, dlq=REASON_HOOK_DLQ)
         policy = self.role.node.find_child("DefaultPolicy")
         nag.ack(policy, f"{nag.PACK}-IAM5[Resource::*]", REASON_XRAY, skip=skip)
         objects = nag.resource_finding(self, self.model_objects_arn)

@@ -55,6 +55,13 @@ NVME_FAMILIES = frozenset(
     {"g4dn", "g5", "g6", "g6e", "gr6", "p3dn", "p4d", "p4de", "p5", "p5e", "p5en", "trn1", "trn1n"}
 )
 _NVME_SUFFIX = re.compile(r"^[a-z]+\d+[a-z]*d[n]?$")  # m5d, c5d, r5d, m6id, c6id, r6id ...
+REASON_PROXY_CONCURRENCY = (
+    "No reserved concurrency on the proxy: it holds no model and only waits on the endpoint, "
+    "so its concurrency follows the endpoint's capacity, which autoscales and is not known "
+    "here. A fixed reservation either throttles requests the endpoint could serve or carves "
+    "unused concurrency out of the account; the API stage throttle and usage plan bound the "
+    "load, and SageMaker throttling already comes back as 429."
+)
 SCALING_SERVICE_LINKED_ROLE = (
     "aws-service-role/sagemaker.application-autoscaling.amazonaws.com/"
     "AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint"
@@ -167,6 +174,8 @@ class SageMakerEndpoint(Construct):
         nag.ack(self.function, f"{nag.SERVERLESS}-LambdaDLQ", nag.REASON_API_DLQ, skip=skip)
         nag.cfn_lint_ignore_function(self.function)
         nag.cfn_lint_ignore(self.cfn_model, "W3005", nag.REASON_ROLE_DEPENDS_ON)
+        nag.checkov_skip_function(self.function, self.log_group, dlq=nag.REASON_API_DLQ)
+        nag.checkov_skip(self.function, "CKV_AWS_115", REASON_PROXY_CONCURRENCY)
 
     # -- execution role: this model's registry prefix, its image, its own log group --------
 
