@@ -355,6 +355,13 @@ def test_waf_web_acl(one, two) -> None:
     assert overrides["SizeRestrictions_BODY"] == {"Count": {}}
     assert all(action == {"Count": {}} for action in overrides.values())
     assert all(name.endswith("_BODY") for name in overrides)
+    # Log4j / known bad inputs (checkov CKV_AWS_192): header, URI and query rules block; the
+    # body rules count only (tensor bytes and texts to embed may look like an exploit).
+    bad = rules["AWSManagedRulesKnownBadInputsRuleSet"]["Statement"]["ManagedRuleGroupStatement"]
+    assert bad["Name"] == "AWSManagedRulesKnownBadInputsRuleSet"
+    bad_overrides = {o["Name"]: o["ActionToUse"] for o in bad.get("RuleActionOverrides", [])}
+    assert set(bad_overrides) == {"JavaDeserializationRCE_BODY", "Log4JRCE_BODY"}
+    assert all(action == {"Count": {}} for action in bad_overrides.values())
     one.template.has_resource_properties(
         "AWS::WAFv2::WebACLAssociation",
         {
