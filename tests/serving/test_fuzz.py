@@ -178,7 +178,7 @@ def test_measured_500s_are_client_errors_now(
         (minilm, "OPTIONS", "/", None, 404, "no route"),
         (minilm, "POST", f"/v2/models/minilm/versions/{'a' * 300}/infer", "{}", 404, "not exist"),
         (minilm, "GET", "/v2/models/minilm/versions/01", None, 404, "not exist"),
-        (minilm, "POST", "/v2/models/\ud800/infer", "{}", 404, "no route"),
+        (minilm, "POST", "/v2/models/\ud800/infer", "{}", 404, "is not served here"),
     ]
     for module, method, path, body, status, fragment in cases:
         got, headers, raw = invoke(module, method, path, body)

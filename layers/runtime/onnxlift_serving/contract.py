@@ -210,7 +210,7 @@ def memory_limit_mb(env: Mapping[str, str]) -> int | None:
 
 
 POWERTOOLS_NAMESPACE: Final = "onnxlift"  # CloudWatch metrics namespace
-# The dimensions of the handler's metrics (InferLatency, InferCount): the model it adds, and
+# The dimensions of the handler's metric (InferLatency): the model it adds, and
 # the service powertools adds (POWERTOOLS_SERVICE_NAME, the function's name). A dashboard or
 # alarm must ask for exactly this set: CloudWatch matches dimension sets whole.
 METRIC_MODEL_DIMENSION: Final = "model"
