@@ -12,7 +12,7 @@ SCAN_STAMP := $(SCAN_VENV)/.installed
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup up test test-fast lint synth build clean lock image-build image-push
+.PHONY: setup up test test-fast lint synth build clean lock image-build image-push deploy-local
 
 setup: $(STAMP) $(SCAN_STAMP) node_modules/.installed
 
@@ -59,6 +59,11 @@ synth: setup                 ## the real cdk CLI, cdk-nag AwsSolutions on
 
 build: setup
 	$(BIN)/onnxlift build --all
+
+# The deploy rehearsal (README, "Rehearsing a deploy"): the real cdk CLI, bootstrap + deploy in
+# ECR mode, against moto server on 127.0.0.1; prints what was created and what moto could not.
+deploy-local: setup
+	$(BIN)/onnxlift deploy-local
 
 # The images ECR mode deploys (README, "Prebuilt images"): make image-push MODEL=minilm VERSION=3 REPO=onnxlift
 image-build: setup

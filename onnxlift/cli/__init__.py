@@ -6,6 +6,7 @@ verify     verify                   a version's parity, where it is served
 serve      up                       the local stack
 benchmark  bench                    figures and the report
 images     image build, image push  the images ECR mode deploys
+rehearse   deploy-local             the real cdk CLI against moto (a deploy rehearsal)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from onnxlift.cli.benchmark import bench
 from onnxlift.cli.common import OnnxliftGroup
 from onnxlift.cli.images import image
 from onnxlift.cli.models import add, build
+from onnxlift.cli.rehearse import deploy_local
 from onnxlift.cli.serve import up
 from onnxlift.cli.verify import verify_command
 from onnxlift.cli.versions import list_models, promote, publish, pull, rollback
@@ -43,6 +45,7 @@ for command in (
     verify_command,
     image,
     up,
+    deploy_local,
     bench,
 ):
     cli.add_command(command)
