@@ -11,6 +11,7 @@ from collections import Counter
 
 import pytest
 
+from onnxlift.local.moto_server import LOCAL_CREDENTIALS
 from onnxlift.local.processes import free_port, port_in_use
 from onnxlift.local.rehearsal import Rehearsal, format_report, rehearse
 from tests.conftest import ROOT
@@ -98,7 +99,8 @@ def test_created_set(rehearsal) -> None:
     assert Counter(c.type for c in result.created) == CREATED
     assert all(template[c.logical_id]["Type"] == c.type for c in result.created)
     assert result.api == {"resources": 45, "methods": 80, "deployments": 1, "stages": 0}
-    assert result.outputs["DashboardName"] == "onnxlift-dev"
+    # Dashboard names are global to an account: the region is in it.
+    assert result.outputs["DashboardName"] == f"onnxlift-dev-{LOCAL_CREDENTIALS['AWS_REGION']}"
     # Outputs that read a resource moto skipped (alias, API key, deployment group, topic).
     assert result.outputs_missing == [
         "AlarmTopicArn", "ApiKeyId", "DeploymentApplication",
