@@ -76,6 +76,11 @@ image-push: setup
 # machine's disk (/opt/wheels); the image locks leave out what their base images ship.
 UV_LOCK := $(BIN)/uv pip compile --quiet --generate-hashes --custom-compile-command "make lock"
 BASE_IMAGE_SHIPS := boto3 botocore s3transfer jmespath python-dateutil six urllib3
+# Declared dependencies serving never imports (tests/serving/test_serving_image.py serves a
+# request with them blocked): tokenizers' Hub client (only from_pretrained uses it) and what
+# onnxruntime needs for its tools, not for InferenceSession.
+NOT_IMPORTED := huggingface-hub hf-xet fsspec httpx2 httpcore2 h11 anyio idna truststore tqdm \
+	pyyaml click filelock packaging protobuf flatbuffers
 lock: setup
 	$(UV_LOCK) pyproject.toml requirements/build-backend.in --extra dev --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --find-links /opt/wheels -o $(LOCK)
@@ -83,7 +88,7 @@ lock: setup
 		--python-platform x86_64-manylinux_2_28 -o $(SCAN_LOCK)
 	$(UV_LOCK) functions/inference/requirements.in --python-version 3.12 \
 		--python-platform x86_64-manylinux_2_28 $(BASE_IMAGE_SHIPS:%=--no-emit-package %) \
-		-o functions/inference/requirements.txt
+		$(NOT_IMPORTED:%=--no-emit-package %) -o functions/inference/requirements.txt
 	$(UV_LOCK) functions/sagemaker/requirements.in --python-version 3.12 \
 		--python-platform x86_64-manylinux_2_28 -o functions/sagemaker/requirements.txt
 
