@@ -7,7 +7,8 @@ files stand in for both sides, and the method says so.
 - pip install --target for manylinux_2_28 and manylinux2014 x86_64, Python 3.12, wheels only:
   onnxruntime 1.32 ships only manylinux_2_28 wheels, which the Lambda Python 3.12 image
   (Amazon Linux 2023, glibc 2.34) takes.
-- onnxlift: the function's hashed lock + the artifact folder + handler and serving sources.
+- onnxlift: the function's hashed lock, pruned as its Dockerfile prunes it
+  (functions/inference/prune.py), + the artifact folder + handler and serving sources.
 - PyTorch: sentence-transformers' closure at the versions that produced the parity reference,
   pinned, --no-deps, except torch: PyPI's Linux torch is a CUDA build pulling GBs of nvidia-*
   wheels and the CPU build lives on the PyTorch index, which the bench does not reach; it
@@ -99,11 +100,18 @@ def _by_size(packages: dict[str, int]) -> dict[str, int]:
     return dict(sorted(packages.items(), key=lambda kv: -kv[1]))
 
 
-def pip_target(requirements: list[str], download: bool, report: Report) -> dict[str, Any] | None:
-    """Install requirements (--no-deps) for the Lambda platform into a scratch folder and
-    measure it; cached by the requirement set; without download only the cache answers."""
+def pip_target(
+    requirements: list[str],
+    download: bool,
+    report: Report,
+    prune: Callable[[Path], int] | None = None,
+    prune_patterns: Iterable[str] = (),
+) -> dict[str, Any] | None:
+    """Install requirements (--no-deps) for the Lambda platform into a scratch folder, `prune`
+    it as the image does, and measure it; cached by the requirement set and the prune
+    patterns; without download only the cache answers."""
     key = json.dumps(
-        [sorted(requirements), True, PLATFORMS, PYTHON_VERSION]
+        [sorted(requirements), True, PLATFORMS, PYTHON_VERSION, list(prune_patterns)]
     ).encode()  # True: no-deps
     cache = Path(os.environ.get("ONNXLIFT_BENCH_CACHE") or Path.home() / ".cache/onnxlift-bench")
     cached = cache / "size" / f"{hashlib.sha256(key).hexdigest()[:16]}.json"
@@ -121,12 +129,14 @@ def pip_target(requirements: list[str], download: bool, report: Report) -> dict[
         done = subprocess.run([*pip, *requirements], capture_output=True, text=True, timeout=900)
         if done.returncode != 0:
             raise RuntimeError(f"pip failed ({done.returncode}): {done.stderr[-1500:]}")
+        pruned = prune(target) if prune is not None else 0
         packages = {}
         for info in target.glob("*.dist-info"):
             rows = (info / "RECORD").read_text().splitlines() if (info / "RECORD").is_file() else []
             name = canonical(info.name.removesuffix(".dist-info").rsplit("-", 1)[0])
             packages[name] = _bytes(target / f for row in rows if (f := row.split(",", 1)[0]))
         result = {"bytes": dir_bytes(target), "packages": _by_size(packages)}
+        result["pruned_bytes"] = pruned
         result |= {
             "requirements": requirements,
             "command": " ".join(["pip", *command, "<requirements>"]),
@@ -156,15 +166,17 @@ def run_size(
     ]
     results: dict[str, Any] = {"platforms": list(PLATFORMS), "python_version": PYTHON_VERSION}
     serving = torch = None
+    image_prune = _image_prune(root)
     try:
-        serving = pip_target(requirements, download, report)
+        serving = pip_target(requirements, download, report, image_prune.prune, image_prune.PRUNED)
         torch = pip_target(pins, download, report) if weights is not None else None
     except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
         report(f"  size: pip install failed, falling back to the local estimate: {exc}")
         serving, results["pip_error"] = None, str(exc)[-500:]
     if serving is None or (weights is not None and torch is None):
         results["method"] = "local environment estimate (no download in this mode, nothing cached)"
-        serving = local_estimate(local_closure(requirements))
+        # The lock is the image's whole install (--no-deps): its names, not their closure.
+        serving = local_estimate(r.split("==", 1)[0] for r in requirements)
         torch = local_estimate(n for n in closure if n != SEPARATE)
     else:
         results["method"] = "pip install --target for the Lambda platform"
@@ -179,6 +191,7 @@ def run_size(
         "requirements": requirements,
         "cached": serving.get("cached"),
         "command": serving.get("command"),
+        "pruned_bytes": serving.get("pruned_bytes", 0),
     }
     if weights is not None and torch is not None:
         results["pytorch"] = _pytorch(torch, weights, pins)
@@ -186,6 +199,17 @@ def run_size(
         method = results["method"]
         report(f"  size: onnxlift {totals[0]:.0f} MB, PyTorch {totals[1]:.0f} MB ({method})")
     return results
+
+
+def _image_prune(root: Path) -> Any:
+    """functions/inference/prune.py: what the image's Dockerfile deletes after pip install."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("image_prune", root / FUNCTION / "prune.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _pytorch(deps: dict[str, Any], weights: Path, pins: list[str]) -> dict[str, Any]:
