@@ -12,9 +12,12 @@ is on (on Lambda with active tracing, not in a local sandbox or the bench).
 
 from __future__ import annotations
 
+import time
+
+_INIT_STARTED = time.perf_counter()  # the init phase's imports are timed from here
+
 import base64
 import os
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -39,6 +42,7 @@ from onnxlift_serving.encoding import event_body, header
 from onnxlift_serving.errors import InferenceError
 from onnxlift_serving.service import ModelService, ServiceConfig
 
+_IMPORTS_S = time.perf_counter() - _INIT_STARTED
 logger = Logger()
 metrics = Metrics()
 # powertools' Tracer only where it records (Lambda with tracing on): built anyway, it imports
@@ -53,9 +57,13 @@ else:
 service = ModelService(ServiceConfig.from_env())
 # Every metric carries the model (the dashboard's dimension); set once, kept across flushes.
 metrics.set_default_dimensions(**{METRIC_MODEL_DIMENSION: service.config.name})
+# The init phase by part, in the "model loaded" log line (and read by `onnxlift bench`).
+INIT_PHASES = {"imports_s": _IMPORTS_S, **service.load_phases}
+INIT_PHASES["init_s"] = time.perf_counter() - _INIT_STARTED
 if service.ready:
     logger.info(
-        "model loaded", extra={"model": service.config.name, "seconds": service.load_seconds}
+        "model loaded",
+        extra={"model": service.config.name, "seconds": service.load_seconds, **INIT_PHASES},
     )
 else:
     logger.error("model failed to load", extra={"error": service.load_error})

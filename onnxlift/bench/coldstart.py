@@ -93,5 +93,10 @@ def run_coldstart(
         }
         walls = [r["wall_s"] for r in found]
         kinds[key] |= {"min_wall_s": min(walls), "max_wall_s": max(walls), "samples": found}
+        phases = [r["phases"] for r in found if r.get("phases")]
+        if phases:  # the handler's own init by phase
+            kinds[key]["median_phases"] = {
+                name: statistics.median(p[name] for p in phases) for name in phases[0]
+            }
         report(f"  cold start {key}: median {kinds[key]['median_wall_s']:.2f} s")
     return {"runs": runs, "threads": 1, "kinds": kinds}

@@ -128,6 +128,7 @@ class ModelService:
         self._baked: str | None = None
         self._signature: SignaturePolicy | None = None
         self.load_seconds: float | None = None
+        self.load_phases: dict[str, float] = {}  # of the latest load (see _load)
         started = time.perf_counter()
         try:
             self._version(self.default_version())
@@ -224,8 +225,10 @@ class ModelService:
             ) from None
 
     def _load(self, version: str) -> LoadedVersion:
+        started = time.perf_counter()
         folder, verified = self._locate(version)
         artifact = load_artifact(folder, signature=None if verified else self.signature)
+        checked = time.perf_counter()
         if artifact.name != self.config.name or artifact.version != version:
             raise ArtifactError(
                 f"artifact is {artifact.name} v{artifact.version}, expected "
@@ -239,7 +242,16 @@ class ModelService:
             # the cap is set once per process: leave room for every version it may hold
             resident_versions=self.config.max_loaded_versions,
         )
-        return LoadedVersion(artifact, build_pipeline(artifact, session))
+        opened = time.perf_counter()
+        pipeline = build_pipeline(artifact, session)
+        # Where a load's time goes (the cold start's share after imports): fetch or locate and
+        # verify (sha256 of every file), the onnxruntime session, the pre-processing (tokenizer).
+        self.load_phases = {
+            "verify_s": checked - started,
+            "session_s": opened - checked,
+            "pipeline_s": time.perf_counter() - opened,
+        }
+        return LoadedVersion(artifact, pipeline)
 
     def _check_version(self, version: str) -> None:
         """404 for a version string that can name nothing, before any file or S3 call."""
