@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
+import orjson
 from onnxlift_serving.contract import (
     API_GATEWAY_MAX_BODY_BYTES,
     API_GATEWAY_TIMEOUT_S,
@@ -199,7 +200,7 @@ class Gateway:
     def invoke(self, function: str, event: dict[str, Any]) -> Reply:
         """Invoke the function as the Lambda proxy integration does; the reply it stands for."""
         target = self.config.functions[function]
-        payload = json.dumps(event).encode()
+        payload = orjson.dumps(event)  # the event's strings are decoded HTTP: valid UTF-8
         try:
             if target.pool is not None:
                 response = target.pool.invoke(payload, deadline_s=self.config.timeout_s)
@@ -228,7 +229,7 @@ class Gateway:
 def proxy_reply(raw: bytes) -> Reply:
     """The HTTP reply a Lambda proxy result stands for (502 when it is not one)."""
     try:  # all of it: a malformed result is the function's bug, a 502, never a dropped reply
-        result = json.loads(raw)
+        result = orjson.loads(raw)
         status = int(result["statusCode"])
         headers = {str(k): str(v) for k, v in (result.get("headers") or {}).items()}
         for key, values in (result.get("multiValueHeaders") or {}).items():
