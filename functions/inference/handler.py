@@ -111,7 +111,7 @@ def _unrouted(method: str, path: str) -> ProxyResult:
     """Any method on any path no route takes (OPTIONS, TRACE and made-up methods too): a JSON
     405 with Allow on a path that exists, else a JSON 404."""
     allowed = allowed_methods(path)
-    if allowed and method not in allowed:  # (in `allowed`: a parameter no route accepts)
+    if allowed:  # the path is a route's, under other methods only
         message = not_allowed_message(method, path, allowed)
         return _json(405, error_body(message), {"Allow": ", ".join(allowed)})
     return _json(404, error_body(no_route_message(method, path)))

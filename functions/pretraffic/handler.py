@@ -25,7 +25,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from onnxlift_serving.contract import Env, infer_path
+from onnxlift_serving.contract import JSON_CONTENT_TYPE, Env, infer_path, signature_required
 from onnxlift_serving.layout import MANIFEST_FILE, SIGNATURE_FILE, version_prefix
 from onnxlift_serving.signing import SignaturePolicy, open_key
 from onnxlift_serving.verify import PARITY_SET_ASSET, VerifyResult, read_parity_set, verify
@@ -68,6 +68,13 @@ def parity_set(
         where = f"{name} version {version}"
         signature.check(raw_manifest, _signature(s3, bucket, prefix + SIGNATURE_FILE), where)
     manifest = json.loads(raw_manifest)
+    # The signature covers the bytes, not where they lie: a manifest signed for another model
+    # or version, copied here with its parity set, must not pass for this one.
+    if (manifest.get("name"), str(manifest.get("version"))) != (name, version):
+        raise HookError(
+            f"{name} version {version}: its manifest names {str(manifest.get('name'))[:64]} "
+            f"version {str(manifest.get('version'))[:16]}"
+        )
     digest = (manifest.get("assets") or {}).get(PARITY_SET_ASSET)
     if not digest:
         raise HookError(f"{name} version {version} holds no parity set: rebuild and publish it")
@@ -80,7 +87,7 @@ def parity_set(
 def proxy_event(name: str, version: str, body: dict[str, Any]) -> dict[str, Any]:
     """An API Gateway REST proxy event for POST of `body` to the versioned infer route."""
     path = INFER_ROUTE.format(name=name, version=version)
-    headers = {"Content-Type": "application/json", "User-Agent": "onnxlift-pretraffic"}
+    headers = {"Content-Type": JSON_CONTENT_TYPE, "User-Agent": "onnxlift-pretraffic"}
     return {
         "resource": INFER_ROUTE,
         "path": path,
@@ -162,8 +169,7 @@ def signature_policy(env: Mapping[str, str], kms: Any = None) -> SignaturePolicy
     key = env.get(Env.MODEL_SIGNATURE_KEY, "")
     if not key:
         return None
-    required = env.get(Env.MODEL_SIGNATURE_REQUIRED, "true").lower() != "false"
-    return SignaturePolicy(open_key(key, kms_client=kms), required)
+    return SignaturePolicy(open_key(key, kms_client=kms), signature_required(env))
 
 
 def run_hook(

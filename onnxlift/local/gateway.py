@@ -34,6 +34,7 @@ from onnxlift_serving.contract import (
     THROTTLE_RETRY_AFTER_S,
     allowed_methods,
     retry_after,
+    route_path,
 )
 from onnxlift_serving.openapi import document
 
@@ -150,7 +151,9 @@ def resolve_route(path: str, config: GatewayConfig) -> ResolvedRoute | None:
     """(function, resource, path parameters) for a path of the contract's route table, under
     any method, like the deployed API's resources: a model's routes on its own function
     (resource names the model), the others on the default one, a model the API does not
-    serve on "" (the deployed API's 404 mock); None for a path of no route."""
+    serve on "" (the deployed API's 404 mock); None for a path of no route. A trailing
+    slash is ignored, as API Gateway REST ignores it (contract.route_path)."""
+    path = route_path(path)
     for template, pattern in _TEMPLATES.items():
         if found := pattern.match(path):
             params = found.groupdict()

@@ -82,7 +82,7 @@ def test_the_lock_reader_understands_continuations(tmp_path: Path) -> None:
 def test_every_pin_carries_hashes() -> None:
     for lock in [DEV_LOCK, *(folder / "requirements.txt" for folder in IMAGES)]:
         pins = read_pins(lock)
-        assert len(pins) > 10, lock
+        assert len(pins) >= 5, lock  # the Lambda image installs 8: what serving imports
         assert [p.name for p in pins.values() if not p.hashes] == [], lock
 
 

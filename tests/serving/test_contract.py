@@ -17,8 +17,10 @@ from onnxlift_serving.contract import (
     ROUTES,
     Env,
     Op,
+    allowed_methods,
     error_body,
     match_route,
+    route_path,
     sandbox_environment,
     serving_environment,
     threads_for_memory,
@@ -43,7 +45,7 @@ NEAR_MISSES = [
     ("GET", "/v2/health"),
     ("GET", "/v2/models/a/b"),
     ("POST", "/v2"),
-    ("GET", "/v2/"),
+    ("POST", "/v2/"),
     ("POST", "/v2/models/minilm/config"),
     ("GET", "/v2/models/minilm/config/x"),
     ("GET", "/v2/models/minilm/versions/3/config/x"),
@@ -71,7 +73,15 @@ def test_every_route_matches_itself_with_its_parameters() -> None:
         assert found is not None and found.route == route
         assert found.name == (SAMPLE["name"] if "{name}" in route.template else None)
         assert found.version == (SAMPLE["version"] if "{version}" in route.template else None)
-        assert "<name>" in route.powertools_rule or "{name}" not in route.template
+
+
+def test_a_trailing_slash_takes_the_route_as_api_gateway_does() -> None:
+    """API Gateway REST routes /x/ to the resource /x; the handler and gateway follow."""
+    for route in ROUTES:
+        found = match_route(route.method, concrete(route.template) + "/")
+        assert found is not None and found.route == route
+    assert match_route("GET", "/v2//") is not None and route_path("/") == "/"
+    assert allowed_methods("/v2/health/live/") == ("GET",)
 
 
 @pytest.mark.parametrize(("method", "path"), NEAR_MISSES)

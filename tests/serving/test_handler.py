@@ -154,6 +154,25 @@ def test_metadata_ready_and_health(handler: Any, lambda_context: Any, published:
         assert status == 200, path
     status, body, _ = call(handler, lambda_context, path="/v2/nothing", method="GET")
     assert status == 404 and "no route" in body["error"]
+    # API Gateway REST routes /x/ to the resource /x and passes the path as sent.
+    for path in ("/v2/health/live/", "/v2/", "/v2/models/minilm/"):
+        status, _, _ = call(handler, lambda_context, path=path, method="GET")
+        assert status == 200, path
+    status, body, _ = call(
+        handler, lambda_context, texts_body(["slash"]), path="/v2/models/minilm/infer/"
+    )
+    assert status == 200 and body["outputs"][0]["shape"] == [1, 384]
+    status, body, headers = call(handler, lambda_context, path="/v2/health/live/", method="PUT")
+    assert status == 405 and headers["Allow"] == "GET"
+
+
+def test_init_phases_are_timed_and_logged(handler: Any) -> None:
+    """The init phase by part: what `onnxlift bench` reads and the "model loaded" line logs."""
+    phases = handler.INIT_PHASES
+    assert set(phases) == {"imports_s", "verify_s", "session_s", "pipeline_s", "init_s"}
+    assert all(value > 0 for value in phases.values()), phases
+    parts = phases["imports_s"] + phases["verify_s"] + phases["session_s"] + phases["pipeline_s"]
+    assert parts <= phases["init_s"]
 
 
 def test_metrics_are_emitted_as_emf(handler: Any, lambda_context: Any, capsys: Any) -> None:

@@ -26,7 +26,6 @@ from click.testing import CliRunner
 from onnxlift_serving.artifact import sha256_file
 from onnxlift_serving.contract import (
     Env,
-    infer_path,
     sandbox_environment,
     serving_environment,
 )
@@ -269,6 +268,7 @@ def _signed_registry(registry: Registry, key: Path) -> Registry:
         ("b", "a", "true", "Failed", "does not verify with key"),
         (None, "a", "true", "Failed", "is not signed, and this deployment requires it"),
         (None, "a", "false", "Succeeded", "parity passed"),  # kms-optional: unsigned loads
+        ("b", "a", "false", "Failed", "does not verify with key"),  # ... a signed one must verify
     ],
 )
 def test_the_hook_checks_the_manifest_signature_before_trusting_the_parity_set(
@@ -337,6 +337,27 @@ def test_the_hook_asset_is_self_contained(tmp_path: Path) -> None:
     }  # fmt: skip
 
 
-def test_the_hook_spells_the_contracts_routes() -> None:
-    hook = load_hook()
-    assert hook.INFER_ROUTE.format(name="m", version="3") == infer_path("m", "3")
+def test_a_signed_manifest_copied_to_another_version_fails(
+    endpoints: dict[str, str],
+    published: tuple[Registry, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The signature covers the manifest's bytes, not its place: version 2's signed manifest,
+    signature and parity set copied under version 3 (by someone who may write the bucket but
+    not sign) fail version 3's deployment."""
+    registry, build = published
+    key = (tmp_path / "k.pem", tmp_path / "k.pub.pem")
+    create_file_key(*key)
+    assert _signed_registry(registry, key[0]).publish(build, name="ext", version="2") == "2"
+    s3, bucket = registry.s3, registry.bucket
+    for suffix in ("manifest.json", "manifest.sig", "assets/parity.json"):
+        body = s3.get_object(Bucket=bucket, Key=f"models/ext/2/{suffix}")["Body"].read()
+        s3.put_object(Bucket=bucket, Key=f"models/ext/3/{suffix}", Body=body)
+    signing = {Env.MODEL_SIGNATURE_KEY: f"file:{key[1]}", Env.MODEL_SIGNATURE_REQUIRED: "true"}
+    with serving(build, "3", tmp_path, monkeypatch) as function:
+        result, calls = run_hook(
+            endpoints, function, registry.bucket, "3", monkeypatch, signing=signing
+        )
+    assert reported(calls) == "Failed" == result["status"]
+    assert "ext version 3: its manifest names ext version 2" in result["message"], result

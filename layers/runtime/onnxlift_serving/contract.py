@@ -73,8 +73,10 @@ __all__ = [
     "parse_count",
     "resource_name",
     "retry_after",
+    "route_path",
     "sandbox_environment",
     "serving_environment",
+    "signature_required",
     "stack_name",
     "threads_for_memory",
     "tracing_enabled",
@@ -268,6 +270,12 @@ def sandbox_environment(name: str, memory_mb: int, *, tracing: bool = False) -> 
     }
 
 
+def signature_required(env: Mapping[str, str]) -> bool:
+    """MODEL_SIGNATURE_REQUIRED as the function, the container and the hook read it: only
+    "false" lets an unsigned version load (kms-optional); a signature present must verify."""
+    return env.get(Env.MODEL_SIGNATURE_REQUIRED, "true").strip().lower() != "false"
+
+
 def tracing_enabled(env: Mapping[str, str]) -> bool:
     """Whether powertools' Tracer would record here: on Lambda (LAMBDA_TASK_ROOT) unless
     POWERTOOLS_TRACE_DISABLED is true. The handler builds no Tracer otherwise, so a sandbox
@@ -360,11 +368,6 @@ class Route:
     op: Op
 
     @property
-    def powertools_rule(self) -> str:
-        """The template in aws-lambda-powertools' resolver syntax (<name>)."""
-        return re.sub(r"\{(\w+)\}", r"<\1>", self.template)
-
-    @property
     def pattern(self) -> re.Pattern[str]:
         return re.compile(
             "^" + re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(self.template)) + "$"
@@ -440,6 +443,7 @@ class RouteMatch:
 
 def allowed_methods(path: str) -> tuple[str, ...]:
     """The methods some route answers on `path` (empty: no such path; a 404, else a 405)."""
+    path = route_path(path)
     return tuple(sorted({route.method for route, pattern in _COMPILED if pattern.match(path)}))
 
 
@@ -453,9 +457,16 @@ def not_allowed_message(method: str, path: str, allowed: tuple[str, ...]) -> str
     return f"{method[:16]} is not allowed on {path[:256]}; use {', '.join(allowed)}"
 
 
+def route_path(path: str) -> str:
+    """The path a route is matched on: API Gateway REST routes `/v2/health/live/` to the
+    resource `/v2/health/live` (and passes the path as sent), so trailing slashes go."""
+    return path.rstrip("/") or "/"
+
+
 def match_route(method: str, path: str) -> RouteMatch | None:
     """The route `method path` takes, or None (a path known under another method is None too:
     the caller answers 404 with what it was asked, as API Gateway does)."""
+    path = route_path(path)
     for route, pattern in _COMPILED:
         if route.method == method and (found := pattern.match(path)):
             return RouteMatch(route, found.groupdict())

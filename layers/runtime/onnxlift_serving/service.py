@@ -42,6 +42,7 @@ from onnxlift_serving.contract import (
     Env,
     is_canonical_version,
     memory_limit_mb,
+    signature_required,
 )
 from onnxlift_serving.cpu import cpu_facts
 from onnxlift_serving.errors import (
@@ -102,7 +103,7 @@ class ServiceConfig:
             max_loaded_versions=int(env.get(Env.MAX_LOADED_VERSIONS, DEFAULT_MAX_LOADED_VERSIONS)),
             memory_mb=memory_limit_mb(env),
             signature_key=env.get(Env.MODEL_SIGNATURE_KEY, ""),
-            signature_required=env.get(Env.MODEL_SIGNATURE_REQUIRED, "true").lower() != "false",
+            signature_required=signature_required(env),
         )
 
 
