@@ -25,6 +25,11 @@ from infra.images import image_build
 from infra.registry_bucket import REASON_MODEL_PREFIX, ModelRegistry
 
 ARCHITECTURES = {"x86_64": lambda_.Architecture.X86_64, "arm64": lambda_.Architecture.ARM_64}
+REASON_NO_TRACING = (
+    "Tracing is turned off for this deployment (onnxlift.tracing=false): the operator chose "
+    "the shorter cold start (no X-Ray SDK import) over per-request traces; logs and EMF "
+    "metrics still cover every request."
+)
 REASON_XRAY = (
     "Active X-Ray tracing: xray:PutTraceSegments and xray:PutTelemetryRecords do not "
     "support resource-level permissions, so their statement must use Resource '*'. "
@@ -51,6 +56,7 @@ class InferenceFunction(Construct):
         self.model = model
         self.signature_key = signature_key  # kms:<arn>: loads verify; the stack grants Verify
         self.signature_required = signature_required  # False: unsigned versions load too
+        self.tracing = config.tracing
         # The steps run in this order: each reads what the ones before it set on self.
         self.log_group = self._log_group(config)
         self.role = self._role(model, registry)
@@ -92,7 +98,11 @@ class InferenceFunction(Construct):
         """cdk-nag acknowledgements (and cfn-lint ignores) for this function and its role,
         each with its reason."""
         policy = self.role.node.find_child("DefaultPolicy")
-        nag.ack(policy, f"{nag.PACK}-IAM5[Resource::*]", REASON_XRAY, skip=skip)
+        if self.tracing:
+            nag.ack(policy, f"{nag.PACK}-IAM5[Resource::*]", REASON_XRAY, skip=skip)
+        else:
+            nag.ack(self.function, f"{nag.SERVERLESS}-LambdaTracing", REASON_NO_TRACING, skip=skip)
+            nag.cfn_lint_ignore(self.function, "WS1000", REASON_NO_TRACING)
         model_objects = nag.resource_finding(self, self.model_objects_arn)
         nag.ack(policy, f"{nag.PACK}-IAM5[{model_objects}]", REASON_MODEL_PREFIX, skip=skip)
         nag.ack(self.function, f"{nag.SERVERLESS}-LambdaDLQ", nag.REASON_API_DLQ, skip=skip)
@@ -141,7 +151,7 @@ class InferenceFunction(Construct):
             memory_size=model.memory_mb,
             timeout=Duration.seconds(model.timeout_s),
             reserved_concurrent_executions=model.reserved_concurrency,
-            tracing=lambda_.Tracing.ACTIVE,
+            tracing=lambda_.Tracing.ACTIVE if config.tracing else lambda_.Tracing.DISABLED,
             role=self.role,
             log_group=self.log_group,
             environment=contract.serving_environment(
@@ -156,6 +166,7 @@ class InferenceFunction(Construct):
             | {
                 "POWERTOOLS_SERVICE_NAME": model.function_name,
                 "POWERTOOLS_METRICS_NAMESPACE": contract.POWERTOOLS_NAMESPACE,
+                str(contract.Env.TRACE_DISABLED): "false" if config.tracing else "true",
                 "LOG_LEVEL": "INFO",
             },
         )

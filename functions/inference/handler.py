@@ -171,7 +171,8 @@ def _infer(name: str, version: str | None, event: dict[str, Any]) -> ProxyResult
 
 def _traced(operation: Operation) -> Operation:
     """An X-Ray subsegment per operation where tracing is on; nothing added where it is off."""
-    return operation if tracer is None else tracer.capture_method(operation)
+    # capture_response=False: an answer (up to 6 MB) is no trace metadata (X-Ray keeps 64 KB).
+    return operation if tracer is None else tracer.capture_method(operation, capture_response=False)
 
 
 OPERATIONS: dict[Op, Operation] = {
@@ -208,4 +209,4 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> ProxyResult
 
 
 if tracer is not None:  # the handler's segment, and cold start / response annotations
-    lambda_handler = tracer.capture_lambda_handler(lambda_handler)
+    lambda_handler = tracer.capture_lambda_handler(lambda_handler, capture_response=False)

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from onnxlift_serving.contract import Env
+
 from onnxlift.bench.serving import api_event, sandbox_env
 
 PROBE = Path(__file__).with_name("coldstart_probe.py")
@@ -37,7 +39,11 @@ def cold_targets(
     keys = ["int8", "fp32_fused"] + (["fp32"] if fp32 else [])
     targets: dict[str, Target] = {k: ("onnx", staged[k], {}) for k in keys if k in staged}
     env = sandbox_env(staged["int8"], threads=1) | {EVENT_ENV: json.dumps(api_event(name, [text]))}
-    targets["handler_int8"] = ("handler", handler, env)
+    # As deployed by default (active tracing: powertools' Tracer, the X-Ray SDK imported), and
+    # with `-c onnxlift.tracing=false` (no Tracer built).
+    traced = {str(Env.LAMBDA_TASK_ROOT): str(handler.parent), str(Env.TRACE_DISABLED): "false"}
+    targets["handler_int8"] = ("handler", handler, env | traced)
+    targets["handler_int8_untraced"] = ("handler", handler, env)
     if weights is not None:
         targets["torch"] = ("torch", weights, {})
     return targets
@@ -94,9 +100,10 @@ def run_coldstart(
         walls = [r["wall_s"] for r in found]
         kinds[key] |= {"min_wall_s": min(walls), "max_wall_s": max(walls), "samples": found}
         phases = [r["phases"] for r in found if r.get("phases")]
-        if phases:  # the handler's own init by phase
+        if phases:  # the handler's own init by phase (those every run reported)
+            names = [n for n in phases[0] if all(n in p for p in phases)]
             kinds[key]["median_phases"] = {
-                name: statistics.median(p[name] for p in phases) for name in phases[0]
+                name: statistics.median(p[name] for p in phases) for name in names
             }
         report(f"  cold start {key}: median {kinds[key]['median_wall_s']:.2f} s")
     return {"runs": runs, "threads": 1, "kinds": kinds}

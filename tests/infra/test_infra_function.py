@@ -52,6 +52,7 @@ def test_environment(one, two) -> None:
         # The function's own name, onnxlift-<env>-<model> (the dashboard's service dimension).
         "POWERTOOLS_SERVICE_NAME": "onnxlift-dev-minilm",
         "POWERTOOLS_METRICS_NAMESPACE": "onnxlift",
+        "POWERTOOLS_TRACE_DISABLED": "false",  # traced (the default): the handler's Tracer
         "LOG_LEVEL": "INFO",
     }
     bge = function_of(two, "bge")["Environment"]["Variables"]
@@ -60,6 +61,33 @@ def test_environment(one, two) -> None:
         "registry",
         "4",
     )
+
+
+def test_tracing_off_leaves_the_function_untraced_and_nag_clean(
+    project_root: Path, tmp_path: Path
+) -> None:
+    """-c onnxlift.tracing=false: no active tracing, no X-Ray grant, the handler told (its
+    Tracer, and the X-Ray SDK import, are skipped); cdk-nag's finding is acknowledged."""
+    from infra import nag
+    from infra.config import config_from_context
+    from tests.infra.conftest import MINILM, synth
+
+    untraced = config_from_context({"tracing": "false"}, [MINILM])
+    built = synth(untraced, project_root, tmp_path / "untraced")
+    props = function_of(built, "minilm")
+    assert "TracingConfig" not in props
+    assert props["Environment"]["Variables"]["POWERTOOLS_TRACE_DISABLED"] == "true"
+    role = props["Role"]["Fn::GetAtt"][0]
+    actions = {
+        action
+        for policy in built.of_type("AWS::IAM::Policy").values()
+        if {"Ref": role} in policy["Properties"]["Roles"]
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+        for action in ([statement["Action"]] if isinstance(statement["Action"], str)
+                       else statement["Action"])
+    }  # fmt: skip
+    assert not {a for a in actions if a.startswith("xray:")}
+    assert nag.findings(built.app) == []
 
 
 def test_log_group_with_retention(one, two) -> None:
