@@ -104,3 +104,5 @@ def test_explain_says_when_no_integer_kernel_can_reach_2x() -> None:
     c |= {"int8_integer_ms": 5.0, "int8_other_ms": 3.0, "ceiling": 10.0 / 3.0}
     text = " ".join(op_profile.explain(c))
     assert "at most 2.000 ms" in text and "2.50x too slow" in text
+    c |= {"int8_ms": 4.0, "int8_integer_ms": 1.0}
+    assert "2x is reached" in " ".join(op_profile.explain(c))
