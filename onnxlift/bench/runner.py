@@ -51,7 +51,8 @@ METHOD = [
     "answers one API Gateway event; torch loads SentenceTransformer from the safetensors "
     "folder. Files are in the page cache; a Lambda cold start also pulls its image.",
     "Op profile: onnxruntime's profiler (SessionOptions.enable_profiling through "
-    "create_session), one thread, the served INT8 file and the fused FP32 on the batch-1 and "
+    "create_session), one thread, the served INT8 file and the fused FP32, their calls "
+    "interleaved, on the batch-1 and "
     "batch-8 inputs; warm-up calls dropped, kernel time per node averaged over the profiled "
     "calls and summed by op type (session overhead between nodes is not in it).",
     "Throughput: `onnxlift up` started as a separate process on free loopback ports with its own "
