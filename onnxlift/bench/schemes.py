@@ -11,6 +11,8 @@ Schemes, all from the same split FP32 graph of the minilm build (outlier channel
   qattn         7bit with the fused Attention quantized too (QAttention, its Q/K/V weights 7-bit
                 through the same reduce_range)
   qattn-keep3   qattn with the least sensitive layer's Attention (Attention_3) left FP32
+  qattn-smooth  qattn after a SmoothQuant-style migration (alpha 0.5, calibration.txt): each
+                Attention input divided per channel by s, its Q/K/V weight rows times s
   static-qdq    static QDQ, activation scales calibrated on calibration.txt (MinMax), FFN and
                 projections; onnxruntime 1.32 runs the weights' DequantizeLinear -> MatMul as
                 MatMulNBits at load
@@ -111,6 +113,54 @@ def _static_qdq(b: _Build, target: Path) -> None:
     )
 
 
+def _smoothed(b: _Build, target: Path, alpha: float = 0.5) -> None:
+    """SmoothQuant-style migration before QAttention: each Attention input channel k divided
+    by s_k = max|x_k|^alpha / max|W_k|^(1 - alpha) (a Mul kept FP32, max|x_k| over the
+    calibration texts) and row k of its Q/K/V weight multiplied by s_k: the same FP32 function,
+    a narrower activation range for the per-call u8 scale. Then qattn."""
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(b.split))
+    attention = [n for n in model.graph.node if n.op_type == "Attention"]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(n.input[0]) for n in attention)
+    session = create_session(probe.SerializeToString())
+    tokenizer = load_tokenizer(str(b.folder / "assets" / "tokenizer.json"), b.spec.max_length)
+    calibration = b.spec.folder / (b.spec.quantization.calibration or "calibration.txt")
+    peaks: list[np.ndarray] = [np.zeros(0)] * len(attention)
+    for text in (t for t in calibration.read_text().splitlines() if t.strip()):
+        for i, x in enumerate(session.run(None, _feeds(tokenizer, [text]))):
+            flat = np.abs(x).reshape(-1, x.shape[-1]).max(0)
+            peaks[i] = flat if not peaks[i].size else np.maximum(peaks[i], flat)
+    initializers = {i.name: i for i in model.graph.initializer}
+    muls = []
+    for node, peak in zip(attention, peaks, strict=True):
+        weight = numpy_helper.to_array(initializers[node.input[1]])
+        scale = np.maximum(peak, 1e-5) ** alpha / np.maximum(np.abs(weight).max(1), 1e-5) ** (
+            1 - alpha
+        )
+        scale = (scale / np.exp(np.log(scale).mean())).astype(np.float32)
+        initializers[node.input[1]].CopyFrom(
+            numpy_helper.from_array(weight * scale[:, None], node.input[1])
+        )
+        inverse, smoothed = f"{node.name}_smooth_inverse", f"{node.name}_smooth_input"
+        model.graph.initializer.append(numpy_helper.from_array(1 / scale, inverse))
+        muls.append(helper.make_node("Mul", [node.input[0], inverse], [smoothed], name=inverse))
+        node.input[0] = smoothed
+    nodes = list(model.graph.node)
+    for mul, node in zip(muls, attention, strict=True):
+        nodes.insert(nodes.index(node), mul)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    smooth = b.work / "model.fp32.split.smooth.onnx"
+    onnx.save(model, str(smooth))
+    quant = dataclasses.replace(b.spec.quantization, exclude_op_types=())
+    keep = b.helpers + [m.name for m in muls]
+    quantize_dynamic_int8(smooth, target, quant, extra_fp32_nodes=keep)
+
+
 Maker = Callable[[_Build, Path], None]
 # label -> (file name under work/ or None for the served file, how to make it, session config)
 SCHEMES: dict[str, tuple[str | None, Maker | None, dict[str, str]]] = {
@@ -131,6 +181,7 @@ SCHEMES: dict[str, tuple[str | None, Maker | None, dict[str, str]]] = {
         lambda b, t: _dynamic(b, t, quant={"exclude_op_types": ()}, keep=["Attention_3"]),
         INTEGER_KERNEL_CONFIG,
     ),
+    "qattn-smooth": ("model.int8.qattn-smooth.onnx", _smoothed, INTEGER_KERNEL_CONFIG),
     "static-qdq": ("model.int8.static-qdq.onnx", _static_qdq, INTEGER_KERNEL_CONFIG),
     "nbits8-b32": (
         "model.nbits8.b32.onnx",
