@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from onnxlift.bench import op_profile
 from onnxlift.bench.tiers import TIERS
 from onnxlift.bench.timing import ratio
 
@@ -287,6 +288,10 @@ def _throughput_md(tp: dict[str, Any]) -> list[str]:
 SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
     "tiers": ("Tiers of the request path (p50 / p95 / p99 ms, {threads} thread, INT8)", _tiers_md),
     "alternatives": ("INT8 vs FP32 vs PyTorch (pre-processing + run, {threads} thread)", _alt_md),
+    "op_profile": (
+        "Time by op type, INT8 vs FP32 (onnxruntime profiler, {threads} thread)",
+        op_profile.render,
+    ),
     "threads": ("intra_op_num_threads 1 vs 2 (pre-processing + run)", _threads_md),
     "coldstart": ("Cold start (fresh process to first answer)", _cold_md),
     "size": ("Deployable size", _size_md),

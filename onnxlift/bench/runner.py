@@ -18,7 +18,7 @@ from typing import Any
 
 from onnxlift_serving.cpu import cpu_facts
 
-from onnxlift.bench import alternatives, coldstart, serving, size, throughput
+from onnxlift.bench import alternatives, coldstart, op_profile, serving, size, throughput
 from onnxlift.bench import report as outputs
 from onnxlift.bench.corpus import BATCH_SIZES, bench_sentences, read_lines
 from onnxlift.bench.tiers import run_tiers
@@ -50,6 +50,11 @@ METHOD = [
     "(sha256 check, session, pipeline); handler_int8 imports the Lambda handler (powertools) and "
     "answers one API Gateway event; torch loads SentenceTransformer from the safetensors "
     "folder. Files are in the page cache; a Lambda cold start also pulls its image.",
+    "Op profile: onnxruntime's profiler (SessionOptions.enable_profiling through "
+    "create_session), one thread, the served INT8 file and the fused FP32, their calls "
+    "interleaved, on the batch-1 and "
+    "batch-8 inputs; warm-up calls dropped, kernel time per node averaged over the profiled "
+    "calls and summed by op type (session overhead between nodes is not in it).",
     "Throughput: `onnxlift up` started as a separate process on free loopback ports with its own "
     "state folder (or a running stack via --state); batch 1; limit = cores / bare session.run "
     "time at batch 1 with one thread. The client threads run on the same cores.",
@@ -154,6 +159,11 @@ def _warm(m: _Model, config: BenchConfig, s: Settings, info: dict[str, Any]) -> 
         alt = dataclasses.replace(fewer, budget_s=s.alt_budget_s)
         m.out["alternatives"] = alternatives.run_alternatives(
             alt, m.folder, m.manifest, m.source, texts
+        )
+    with m.section("op_profile", "per-op profile, INT8 vs FP32"):
+        batches = [b for b in op_profile.PROFILED_BATCHES if b in s.batch_sizes]
+        m.out["op_profile"] = op_profile.bench_op_profile(
+            m.folder, m.staged["int8"], m.sentences, batches, max(5, s.alt_repeat // 3)
         )
     with m.section("threads"):
         m.out["threads"] = alternatives.run_threads(fewer, m.folder)

@@ -1,22 +1,43 @@
-"""What saturation-free INT8 costs: each integer scheme against fused FP32, batch 1 / 8 / 32.
+"""Integer schemes for minilm against fused FP32 at batch 1 / 8 / 32: speed, parity, and
+whether the answers can depend on the CPU.
 
-    python -m onnxlift.bench.schemes [--rounds 5]      (after `onnxlift build minilm`)
+    python -m onnxlift.bench.schemes [--rounds 5] [--schemes 7bit qattn ...]
+    (after `onnxlift build minilm`; the variants are written next to the build's work files)
 
-Schemes, all from the same split FP32 graph of the minilm build:
-  7bit          reduce_range weights (served): no u8 x s8 pair can reach 16 bits
+Schemes, all from the same split FP32 graph of the minilm build (outlier channels split off):
+  7bit          reduce_range weights, Attention FP32 (served): no u8 x s8 pair can reach 16 bits
   7bit+setting  the same file with onnxlift's session setting (what every session gets)
-  8bit          full-range s8 weights, onnxruntime defaults: saturates on AVX2 / AVX-512 w/o VNNI
-  8bit+setting  the same file on onnxruntime's exact U8U8 path
-Min cosine is against the FP32 export on the parity texts at batch 1 (the build's gate runs
-against sentence-transformers in batches of 16, see the manifest). Timings: median of each
-block, best of the rounds, one thread, interleaved so that noise hits every scheme alike.
+  8bit+setting  full-range s8 weights on onnxruntime's exact U8U8 path (slower on AVX2)
+  qattn         7bit with the fused Attention quantized too (QAttention, its Q/K/V weights 7-bit
+                through the same reduce_range)
+  qattn-keep3   qattn with the least sensitive layer's Attention (Attention_3) left FP32
+  qattn-smooth  qattn after a SmoothQuant-style migration (alpha 0.5, calibration.txt): each
+                Attention input divided per channel by s, its Q/K/V weight rows times s
+  static-qdq    static QDQ, activation scales calibrated on calibration.txt (MinMax), FFN and
+                projections; onnxruntime 1.32 runs the weights' DequantizeLinear -> MatMul as
+                MatMulNBits at load
+  nbits8-b32 / nbits8-b128
+                MatMulNBits 8-bit symmetric weights, blocks of 32 / 128, accuracy_level 4
+                (int8 compute), FFN and projections; Attention FP32
+Columns: min cosine against the FP32 export at batch 1 on the parity texts; the build gate's
+figure (sentence-transformers on the parity set, batches of 16 through the serving pipeline);
+"exact": the served file against the same graph with every integer MatMul/QAttention summed in
+float64 (onnxlift.builder.integer_reference), bit-identical texts of 65 and the largest s8
+weight (|w| <= 64: no CPU's kernel can saturate). Timings: median of each block, best of the
+rounds, one thread, interleaved so that noise hits every scheme alike; each round's ratios are
+printed too, for the spread.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
+import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,10 +48,152 @@ from onnxlift_serving.session import INTEGER_KERNEL_CONFIG, create_session
 
 from onnxlift import paths
 from onnxlift.builder.build import latest_build
+from onnxlift.builder.integer_audit import audit_integer_kernels
 from onnxlift.builder.quantize import quantize_dynamic_int8
-from onnxlift.spec import load_spec
+from onnxlift.spec import ModelSpec, load_spec
 
 BATCHES = ((1, 200), (8, 40), (32, 12))  # batch, runs per block
+
+
+@dataclass(frozen=True)
+class _Build:
+    spec: ModelSpec
+    folder: Path
+    work: Path
+    helpers: list[str]  # the outlier split's FP32 nodes
+
+    @property
+    def split(self) -> Path:
+        return self.work / "model.fp32.split.onnx"
+
+
+def _dynamic(b: _Build, target: Path, **changes: Any) -> None:
+    quant = dataclasses.replace(b.spec.quantization, **changes.pop("quant", {}))
+    quantize_dynamic_int8(b.split, target, quant, extra_fp32_nodes=b.helpers + changes["keep"])
+
+
+def _nbits(b: _Build, target: Path, block: int) -> None:
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantizer = MatMulNBitsQuantizer(
+        str(b.split),
+        bits=8,
+        block_size=block,
+        is_symmetric=True,
+        accuracy_level=4,
+        nodes_to_exclude=b.helpers,
+    )
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(target), False)
+
+
+def _static_qdq(b: _Build, target: Path) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from onnxlift.builder.quantize import _FeedsReader
+
+    tokenizer = load_tokenizer(str(b.folder / "assets" / "tokenizer.json"), b.spec.max_length)
+    calibration = b.spec.folder / (b.spec.quantization.calibration or "calibration.txt")
+    texts = [t for t in calibration.read_text().splitlines() if t.strip()]
+    graph = onnx.load(str(b.split), load_external_data=False)
+    attention = [n.name for n in graph.graph.node if n.op_type == "Attention"]
+    quantize_static(
+        str(b.split),
+        str(target),
+        _FeedsReader([_feeds(tokenizer, [t]) for t in texts]),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        reduce_range=True,
+        op_types_to_quantize=["MatMul"],
+        nodes_to_exclude=b.helpers + attention,
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+
+
+def _smoothed(b: _Build, target: Path, alpha: float = 0.5) -> None:
+    """SmoothQuant-style migration before QAttention: each Attention input channel k divided
+    by s_k = max|x_k|^alpha / max|W_k|^(1 - alpha) (a Mul kept FP32, max|x_k| over the
+    calibration texts) and row k of its Q/K/V weight multiplied by s_k: the same FP32 function,
+    a narrower activation range for the per-call u8 scale. Then qattn."""
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(b.split))
+    attention = [n for n in model.graph.node if n.op_type == "Attention"]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(n.input[0]) for n in attention)
+    session = create_session(probe.SerializeToString())
+    tokenizer = load_tokenizer(str(b.folder / "assets" / "tokenizer.json"), b.spec.max_length)
+    calibration = b.spec.folder / (b.spec.quantization.calibration or "calibration.txt")
+    peaks: list[np.ndarray] = [np.zeros(0)] * len(attention)
+    for text in (t for t in calibration.read_text().splitlines() if t.strip()):
+        for i, x in enumerate(session.run(None, _feeds(tokenizer, [text]))):
+            flat = np.abs(x).reshape(-1, x.shape[-1]).max(0)
+            peaks[i] = flat if not peaks[i].size else np.maximum(peaks[i], flat)
+    initializers = {i.name: i for i in model.graph.initializer}
+    muls = []
+    for node, peak in zip(attention, peaks, strict=True):
+        weight = numpy_helper.to_array(initializers[node.input[1]])
+        scale = np.maximum(peak, 1e-5) ** alpha / np.maximum(np.abs(weight).max(1), 1e-5) ** (
+            1 - alpha
+        )
+        scale = (scale / np.exp(np.log(scale).mean())).astype(np.float32)
+        initializers[node.input[1]].CopyFrom(
+            numpy_helper.from_array(weight * scale[:, None], node.input[1])
+        )
+        inverse, smoothed = f"{node.name}_smooth_inverse", f"{node.name}_smooth_input"
+        model.graph.initializer.append(numpy_helper.from_array(1 / scale, inverse))
+        muls.append(helper.make_node("Mul", [node.input[0], inverse], [smoothed], name=inverse))
+        node.input[0] = smoothed
+    nodes = list(model.graph.node)
+    for mul, node in zip(muls, attention, strict=True):
+        nodes.insert(nodes.index(node), mul)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    smooth = b.work / "model.fp32.split.smooth.onnx"
+    onnx.save(model, str(smooth))
+    quant = dataclasses.replace(b.spec.quantization, exclude_op_types=())
+    keep = b.helpers + [m.name for m in muls]
+    quantize_dynamic_int8(smooth, target, quant, extra_fp32_nodes=keep)
+
+
+Maker = Callable[[_Build, Path], None]
+# label -> (file name under work/ or None for the served file, how to make it, session config)
+SCHEMES: dict[str, tuple[str | None, Maker | None, dict[str, str]]] = {
+    "7bit": (None, None, {}),
+    "7bit+setting": (None, None, INTEGER_KERNEL_CONFIG),
+    "8bit+setting": (
+        "model.int8.8bit.onnx",
+        lambda b, t: _dynamic(b, t, quant={"reduce_range": False}, keep=[]),
+        INTEGER_KERNEL_CONFIG,
+    ),
+    "qattn": (
+        "model.int8.qattn.onnx",
+        lambda b, t: _dynamic(b, t, quant={"exclude_op_types": ()}, keep=[]),
+        INTEGER_KERNEL_CONFIG,
+    ),
+    "qattn-keep3": (
+        "model.int8.qattn-keep3.onnx",
+        lambda b, t: _dynamic(b, t, quant={"exclude_op_types": ()}, keep=["Attention_3"]),
+        INTEGER_KERNEL_CONFIG,
+    ),
+    "qattn-smooth": ("model.int8.qattn-smooth.onnx", _smoothed, INTEGER_KERNEL_CONFIG),
+    "static-qdq": ("model.int8.static-qdq.onnx", _static_qdq, INTEGER_KERNEL_CONFIG),
+    "nbits8-b32": (
+        "model.nbits8.b32.onnx",
+        lambda b, t: _nbits(b, t, 32),
+        INTEGER_KERNEL_CONFIG,
+    ),
+    "nbits8-b128": (
+        "model.nbits8.b128.onnx",
+        lambda b, t: _nbits(b, t, 128),
+        INTEGER_KERNEL_CONFIG,
+    ),
+}
 
 
 def _feeds(tokenizer: Any, texts: list[str]) -> dict[str, np.ndarray]:
@@ -42,71 +205,135 @@ def _feeds(tokenizer: Any, texts: list[str]) -> dict[str, np.ndarray]:
     }
 
 
-def run(rounds: int = 5) -> list[dict[str, Any]]:
-    spec = load_spec(paths.models_dir(paths.project_root()) / "minilm")
-    build = latest_build(spec)
-    if build is None:
-        raise SystemExit("build minilm first: onnxlift build minilm")
-    work = build / "work"
-    eight_bit = work / "model.int8.8bit.onnx"
-    if not eight_bit.is_file():
-        split = onnx.load(str(work / "model.fp32.split.onnx"), load_external_data=False)
-        helpers = [
-            n.name
-            for n in split.graph.node
-            if n.name.endswith(("_outlier_gather", "_outlier_matmul"))
-        ]
-        quant = dataclasses.replace(spec.quantization, reduce_range=False)
-        quantize_dynamic_int8(
-            work / "model.fp32.split.onnx", eight_bit, quant, extra_fp32_nodes=helpers
-        )
-    files = {"fp32 fused": (work / "model.fp32.fused.onnx", INTEGER_KERNEL_CONFIG)}
-    for label, path in (("7bit", build / "model.onnx"), ("8bit", eight_bit)):
-        files[label] = (path, {})
-        files[f"{label}+setting"] = (path, INTEGER_KERNEL_CONFIG)
-    sessions = {k: create_session(p, integer_config=c) for k, (p, c) in files.items()}
+def _files(b: _Build, labels: list[str]) -> dict[str, tuple[Path, dict[str, str]]]:
+    files = {"fp32 fused": (b.work / "model.fp32.fused.onnx", INTEGER_KERNEL_CONFIG)}
+    for label in labels:
+        name, make, config = SCHEMES[label]
+        path = b.folder / "model.onnx" if name is None else b.work / name
+        if make is not None and not path.is_file():
+            make(b, path)
+        files[label] = (path, config)
+    return files
 
-    tokenizer = load_tokenizer(str(build / "assets" / "tokenizer.json"), spec.max_length)
-    texts = [t for t in (spec.folder / spec.parity.inputs).read_text().splitlines() if t.strip()]
-    reference = create_session(work / "model.fp32.onnx")
-    rows = []
-    for label, session in sessions.items():
+
+def _gate(b: _Build, path: Path, source: Any) -> float:
+    """The build gate's min cosine: sentence-transformers against the serving pipeline in
+    batches of 16, on the whole parity set."""
+    from onnxlift.bench.serving import stage_artifact
+    from onnxlift.builder import parity
+    from onnxlift.builder.build import serve_batched
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = stage_artifact(b.folder, path, Path(tmp) / "artifact")
+        served = serve_batched(folder, source.parity_inputs, threads=1, batch=16)
+    return float(parity.measure("min_cosine", served, source.reference, None)["value"])
+
+
+def _exactness(path: Path, feeds: list[dict[str, np.ndarray]]) -> str:
+    """Texts on which the served file equals its float64-integer graph bit for bit."""
+    from onnxlift.builder.integer_reference import exact_integer_model
+
+    audit = audit_integer_kernels(path)
+    model = onnx.load(str(path))
+    summed = {"MatMulInteger", "QAttention"} & {n.op_type for n in model.graph.node}
+    if not summed:  # QDQ and MatMulNBits: nothing the reference recomputes
+        return f"not checked (no MatMulInteger/QAttention; s8 |w| <= {audit['s8_weight_max_abs']})"
+    served, reference = (
+        create_session(path),
+        create_session(exact_integer_model(model).SerializeToString()),
+    )
+    same = sum(
+        bool(np.array_equal(served.run(None, f)[0], reference.run(None, f)[0])) for f in feeds
+    )
+    return f"{same}/{len(feeds)}, |w| <= {audit['s8_weight_max_abs']}"
+
+
+def _parity(b: _Build, rows: list[dict[str, Any]], files: dict[str, Any]) -> list[str]:
+    """Fill each row's parity columns; return the parity texts."""
+    from onnxlift.builder.build import load_source_module
+
+    tokenizer = load_tokenizer(str(b.folder / "assets" / "tokenizer.json"), b.spec.max_length)
+    parity_file = b.spec.folder / b.spec.parity.inputs
+    texts = [t for t in parity_file.read_text().splitlines() if t.strip()]
+    feeds = [_feeds(tokenizer, [t]) for t in texts]
+    reference = create_session(b.work / "model.fp32.onnx")
+    wanted = [reference.run(None, f)[0][0] for f in feeds]
+    source = load_source_module(b.spec).load(b.spec)
+    for row, (path, config) in zip(rows, files.values(), strict=True):
+        session = create_session(path, integer_config=config)
         cosines = []
-        for text in texts:
-            feed = _feeds(tokenizer, [text])
-            a, b = session.run(None, feed)[0][0], reference.run(None, feed)[0][0]
-            cosines.append(float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)))
-        rows.append({"scheme": label, "min_cosine": min(cosines), "ms": {}})
+        for feed, want in zip(feeds, wanted, strict=True):
+            got = session.run(None, feed)[0][0]
+            cosines.append(float(got @ want / np.linalg.norm(got) / np.linalg.norm(want)))
+        row["min_cosine"] = min(cosines)
+        row["gate"] = _gate(b, path, source)
+        row["exact"] = _exactness(path, feeds) if config else "-"
+    return texts
 
+
+def _time(rows: list[dict[str, Any]], sessions: list[Any], short: list[str], tok: Any) -> None:
+    """One round: every scheme in turn on each batch size; best-of-rounds into the rows."""
+    for batch, runs in BATCHES:
+        feed = _feeds(tok, (short * batch)[:batch])
+        for row, session in zip(rows, sessions, strict=True):
+            session.run(None, feed)
+            times = []
+            for _ in range(runs):
+                started = time.perf_counter()
+                session.run(None, feed)
+                times.append(time.perf_counter() - started)
+            median = float(np.median(times)) * 1e3
+            row["rounds"].setdefault(batch, []).append(median)
+            row["ms"][batch] = min(row["ms"].get(batch, float("inf")), median)
+
+
+def run(rounds: int = 5, labels: list[str] | None = None) -> list[dict[str, Any]]:
+    spec = load_spec(paths.models_dir(paths.project_root()) / "minilm")
+    folder = latest_build(spec)
+    if folder is None:
+        raise SystemExit("build minilm first: onnxlift build minilm")
+    work = folder / "work"
+    split = onnx.load(str(work / "model.fp32.split.onnx"), load_external_data=False)
+    helpers = [
+        n.name for n in split.graph.node if n.name.endswith(("_outlier_gather", "_outlier_matmul"))
+    ]
+    b = _Build(spec, folder, work, helpers)
+    files = _files(b, labels or list(SCHEMES))
+    rows: list[dict[str, Any]] = [{"scheme": k, "ms": {}, "rounds": {}} for k in files]
+    texts = _parity(b, rows, files)
+    sessions = [create_session(p, integer_config=c) for p, c in files.values()]
+    tokenizer = load_tokenizer(str(folder / "assets" / "tokenizer.json"), spec.max_length)
     short = [t for t in texts if 8 <= len(tokenizer.encode(t).ids) <= 24]
     for _ in range(rounds):
-        for batch, runs in BATCHES:
-            feed = _feeds(tokenizer, (short * batch)[:batch])
-            for row, session in zip(rows, sessions.values(), strict=True):
-                session.run(None, feed)
-                times = []
-                for _ in range(runs):
-                    started = time.perf_counter()
-                    session.run(None, feed)
-                    times.append(time.perf_counter() - started)
-                best = row["ms"].get(batch, float("inf"))
-                row["ms"][batch] = min(best, float(np.median(times)) * 1e3)
+        _time(rows, sessions, short, tokenizer)
     return rows
+
+
+def _spread(row: dict[str, Any], fp32: dict[str, Any], batch: int) -> str:
+    ratios = [f / s for f, s in zip(fp32["rounds"][batch], row["rounds"][batch], strict=True)]
+    return f"{min(ratios):.2f}-{max(ratios):.2f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
-    rows = run(parser.parse_args().rounds)
+    parser.add_argument("--schemes", nargs="+", choices=list(SCHEMES), default=list(SCHEMES))
+    args = parser.parse_args()
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizers' advice on pre-processing
+    rows = run(args.rounds, args.schemes)
     facts = cpu_facts()
     print(f"CPU: {facts['model']} ({' '.join(facts['flags'])}); one thread")
-    fp32 = rows[0]["ms"]
-    print(f"{'scheme':<14} {'min cos':>8} " + " ".join(f"{'b' + str(b):>16}" for b, _ in BATCHES))
+    fp32 = rows[0]
+    head = f"{'scheme':<13} {'min cos':>7} {'gate':>6} "
+    head += " ".join(f"{'b' + str(b) + ' ms, x fp32 (rounds)':>30}" for b, _ in BATCHES)
+    print(head + "  exact (float64 integer graph)")
     for row in rows:
         cells = " ".join(
-            f"{row['ms'][b]:8.2f} ms {fp32[b] / row['ms'][b]:4.2f}x" for b, _ in BATCHES
+            f"{row['ms'][b]:8.2f} {fp32['ms'][b] / row['ms'][b]:5.2f}x ({_spread(row, fp32, b)})"
+            for b, _ in BATCHES
         )
-        print(f"{row['scheme']:<14} {row['min_cosine']:8.4f} {cells}")
+        print(f"{row['scheme']:<13} {row['min_cosine']:7.4f} {row['gate']:6.4f} {cells}  ", end="")
+        print(row["exact"])
 
 
 if __name__ == "__main__":

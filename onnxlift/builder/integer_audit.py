@@ -23,6 +23,7 @@ SAFE_S8_WEIGHT = 64  # 2 * 255 * 64 = 32,640 fits a signed 16-bit pair sum
 _WEIGHT_INPUT = {
     "MatMulInteger": 1,
     "DynamicQuantizeMatMul": 1,
+    "QAttention": 1,  # its Q/K/V projection: the same u8 x s8 kernels
     "MatMulIntegerToFloat": 1,
     "ConvInteger": 1,
     "QLinearMatMul": 3,

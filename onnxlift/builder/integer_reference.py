@@ -3,8 +3,9 @@
 Two views of the same model:
 * `matmul_checks`: every DynamicQuantizeLinear -> MatMulInteger pair, recomputed in numpy with
   the ONNX semantics (int64 sums cannot saturate) from the tensors the served graph saw;
-* `exact_integer_model`: the graph with each MatMulInteger replaced by the same arithmetic in
-  float64 (exact for these magnitudes), so no integer kernel of any CPU is involved.
+* `exact_integer_model`: the graph with each MatMulInteger (and each QAttention's Q/K/V
+  projection) replaced by the same arithmetic in float64 (exact for these magnitudes), so no
+  integer kernel of any CPU is involved.
 A served model whose integer kernels saturate fails both; one that sums exactly passes.
 """
 
@@ -99,31 +100,87 @@ def matmul_checks(
     return [MatMulCheck(name, *row) for name, row in totals.items()]
 
 
+def _exact_matmul_integer(
+    node: onnx.NodeProto, initializers: Mapping[str, np.ndarray]
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """A MatMulInteger as a float64 MatMul of the same integers, cast back to int32."""
+    tag = f"{node.name or node.output[0]}_exact"
+    weight = initializers[node.input[1]].astype(np.float64)
+    if len(node.input) > 3 and node.input[3]:
+        weight = weight - initializers[node.input[3]].astype(np.float64)
+    a, nodes = _centered(node.input[0], node.input[2] if len(node.input) > 2 else "", tag)
+    nodes.append(helper.make_node("MatMul", [a, f"{tag}_weight"], [f"{tag}_y"]))
+    nodes.append(helper.make_node("Cast", [f"{tag}_y"], [node.output[0]], to=TensorProto.INT32))
+    return nodes, [numpy_helper.from_array(weight, f"{tag}_weight")]
+
+
+def _centered(quantized: str, zero: str, tag: str) -> tuple[str, list[onnx.NodeProto]]:
+    """float64 (quantized - zero): the u8 activations as exact numbers."""
+    a = f"{tag}_a"
+    nodes = [helper.make_node("Cast", [quantized], [a], to=TensorProto.DOUBLE)]
+    if zero:
+        nodes.append(helper.make_node("Cast", [zero], [f"{tag}_a_zero"], to=TensorProto.DOUBLE))
+        nodes.append(helper.make_node("Sub", [a, f"{tag}_a_zero"], [f"{tag}_a_centered"]))
+        a = f"{tag}_a_centered"
+    return a, nodes
+
+
+def _exact_qattention(
+    node: onnx.NodeProto, initializers: Mapping[str, np.ndarray]
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """A QAttention as its integer Q/K/V projection summed in float64, scaled as onnxruntime
+    scales it (float(sum) x input scale x weight scale), then FP32 Attention on those Q/K/V
+    with an identity projection (one exact product per output) and the node's bias, mask and
+    attributes: the attention arithmetic after the projection is FP32 in both."""
+    # QAttention inputs: input, weight, bias, input_scale, weight_scale, mask_index,
+    # input_zero_point, weight_zero_point, past
+    inputs = [*node.input, *[""] * (9 - len(node.input))]
+    tag = f"{node.name or node.output[0]}_exact"
+    weight = initializers[inputs[1]].astype(np.float64)
+    if inputs[7]:
+        weight = weight - initializers[inputs[7]].astype(np.float64)
+    a, nodes = _centered(inputs[0], inputs[6], tag)
+    qkv = [f"{tag}_{n}" for n in ("sum", "sum32", "scale", "qkv")]
+    nodes += [
+        helper.make_node("MatMul", [a, f"{tag}_weight"], [qkv[0]]),
+        helper.make_node("Cast", [qkv[0]], [qkv[1]], to=TensorProto.FLOAT),  # |sum| < 2**24
+        helper.make_node("Mul", [inputs[3], inputs[4]], [qkv[2]]),
+        helper.make_node("Mul", [qkv[1], qkv[2]], [qkv[3]]),
+    ]
+    width = weight.shape[1]
+    identity = np.eye(width, dtype=np.float32)
+    attention = helper.make_node(
+        "Attention",
+        [qkv[3], f"{tag}_identity", inputs[2], inputs[5]],
+        list(node.output),
+        name=f"{tag}_attention",
+        domain="com.microsoft",
+    )
+    attention.attribute.extend(node.attribute)
+    nodes.append(attention)
+    added = [numpy_helper.from_array(weight, f"{tag}_weight")]
+    return nodes, [*added, numpy_helper.from_array(identity, f"{tag}_identity")]
+
+
+_EXACT = {"MatMulInteger": _exact_matmul_integer, "QAttention": _exact_qattention}
+
+
 def exact_integer_model(model: onnx.ModelProto) -> onnx.ModelProto:
-    """`model` with every MatMulInteger computed as a float64 MatMul of the same integers."""
+    """`model` with every MatMulInteger computed as a float64 MatMul of the same integers, and
+    every QAttention's projection likewise (then FP32 attention, as onnxruntime does it)."""
     exact = onnx.ModelProto()
     exact.CopyFrom(model)
     initializers = {i.name: numpy_helper.to_array(i) for i in exact.graph.initializer}
     nodes: list[onnx.NodeProto] = []
     added: list[onnx.TensorProto] = []
     for node in exact.graph.node:
-        if node.op_type != "MatMulInteger" or node.input[1] not in initializers:
+        replace = _EXACT.get(node.op_type)
+        if replace is None or node.input[1] not in initializers:
             nodes.append(node)
             continue
-        tag = f"{node.name or node.output[0]}_exact"
-        weight = initializers[node.input[1]].astype(np.float64)
-        if len(node.input) > 3 and node.input[3]:
-            weight = weight - initializers[node.input[3]].astype(np.float64)
-        added.append(numpy_helper.from_array(weight, f"{tag}_weight"))
-        a = f"{tag}_a"
-        nodes.append(helper.make_node("Cast", [node.input[0]], [a], to=TensorProto.DOUBLE))
-        if len(node.input) > 2 and node.input[2]:
-            zero = f"{tag}_a_zero"
-            nodes.append(helper.make_node("Cast", [node.input[2]], [zero], to=TensorProto.DOUBLE))
-            nodes.append(helper.make_node("Sub", [a, zero], [f"{tag}_a_centered"]))
-            a = f"{tag}_a_centered"
-        nodes.append(helper.make_node("MatMul", [a, f"{tag}_weight"], [f"{tag}_y"]))
-        nodes.append(helper.make_node("Cast", [f"{tag}_y"], [node.output[0]], to=TensorProto.INT32))
+        new_nodes, new_tensors = replace(node, initializers)
+        nodes += new_nodes
+        added += new_tensors
     del exact.graph.node[:]
     exact.graph.node.extend(nodes)
     used = {name for node in nodes for name in node.input}

@@ -155,8 +155,11 @@ def session_options(
     threads: int,
     optimization: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     integer_config: dict[str, str] = INTEGER_KERNEL_CONFIG,
+    profile_prefix: str | None = None,
 ) -> ort.SessionOptions:
-    """`integer_config` other than the default is for the bench's scheme comparison only."""
+    """`integer_config` other than the default is for the bench's scheme comparison only;
+    `profile_prefix` (bench only) turns on onnxruntime's per-node profiler, whose JSON
+    `InferenceSession.end_profiling()` writes to a file starting with it."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -164,6 +167,9 @@ def session_options(
     options.graph_optimization_level = optimization
     for key, value in integer_config.items():
         options.add_session_config_entry(key, value)
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     return options
 
 
@@ -185,16 +191,21 @@ def create_session(
     integer_config: dict[str, str] = INTEGER_KERNEL_CONFIG,
     memory_mb: int | None = None,
     resident_versions: int = 1,
+    profile_prefix: str | None = None,
 ) -> ort.InferenceSession:
     """A session on `model` (a path or serialized bytes) with onnxlift's settings.
 
     `memory_mb` (serving only: the handler and the container) is what the process may use:
     the session then allocates from the process's capped arena (see arena_bytes), which
     leaves room for the weights of `resident_versions` such models. Build-time sessions leave
-    it None and are not capped here (the build's child process has its own limit)."""
+    it None and are not capped here (the build's child process has its own limit).
+    `profile_prefix` is for the bench's per-op profile (see session_options)."""
     source = model if isinstance(model, bytes) else str(model)
     options = session_options(
-        threads=threads, optimization=optimization, integer_config=integer_config
+        threads=threads,
+        optimization=optimization,
+        integer_config=integer_config,
+        profile_prefix=profile_prefix,
     )
     if memory_mb is not None:
         size = len(model) if isinstance(model, bytes) else weights_bytes(Path(model))
