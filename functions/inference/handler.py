@@ -75,13 +75,12 @@ def _result(
     status: int, body: str | bytes, content_type: str, headers: Mapping[str, str] | None = None
 ) -> ProxyResult:
     """An API Gateway proxy result; a bytes body goes base64 encoded, as the proxy wants."""
-    binary_body = isinstance(body, bytes)
     return {
         "statusCode": status,
         "multiValueHeaders": {"Content-Type": [content_type]}
         | {key: [value] for key, value in (headers or {}).items()},
-        "body": base64.b64encode(body).decode() if binary_body else body,
-        "isBase64Encoded": binary_body,
+        "body": base64.b64encode(body).decode() if isinstance(body, bytes) else body,
+        "isBase64Encoded": isinstance(body, bytes),
     }
 
 
@@ -117,7 +116,8 @@ def _unrouted(method: str, path: str) -> ProxyResult:
     return _json(404, error_body(no_route_message(method, path)))
 
 
-Operation = Callable[[str | None, str | None, dict[str, Any]], ProxyResult]
+# (name, version, event): a model route's operation gets its name; the others get None.
+Operation = Callable[[Any, str | None, dict[str, Any]], ProxyResult]
 
 
 def _health_live(name: str | None, version: str | None, event: dict[str, Any]) -> ProxyResult:

@@ -174,7 +174,9 @@ def run_size(
         report(f"  size: pip install failed, falling back to the local estimate: {exc}")
         serving, results["pip_error"] = None, str(exc)[-500:]
     if serving is None or (weights is not None and torch is None):
-        results["method"] = "local environment estimate (no download in this mode, nothing cached)"
+        results["method"] = (
+            "local environment estimate (no download in this mode, nothing cached; unpruned)"
+        )
         # The lock is the image's whole install (--no-deps): its names, not their closure.
         serving = local_estimate(r.split("==", 1)[0] for r in requirements)
         torch = local_estimate(n for n in closure if n != SEPARATE)

@@ -145,6 +145,8 @@ def _plan(
     if not contract.is_canonical_version(version):
         raise OnnxliftError(f"version {version!r} is not a registry version (1, 2, ...)")
     target = target or _target(spec, version, root)
+    if target == "sagemaker" and kw["architecture"] not in (None, "x86_64"):
+        raise OnnxliftError("the SageMaker image is x86_64 only (its GPU instances are)")
     architecture = kw["architecture"] or (
         _architecture(spec, version, root, kw["env"]) if target == "lambda" else "x86_64"
     )

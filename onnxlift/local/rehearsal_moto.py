@@ -76,7 +76,9 @@ def _install_mock_integration() -> None:
 
     create = Method.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
 
-    def with_mock(cls: type, name: str, cloudformation_json: dict[str, Any], *a: Any, **k: Any):  # type: ignore[no-untyped-def]
+    def with_mock(
+        cls: type, name: str, cloudformation_json: dict[str, Any], *a: Any, **k: Any
+    ) -> Any:
         integration = cloudformation_json.get("Properties", {}).get("Integration") or {}
         if integration.get("Type") == "MOCK":
             cloudformation_json = copy.deepcopy(cloudformation_json)

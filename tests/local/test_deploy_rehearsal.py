@@ -10,6 +10,7 @@ import time
 from collections import Counter
 
 import pytest
+from onnxlift_serving.contract import stack_name
 
 from onnxlift.local.moto_server import LOCAL_CREDENTIALS
 from onnxlift.local.processes import free_port, port_in_use
@@ -79,7 +80,7 @@ def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> tuple[Rehearsal, dict
     assert not port_in_use(port), "moto server still answers after the rehearsal"
     seconds = time.monotonic() - started
     print(format_report(result), f"\nwall time {seconds:.1f}s")
-    template = json.loads((workdir / "cdk.out" / "Onnxlift-dev.template.json").read_text())
+    template = json.loads((workdir / "cdk.out" / f"{stack_name('dev')}.template.json").read_text())
     return result, template["Resources"], seconds
 
 

@@ -55,13 +55,10 @@ def test_handler_requirements_are_the_serving_runtime_only() -> None:
 
 # What the Lambda base image ships (Makefile BASE_IMAGE_SHIPS): left out of the lock.
 BASE_IMAGE_SHIPS = {
-    "boto3",
-    "botocore",
-    "s3transfer",
-    "jmespath",
-    "python-dateutil",
-    "six",
-    "urllib3",
+    name
+    for line in (ROOT / "Makefile").read_text().splitlines()
+    if line.startswith("BASE_IMAGE_SHIPS :=")
+    for name in line.split(":=", 1)[1].split()
 }
 
 # Run in a child: every installed top-level module that no distribution of the image provides
@@ -130,6 +127,7 @@ def test_the_handler_serves_with_only_the_images_packages(
     loads: with everything outside the image's packages unimportable and numpy, onnxruntime
     and tokenizers pruned, the handler still loads the model and answers, tracing off as in a
     local sandbox (with tracing on, the lock's aws-xray-sdk serves powertools' Tracer)."""
+    assert {"boto3", "botocore"} <= BASE_IMAGE_SHIPS  # read off the Makefile
     allowed = set(read_pins(DOCKERFILE.parent / "requirements.txt")) | BASE_IMAGE_SHIPS
     baked = published_copy(minilm_build.folder, tmp_path / "model")
     env = serving_environment(name="minilm", version="1", source="image", model_dir=str(baked))

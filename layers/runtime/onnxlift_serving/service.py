@@ -345,7 +345,7 @@ class ModelService:
 
     def check_route(self, name: str) -> None:
         if name != self.config.name:
-            raise NotFound(f"model '{name}' is not served here")
+            raise NotFound(f"model '{name[:64]}' is not served here")
 
     def resolve(self, name: str, version: str | None = None) -> LoadedVersion:
         """The loaded version that answers a request for `name` (and `version`, if given)."""
