@@ -149,7 +149,7 @@ def test_handler_init_goal_reads_the_handlers_own_phases() -> None:
     goal = next(g for g in report.goals("minilm", data) if g["id"] == "handler_init")
     assert goal["met"] is False and goal["figure"] == "0.360 s"
     lines = report._cold_md(data["coldstart"])
-    assert "| imports | verify | session | pipeline | init |" in lines
+    assert "| imports | tracer | verify | session | pipeline | init |" in lines
 
 
 def test_goal_fails_on_parity_even_when_fast() -> None:
