@@ -70,6 +70,7 @@ def model(**overrides: Any) -> dict[str, Any]:
                     {
                         "median_phases": {
                             "imports_s": 0.2,
+                            "tracer_s": 0.0,
                             "verify_s": 0.03,
                             "session_s": 0.05,
                             "pipeline_s": 0.01,
