@@ -78,9 +78,7 @@ def container(artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 def post(target: Any, payload: bytes) -> tuple[int, dict[str, Any]]:
     connection = http.client.HTTPConnection(target.host, target.port, timeout=60)
     try:
-        connection.request(
-            "POST", "/invocations", payload, {"Content-Type": "application/json"}
-        )
+        connection.request("POST", "/invocations", payload, {"Content-Type": "application/json"})
         response = connection.getresponse()
         return response.status, json.loads(response.read())
     finally:
