@@ -154,7 +154,9 @@ class Batcher:
         self.config = config
         self._clock = clock
         self._delay_s = config.max_queue_delay_ms / 1000.0
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # followers: a batch ended
+        self._filling = threading.Condition(lock)  # the leader, waiting for its batch to fill
         self._queue: deque[_Pending] = deque()
         self._running = False
         self._closed = False
@@ -176,7 +178,7 @@ class Batcher:
                     retry_after_s=THROTTLE_RETRY_AFTER_S,
                 )
             self._queue.append(pending)
-            self._cond.notify_all()
+            self._filling.notify()  # only the leader cares; followers wake when a batch ends
         while True:
             with self._cond:
                 while not pending.done and self._running:
@@ -199,7 +201,7 @@ class Batcher:
         """Refuse new requests (503); what is queued still runs."""
         with self._cond:
             self._closed = True
-            self._cond.notify_all()
+            self._filling.notify_all()
 
     @property
     def queued(self) -> int:
@@ -232,7 +234,7 @@ class Batcher:
             left = self._queue[0].arrived + self._delay_s - self._clock()
             if full or left <= 0 or self._closed:
                 break
-            self._cond.wait(left)
+            self._filling.wait(left)
         for item in batch:
             self._queue.remove(item)
         return batch
