@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from onnxlift_serving.contract import JSON_CONTENT_TYPE, batching_environment
+from onnxlift_serving.contract import JSON_CONTENT_TYPE, MODELS_PREFIX, batching_environment
 
 from onnxlift.bench.corpus import bench_sentences, v2_body
 from onnxlift.bench.throughput import cores
@@ -137,7 +137,7 @@ def answers(port: int, bodies: list[bytes]) -> np.ndarray:
 def _metadata(port: int, name: str) -> dict[str, Any]:
     connection = http.client.HTTPConnection(HOST, port, timeout=30)
     with contextlib.closing(connection):
-        connection.request("GET", f"/v2/models/{name}")
+        connection.request("GET", f"{MODELS_PREFIX}{name}")
         return dict(json.loads(connection.getresponse().read())["parameters"])
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from onnxlift_serving.contract import batching_environment
+from onnxlift_serving.contract import MODELS_PREFIX, batching_environment
 from onnxlift_serving.service import ModelService, ServiceConfig
 
 from onnxlift.local.sagemaker_server import LocalSageMaker, start_sagemaker_models
@@ -120,7 +120,7 @@ def test_concurrent_clients_each_get_their_own_embeddings(
 def post_metadata(target: Any) -> tuple[int, dict[str, Any]]:
     connection = http.client.HTTPConnection(target.host, target.port, timeout=30)
     try:
-        connection.request("GET", f"/v2/models/{MODEL}")
+        connection.request("GET", f"{MODELS_PREFIX}{MODEL}")
         response = connection.getresponse()
         return response.status, json.loads(response.read())
     finally:
