@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import http.client
 import json
+import signal
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -18,12 +21,14 @@ import pytest
 from onnxlift_serving.contract import MODELS_PREFIX, batching_environment
 from onnxlift_serving.service import ModelService, ServiceConfig
 
-from onnxlift.local.sagemaker_server import LocalSageMaker, start_sagemaker_models
+from onnxlift.local.processes import free_port, wait_http
+from onnxlift.local.sagemaker_server import LocalSageMaker, start_container, start_sagemaker_models
 from tests.conftest import ROOT, published_copy
 
 pytestmark = pytest.mark.e2e
 CLIENTS = 24
 MODEL = "minilm-fp32"
+HOST = "127.0.0.1"
 TOPICS = ["rain", "football", "compilers", "bread", "the moon", "tax law", "jazz", "glaciers"]
 
 
@@ -139,3 +144,33 @@ def test_a_dynamic_int8_model_is_never_batched(minilm_build: Any, tmp_path: Path
     service = ModelService(config)
     assert service.ready
     assert "dynamic_batching" not in service.metadata("minilm")["parameters"]
+
+
+def test_sigterm_drains_the_queue(artifact: Path, tmp_path: Path, alone: list[np.ndarray]) -> None:
+    """Requests waiting in a batch (a 300 ms delay keeps them queued) when gunicorn gets SIGTERM
+    are still run and answered; then the container exits 0."""
+    port = free_port(HOST)
+    child = start_container(
+        MODEL,
+        artifact,
+        host=HOST,
+        port=port,
+        log=tmp_path / "serve.log",
+        env=batching_environment(32, 300.0),
+    )
+    try:
+        wait_http(child, f"http://{HOST}:{port}/ping", timeout=120)
+        target = SimpleNamespace(host=HOST, port=port)
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(post, target, body(i)) for i in range(8)]
+            time.sleep(0.15)  # accepted and queued, the batch not yet run
+            child.process.send_signal(signal.SIGTERM)
+            answers = [future.result(timeout=30) for future in futures]
+        assert child.process.wait(timeout=30) == 0
+    finally:
+        child.stop()
+    for index, (status, doc) in enumerate(answers):
+        assert status == 200, doc
+        (tensor,) = doc["outputs"]
+        got = np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
+        np.testing.assert_allclose(got, alone[index], rtol=0, atol=2e-6)
