@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnxlift_serving import server_info
 from onnxlift_serving.batching import BatchingConfig
 from onnxlift_serving.errors import PayloadTooLarge
 from onnxlift_serving.service import ModelService, ServiceConfig
@@ -116,6 +117,13 @@ def test_concurrent_callers_each_get_exactly_their_own_answer(folder: Path) -> N
     assert stats["merged_runs"] >= 1 and stats["merged_requests"] >= 2
     assert stats["runs"] < len(requests)
     assert "dynamic_batching" not in alone.metadata("mlp")["parameters"]
+    config = server_info.model_config(batched.metadata("mlp"))  # GET .../config, Triton's shape
+    assert config["dynamic_batching"] == {
+        "max_queue_delay_microseconds": 5000,
+        "default_queue_policy": {"max_queue_size": 32},
+        "parameters": {"max_batch_size": 16},
+    }
+    assert "dynamic_batching" not in server_info.model_config(alone.metadata("mlp"))
 
 
 def test_requested_outputs_and_oversize_requests_still_follow_the_model(folder: Path) -> None:
