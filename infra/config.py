@@ -206,6 +206,7 @@ class SageMakerDeployment:
     target_invocations_per_instance: int = 600
     data_capture: bool = False
     data_capture_sampling_percent: int = 10
+    batching: Any = None  # the spec's [serving.batching] (onnxlift.spec.BatchingSpec); None: off
     env: str | None = None  # DeploymentConfig stamps its own
 
     def __post_init__(self) -> None:
@@ -543,6 +544,7 @@ def sagemaker_from_specs(
             max_instances=spec.serving.max_instances,
             target_invocations_per_instance=spec.serving.target_invocations_per_instance,
             data_capture=spec.serving.data_capture,
+            batching=getattr(spec.serving, "batching", None),
         )
         for spec in specs
         if resolved_target(spec, context, project_root) == "sagemaker"

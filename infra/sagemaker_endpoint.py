@@ -83,6 +83,17 @@ REASON_DATA_CAPTURE = (
 )
 
 
+def batching_environment(model: SageMakerDeployment) -> dict[str, str]:
+    """The container's dynamic batching settings: the spec's [serving.batching] (a
+    spec.BatchingSpec, or None: off) where the deployment carries it as `batching`."""
+    batching = getattr(model, "batching", None)
+    if batching is None:
+        return {}
+    return contract.batching_environment(
+        batching.max_batch_size, batching.max_queue_delay_ms, batching.max_queue_size
+    )
+
+
 def instance_family(instance_type: str) -> str:
     return instance_type.split(".")[1]
 
@@ -251,9 +262,12 @@ class SageMakerEndpoint(Construct):
                 image=image.uri,
                 model_data_url=self.model_data_url,
                 mode="SingleModel",
-                environment=contract.serving_environment(
-                    name=model.name, version=model.version, providers="CUDAExecutionProvider"
-                ),
+                environment={
+                    **contract.serving_environment(
+                        name=model.name, version=model.version, providers="CUDAExecutionProvider"
+                    ),
+                    **batching_environment(model),
+                },
             ),
         )
         cfn_model.node.add_dependency(self.role)  # its policy must exist before CreateModel

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,24 @@ class ParitySpec:
         return value >= self.threshold if self.higher_is_better else value <= self.threshold
 
 
+# [serving.batching]: the SageMaker container's dynamic batching (onnxlift_serving/batching.py).
+# Off unless the table is present, as Triton's dynamic_batching must be declared: it only pays
+# under concurrent load, it costs up to max_queue_delay_ms of latency, it gives each worker
+# more request threads (and so less memory to onnxruntime's arena), and a padded text batch
+# answers within float rounding of, not bit for bit, what the request alone would get.
+DEFAULT_BATCH_SIZE = 32  # rows per merged run (at most serving.max_batch)
+MAX_QUEUE_DELAY_MS = 1000
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchingSpec:
+    # 0: the smaller of DEFAULT_BATCH_SIZE and serving.max_batch
+    max_batch_size: int = 0
+    # Triton's default: no waiting; batches still form from what queues while a run is busy
+    max_queue_delay_ms: float = 0.0
+    max_queue_size: int = 0  # requests waiting per worker at most; 0: 2 x max_batch_size
+
+
 @dataclass(frozen=True, kw_only=True)
 class ServingSpec:
     target: str = "lambda"
@@ -93,6 +111,7 @@ class ServingSpec:
     target_invocations_per_instance: int = 600
     data_capture: bool = False
     gpu: bool = False  # needs a GPU: auto sends it to SageMaker
+    batching: BatchingSpec | None = None  # [serving.batching]; None: off
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,6 +168,47 @@ def _build(cls: type, table: dict[str, Any], where: str) -> Any:
         raise SpecError(f"{where}: {exc}") from None
 
 
+def _batching(table: Any, serving: ServingSpec, where: str) -> BatchingSpec:
+    where = f"{where} [serving.batching]"
+    if not isinstance(table, dict):
+        raise SpecError(f"{where}: must be a table")
+    spec = _build(BatchingSpec, table, where)
+    for key in ("max_batch_size", "max_queue_delay_ms", "max_queue_size"):
+        value = getattr(spec, key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise SpecError(f"{where}: {key} must be a number")
+        if key != "max_queue_delay_ms" and not isinstance(value, int):
+            raise SpecError(f"{where}: {key} must be an integer")
+    size = spec.max_batch_size or min(DEFAULT_BATCH_SIZE, serving.max_batch)
+    if not 1 <= size <= serving.max_batch:
+        raise SpecError(
+            f"{where}: max_batch_size must be within 1..serving.max_batch ({serving.max_batch}): "
+            "a merged run is never larger than the largest request the model takes"
+        )
+    if not 0 <= spec.max_queue_delay_ms <= MAX_QUEUE_DELAY_MS:
+        raise SpecError(f"{where}: max_queue_delay_ms must be within 0..{MAX_QUEUE_DELAY_MS}")
+    if spec.max_queue_size < 0:
+        raise SpecError(f"{where}: max_queue_size must be >= 0 (0: twice max_batch_size)")
+    if serving.target == "lambda":
+        raise SpecError(
+            f"{where}: batching is the SageMaker container's; a Lambda sandbox serves one "
+            "request at a time (set serving.target to sagemaker or auto)"
+        )
+    return BatchingSpec(
+        max_batch_size=size,
+        max_queue_delay_ms=float(spec.max_queue_delay_ms),
+        max_queue_size=spec.max_queue_size or 2 * size,
+    )
+
+
+def _serving(table: dict[str, Any], where: str) -> ServingSpec:
+    batching = table.pop("batching", None)
+    serving = _build(ServingSpec, table, f"{where} [serving]")
+    if batching is None:
+        return serving
+    return replace(serving, batching=_batching(batching, serving, where))
+
+
 def parse_spec(raw: dict[str, Any], folder: Path, *, where: str | None = None) -> ModelSpec:
     """Validate a spec given as a dict (the parsed model.toml, or built in code)."""
     where = where or str(folder)
@@ -173,7 +233,7 @@ def parse_spec(raw: dict[str, Any], folder: Path, *, where: str | None = None) -
 
     export = raw.get("export", {})
     optimizer = _build(OptimizerSpec, export.get("optimizer", {}), f"{where} [export.optimizer]")
-    serving = _build(ServingSpec, raw.get("serving", {}), f"{where} [serving]")
+    serving = _serving(dict(raw.get("serving", {})), where)
     if serving.target not in TARGETS:
         raise SpecError(f"{where}: serving.target '{serving.target}' not in {TARGETS}")
     if not 1 <= serving.min_instances <= serving.initial_instances <= serving.max_instances:
@@ -185,6 +245,13 @@ def parse_spec(raw: dict[str, Any], folder: Path, *, where: str | None = None) -
         lo, hi = LAMBDA_TIMEOUT_S
         if not lo <= serving.timeout_s <= hi:
             raise SpecError(f"{where}: serving.timeout_s must be within {lo}..{hi} for Lambda")
+
+    if serving.batching is not None and quantization.mode == "dynamic":
+        raise SpecError(
+            f"{where}: [serving.batching] needs quantization.mode static or none: dynamic INT8 "
+            "takes one activation scale over the whole merged batch, so each caller's answer "
+            "would depend on the other callers' inputs"
+        )
 
     parity_raw = dict(raw.get("parity", {}))
     parity_raw.setdefault("metric", DEFAULT_METRIC[task])

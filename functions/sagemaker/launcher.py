@@ -10,6 +10,14 @@ Workers (SAGEMAKER_WORKERS overrides):
 Every worker runs the gthread worker with SAGEMAKER_THREADS (default 4) threads, so /ping
 is answered within SageMaker's 2 s even while inferences are running.
 
+Dynamic batching (ONNXLIFT_BATCH_MAX_SIZE, the spec's [serving.batching]) merges the requests
+a worker holds at once, so it needs that many in the worker: a sync worker holds one, and
+gthread's default 4 would cap every merged run at 4 requests. With batching on (and no
+SAGEMAKER_THREADS) a worker gets 2 x max_batch_size threads, at most MAX_BATCHING_THREADS:
+one batch's worth of requests waits while the previous batch runs. Each thread past the
+default 4 may hold one more decoded request outside onnxruntime's arena, so each takes
+REQUEST_MEMORY_MB off the worker's arena budget (ONNXLIFT_MEMORY_LIMIT_MB).
+
 No preload: each worker imports the app and creates its session *after* the fork. A CUDA
 context does not survive fork(), and onnxruntime's intra-op thread pool, created with the
 session, would be missing its threads in the child (only the forking thread is copied).
@@ -31,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
-from onnxlift_serving.contract import Env
+from onnxlift_serving.contract import Env, parse_count
 from onnxlift_serving.sizing import cpu_worker_plan
 
 DEFAULT_BIND = "0.0.0.0:8080"  # the contract: SageMaker sends /ping and /invocations to 8080
@@ -41,6 +49,10 @@ WORKER_TIMEOUT_S = 60
 # sends on a connection we are closing.
 KEEPALIVE_S = 75
 DEFAULT_THREADS = 4
+MAX_BATCHING_THREADS = 64
+# A decoded request at SageMaker's 6 MB payload: ~57 MiB of FP32 values as Python and numpy
+# objects plus its body (contract.SERVING_RESERVE_MB's measurement), rounded up.
+REQUEST_MEMORY_MB = 64
 DEFAULT_GRACEFUL_S = 20
 GPU_DEVICE = re.compile(r"^nvidia\d+$")
 
@@ -93,13 +105,27 @@ def worker_memory_mb(env: Mapping[str, str], plan: Plan, memory: int) -> str:
     """Each worker's memory limit (MiB) for onnxlift_serving's arena cap: ONNXLIFT_MEMORY_LIMIT_MB
     if set (0: no cap), else the container's memory shared by the workers. Each worker holds
     its own arena, and the sum past the container's memory gets a worker OOM-killed."""
-    return env.get(Env.MEMORY_LIMIT_MB) or str(memory // plan.workers // 1024**2)
+    explicit = env.get(Env.MEMORY_LIMIT_MB)
+    if explicit:
+        return explicit
+    share = memory // plan.workers // 1024**2
+    extra_requests = max(0, plan.threads - DEFAULT_THREADS)
+    return str(max(1, share - extra_requests * REQUEST_MEMORY_MB))
+
+
+def request_threads(env: Mapping[str, str]) -> int:
+    """gthread threads per worker: SAGEMAKER_THREADS, else enough for dynamic batching to
+    fill a batch while another runs, else DEFAULT_THREADS."""
+    if env.get("SAGEMAKER_THREADS"):
+        return int(env["SAGEMAKER_THREADS"])
+    batch = parse_count(env.get(Env.BATCH_MAX_SIZE, "").strip()) or 0
+    return max(DEFAULT_THREADS, min(MAX_BATCHING_THREADS, 2 * batch))
 
 
 def plan_workers(
     env: Mapping[str, str], *, cores: int, gpus: int, cuda: bool, memory: int, model_bytes: int
 ) -> Plan:
-    threads = int(env.get("SAGEMAKER_THREADS", DEFAULT_THREADS))
+    threads = request_threads(env)
     explicit = env.get("SAGEMAKER_WORKERS")
     if gpus > 0 and cuda:
         workers = int(explicit) if explicit else gpus
@@ -219,15 +245,17 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> No
     env["ONNXLIFT_GPUS"] = str(plan.gpus)
     if not cuda:
         env.setdefault(Env.ORT_PROVIDERS, "CPUExecutionProvider")
+    batch = parse_count(env.get(Env.BATCH_MAX_SIZE, "").strip())
     logging.getLogger("onnxlift.sagemaker").info(
         "serving on %s: %d worker(s) x %d threads, %d onnxruntime threads each (%s); "
-        "memory limit %s MiB a worker; CUDA provider %s",
+        "memory limit %s MiB a worker; dynamic batching %s; CUDA provider %s",
         args.bind,
         plan.workers,
         plan.threads,
         plan.ort_threads,
         plan.reason,
         env[Env.MEMORY_LIMIT_MB],
+        f"up to {batch} rows a run" if batch else "off",
         "available" if cuda else "not available, CPU only",
     )
     graceful = int(env.get("SAGEMAKER_GRACEFUL_TIMEOUT", DEFAULT_GRACEFUL_S))

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxlift_serving import binary, protocol, server_info
+from onnxlift_serving.batching import BatchingConfig
 from onnxlift_serving.contract import (
     JSON_CONTENT_TYPE,
     LAMBDA_RESPONSE_BYTES,
@@ -99,6 +100,8 @@ def config_from_env(env: Mapping[str, str] | None = None) -> ServiceConfig:
         # base64-encoded within Lambda's response limit: the tighter of the two paths' limits.
         max_response_bytes=LAMBDA_RESPONSE_BYTES,
         response_base64=True,
+        # [serving.batching] of the spec: concurrent requests run as one session.run
+        batching=BatchingConfig.from_env(env),
     )
 
 

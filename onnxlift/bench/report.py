@@ -284,6 +284,47 @@ def _throughput_md(tp: dict[str, Any]) -> list[str]:
     return [limit, "", *_table(head, table)]
 
 
+def _batching_md(name: str, sb: dict[str, Any]) -> list[str]:
+    """The SageMaker container's dynamic batching, on and off, one table a round."""
+    c = sb["concurrency"]
+    out = [
+        f"### {name}: SageMaker dynamic batching, {c} concurrent clients",
+        "",
+        f"One `serve` (gunicorn, one worker, CPU provider) per mode on 127.0.0.1, {sb['cores']} "
+        f"cores shared with the {c} client threads; one text a request. Largest difference "
+        f"between the answers with batching on and off: {sb['max_abs_diff_on_vs_off']:.1e}.",
+    ]
+    head = (
+        f"mode | requests | req/s | p50 / p95 / p99 ms at {c} | p50 ms at 1 | requests a merged run"
+    )
+    for number, round_ in enumerate(sb["rounds"], 1):
+        rows = []
+        for row in round_["modes"].values():
+            hot, stats = row[f"c{c}"], row.get("dynamic_batching")
+            merged = stats["merged_requests"] / stats["merged_runs"] if stats and stats[
+                "merged_runs"] else None  # fmt: skip
+            mean = "-" if merged is None else f"{merged:.1f}"
+            rows.append(
+                (
+                    row["label"],
+                    hot["requests"],
+                    f"{hot['rps']:.1f}",
+                    _stats(hot["latency_ms"]),
+                    f"{row['c1']['latency_ms']['p50']:.1f}",
+                    mean,
+                )
+            )
+        r = round_["ratios"]
+        summary = (
+            f"Round {number}: on / off (as shipped) {r['rps_on_over_off']:.2f}x req/s, p50 "
+            f"{r['p50_on_over_off']:.2f}x, p99 {r['p99_on_over_off']:.2f}x; a "
+            f"{sb['delay_ms']:g} ms delay costs {r['idle_p50_delay_cost_ms']:+.1f} ms at p50 "
+            "with one client."
+        )
+        out += ["", summary, "", *_table(head, rows)]
+    return out
+
+
 # a model's section -> its heading and its body; a plot `<section>_<model>.png` goes below
 SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
     "tiers": ("Tiers of the request path (p50 / p95 / p99 ms, {threads} thread, INT8)", _tiers_md),
@@ -346,6 +387,8 @@ def render_markdown(results: dict[str, Any], plots: list[str]) -> str:
             if model.get(key):
                 out += [f"### {heading.format_map(model[key])}", "", *body(model[key]), ""]
                 out += [f"![{key}]({key}_{name}.png)", ""] if f"{key}_{name}.png" in plots else []
+    for name, sb in results.get("sagemaker_batching", {}).items():
+        out += [*_batching_md(name, sb), ""]
     return "\n".join([*out, "## Method", "", *(f"- {line}" for line in results["method"]), ""])
 
 

@@ -18,7 +18,15 @@ from typing import Any
 
 from onnxlift_serving.cpu import cpu_facts
 
-from onnxlift.bench import alternatives, coldstart, op_profile, serving, size, throughput
+from onnxlift.bench import (
+    alternatives,
+    coldstart,
+    op_profile,
+    sagemaker_batching,
+    serving,
+    size,
+    throughput,
+)
 from onnxlift.bench import report as outputs
 from onnxlift.bench.corpus import BATCH_SIZES, bench_sentences, read_lines
 from onnxlift.bench.tiers import run_tiers
@@ -58,6 +66,11 @@ METHOD = [
     "Throughput: `onnxlift up` started as a separate process on free loopback ports with its own "
     "state folder (or a running stack via --state); batch 1; limit = cores / bare session.run "
     "time at batch 1 with one thread. The client threads run on the same cores.",
+    "SageMaker dynamic batching: for each SageMaker-target text model, a fresh `serve` "
+    "(gunicorn, one worker, CPU provider, 2 onnxruntime threads) on 127.0.0.1 per mode: off "
+    "as shipped (4 request threads), off with 32 threads, on (16 rows, delay 0), on (16 rows, "
+    "delay 5 ms); 32 clients, one distinct text a request, to /invocations; every mode once a "
+    "round, 2 rounds; the clients share the cores with the container.",
     "Only loopback traffic; nothing is fetched from a model hub. pip reaches PyPI for the size "
     "section in full mode only, cached under ~/.cache/onnxlift-bench.",
 ]
@@ -78,12 +91,14 @@ class Settings:
     cold_fp32_plain: bool
     requests: int  # per concurrency level
     throughput_max_s: float
+    batching_requests: int  # SageMaker dynamic batching: per mode and concurrency
+    batching_max_s: float
     parity_in_run: bool
     download: bool
 
 
-QUICK = Settings((1, 8), 2, 20, 1.0, 10, 2.0, 1, False, 30, 5.0, False, False)
-FULL = Settings(BATCH_SIZES, 10, 300, 6.0, 150, 12.0, 5, True, 400, 20.0, True, True)
+QUICK = Settings((1, 8), 2, 20, 1.0, 10, 2.0, 1, False, 30, 5.0, 64, 3.0, False, False)
+FULL = Settings(BATCH_SIZES, 10, 300, 6.0, 150, 12.0, 5, True, 400, 20.0, 800, 25.0, True, True)
 
 
 @dataclass(frozen=True)
@@ -227,25 +242,67 @@ def _meta(config: BenchConfig, settings: Settings, started: float) -> dict[str, 
     }
 
 
+def _sagemaker_batching(config: BenchConfig, s: Settings, report: Report) -> dict[str, Any]:
+    """Dynamic batching on and off for each SageMaker-target text model (all of them unless
+    models were named), after everything else, so nothing competes for the cores."""
+    from onnxlift.builder.build import build_model
+    from onnxlift.spec import discover_specs
+
+    out: dict[str, Any] = {}
+    for spec in discover_specs(config.root / "models"):
+        wanted = not config.models or spec.name in config.models
+        if spec.serving.target != "sagemaker" or spec.task != "text-embedding" or not wanted:
+            continue
+        report(f"{spec.name}: SageMaker dynamic batching on and off")
+        build = build_model(spec, root=config.root, report=lambda line: report(f"  {line}"))
+        texts = sagemaker_batching.distinct_sentences(spec.folder / spec.parity.inputs)
+        out[spec.name] = sagemaker_batching.run_batching(
+            build.folder,
+            spec.name,
+            texts,
+            s.batching_requests,
+            s.batching_max_s,
+            report,
+            rounds=1 if config.quick else 2,
+        )
+    return out
+
+
+def _lambda_models(
+    config: BenchConfig,
+    settings: Settings,
+    names: list[str],
+    scratch: Path,
+    models: list[_Model],
+    report: Report,
+) -> None:
+    report("starting the local stack (onnxlift up) for the HTTP tier and throughput")
+    with throughput.local_stack(config.root, names, config.state, report) as info:
+        for name in names:
+            models.append(_build(config, name, scratch, report))
+            _warm(models[-1], config, settings, info)
+    for m in models:
+        _cold(m, config, settings)
+
+
 def run(config: BenchConfig, report: Report = print) -> dict[str, Any]:
     from onnxlift.spec import discover_specs
 
     started, settings = time.perf_counter(), QUICK if config.quick else FULL
-    names = list(config.models) or [
+    specs = {spec.name: spec for spec in discover_specs(config.root / "models")}
+    on_sagemaker = {name for name, spec in specs.items() if spec.serving.target == "sagemaker"}
+    names = [name for name in config.models if name not in on_sagemaker] or [
         spec.name
-        for spec in discover_specs(config.root / "models")
+        for spec in specs.values()
         if spec.serving.target == "lambda" and spec.task == "text-embedding"
-    ]
+        and not config.models
+    ]  # fmt: skip
     config.out.mkdir(parents=True, exist_ok=True)
     models: list[_Model] = []
     with tempfile.TemporaryDirectory(prefix="onnxlift-bench-") as scratch:
-        report("starting the local stack (onnxlift up) for the HTTP tier and throughput")
-        with throughput.local_stack(config.root, names, config.state, report) as info:
-            for name in names:
-                models.append(_build(config, name, Path(scratch), report))
-                _warm(models[-1], config, settings, info)
-        for m in models:
-            _cold(m, config, settings)
+        if names:  # none when only SageMaker models are named
+            _lambda_models(config, settings, names, Path(scratch), models, report)
+    batching = _sagemaker_batching(config, settings, report)
     for m in models:
         m.out["goals"] = outputs.goals(m.name, m.out)
         m.out["notes"] = outputs.notes(m.out)
@@ -257,6 +314,8 @@ def run(config: BenchConfig, report: Report = print) -> dict[str, Any]:
         "models": {m.name: m.out for m in models},
         "method": METHOD,
     }
+    if batching:
+        results["sagemaker_batching"] = batching
     results["plots"] = plots = outputs.write_plots(results, config.out)
     (config.out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     (config.out / "REPORT.md").write_text(outputs.render_markdown(results, plots))

@@ -37,6 +37,7 @@ from onnxlift_serving.contract import (
     SAGEMAKER_PAYLOAD_BYTES,
     SAGEMAKER_VARIANT,
     Env,
+    batching_environment,
     endpoint_name,
 )
 from onnxlift_serving.errors import ArtifactError
@@ -262,6 +263,17 @@ def prepare_model_dir(folder: Path, work: Path) -> Path:
     return target
 
 
+def container_environment(spec: Any) -> dict[str, str]:
+    """What a model's spec adds to its container's environment (the endpoint's too, see
+    infra/sagemaker_endpoint.py): [serving.batching], when the spec has one."""
+    batching = spec.serving.batching
+    if batching is None:
+        return {}
+    return batching_environment(
+        batching.max_batch_size, batching.max_queue_delay_ms, batching.max_queue_size
+    )
+
+
 def start_container(
     name: str,
     model_dir: Path,
@@ -307,10 +319,13 @@ def start_sagemaker_models(
     threads: int = 1,
     root: Path = PROJECT_ROOT,
     timeout: float = 120.0,
+    envs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> LocalSageMaker:
     """Start one container per model (name -> published artifact folder) and the front.
 
-    `port` 0 picks a free one. Everything is stopped again if anything fails to start.
+    `port` 0 picks a free one. `envs`: more environment for a model's container, as its
+    endpoint gets (container_environment: the spec's dynamic batching). Everything is stopped
+    again if anything fails to start.
     """
     children: list[Child] = []
     containers: dict[str, ContainerTarget] = {}
@@ -326,6 +341,7 @@ def start_sagemaker_models(
                 log=log_dir / f"sagemaker-{name}.log",
                 threads=threads,
                 root=root,
+                env=(envs or {}).get(name),
             )
             children.append(child)
             containers[name] = ContainerTarget(name, endpoint_name(name), host, container_port)

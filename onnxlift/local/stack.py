@@ -41,7 +41,11 @@ from onnxlift.local.lambda_runtime import bound_heap
 from onnxlift.local.lambda_service import FunctionConfig, LambdaService
 from onnxlift.local.moto_server import aws_env, start_moto
 from onnxlift.local.processes import Child, port_in_use, stack_alive
-from onnxlift.local.sagemaker_server import LocalSageMaker, start_sagemaker_models
+from onnxlift.local.sagemaker_server import (
+    LocalSageMaker,
+    container_environment,
+    start_sagemaker_models,
+)
 from onnxlift.registry import Registry
 from onnxlift.spec import ModelSpec, discover_specs
 
@@ -292,6 +296,8 @@ class LocalStack:
             work_dir=self.state / "sagemaker",
             threads=self.options.threads or 1,
             root=self.options.root,
+            # each container as its endpoint runs it: the spec's [serving.batching]
+            envs={s.name: container_environment(s) for s in self._specs() if s.name in models},
         )
         functions: dict[str, FunctionTarget] = {}
         for name in models:

@@ -37,6 +37,9 @@ def test_bench_quick_writes_the_three_outputs(
         assert minilm[section], section
     assert set(minilm["tiers"]["batches"]["1"]) >= {"floor", "prep_run", "v2", "handler", "http"}
     assert minilm["size"]["method"].startswith("local environment estimate")
+    batching = results["sagemaker_batching"]["minilm-fp32"]
+    assert set(batching["rounds"][0]["modes"]) == {"off", "off_threads", "on", "on_delay"}
+    assert batching["rounds"][0]["modes"]["on"]["dynamic_batching"]["runs"] > 0
     assert [g["id"] for g in results["goals"]] == [key for key, _ in GOALS]
     for goal in results["goals"]:
         assert goal["met"] in (True, False), goal

@@ -299,3 +299,28 @@ def test_image_asset_builds_from_the_container_inputs_only(tmp_path) -> None:
     stack = Stack(app, "Asset")
     image = SageMakerImage.from_asset(stack, "Image", project_root=tmp_path)
     assert "dkr.ecr" in json.dumps(stack.resolve(image.uri))
+
+
+def test_a_specs_batching_reaches_the_container_environment() -> None:
+    """[serving.batching] travels from the spec (sagemaker_from_specs) to the endpoint's
+    container environment, which the container's batcher reads."""
+    from types import SimpleNamespace
+
+    from onnxlift_serving.contract import Env
+
+    from infra.config import sagemaker_from_specs
+    from onnxlift.spec import BatchingSpec
+
+    batching = BatchingSpec(max_batch_size=16, max_queue_delay_ms=5, max_queue_size=40)
+    serving = SimpleNamespace(
+        target="sagemaker", instance_type="ml.g5.xlarge", initial_instances=1, min_instances=1,
+        max_instances=2, target_invocations_per_instance=600, data_capture=False,
+        batching=batching,
+    )  # fmt: skip
+    (model,) = sagemaker_from_specs([SimpleNamespace(name="big", serving=serving)], {})
+    assert model.batching is batching
+    container = build(model).only("AWS::SageMaker::Model")["PrimaryContainer"]
+    variables = container["Environment"]
+    assert variables[Env.BATCH_MAX_SIZE] == "16"
+    assert variables[Env.BATCH_MAX_QUEUE_DELAY_MS] == "5"
+    assert variables[Env.BATCH_MAX_QUEUE_SIZE] == "40"

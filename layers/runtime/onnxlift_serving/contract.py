@@ -58,6 +58,7 @@ __all__ = [
     "Route",
     "RouteMatch",
     "allowed_methods",
+    "batching_environment",
     "endpoint_name",
     "error_body",
     "function_name",
@@ -198,6 +199,12 @@ class Env(StrEnum):
     # the reserve and the weights. Default: Lambda's memory size; the SageMaker launcher sets
     # it to each worker's share of the container's memory.
     MEMORY_LIMIT_MB = "ONNXLIFT_MEMORY_LIMIT_MB"
+    # The SageMaker container's dynamic batching (spec [serving.batching]; batching.py):
+    # unset or 0 = off. Rows in one merged run, how long the oldest queued request may wait
+    # for more (ms), and how many requests may wait (0: twice the batch size).
+    BATCH_MAX_SIZE = "ONNXLIFT_BATCH_MAX_SIZE"
+    BATCH_MAX_QUEUE_DELAY_MS = "ONNXLIFT_BATCH_MAX_QUEUE_DELAY_MS"
+    BATCH_MAX_QUEUE_SIZE = "ONNXLIFT_BATCH_MAX_QUEUE_SIZE"
     # The PreTraffic hook (functions/pretraffic/handler.py; its zip bundles this module)
     # reads MODEL_NAME, MODEL_VERSION and the MODEL_SIGNATURE_* settings too.
     TARGET_FUNCTION_ARN = "TARGET_FUNCTION_ARN"  # the new function version it invokes
@@ -255,6 +262,20 @@ def serving_environment(
         else str(signature_required).lower(),
     }
     return {str(key): value for key, value in values.items() if value is not None}
+
+
+def batching_environment(
+    max_batch_size: int, max_queue_delay_ms: float = 0.0, max_queue_size: int = 0
+) -> dict[str, str]:
+    """The container's dynamic batching settings (batching.BatchingConfig.from_env reads them
+    back); max_batch_size 0 = off, and then nothing is set."""
+    if not max_batch_size:
+        return {}
+    return {
+        Env.BATCH_MAX_SIZE: str(max_batch_size),
+        Env.BATCH_MAX_QUEUE_DELAY_MS: f"{max_queue_delay_ms:g}",
+        Env.BATCH_MAX_QUEUE_SIZE: str(max_queue_size),
+    }
 
 
 def sandbox_environment(name: str, memory_mb: int, *, tracing: bool = False) -> dict[str, str]:

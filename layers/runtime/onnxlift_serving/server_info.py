@@ -56,7 +56,8 @@ def model_config(metadata: dict[str, Any]) -> dict[str, Any]:
     """Triton's model configuration for a model, from its V2 metadata (service.metadata)."""
     max_batch = _max_batch(metadata)
     parameters = metadata.get("parameters") or {}
-    return {
+    batching = parameters.get("dynamic_batching")
+    config: dict[str, Any] = {
         "name": metadata["name"],
         "versions": metadata.get("versions", []),
         "platform": "onnxruntime_onnx",
@@ -70,3 +71,10 @@ def model_config(metadata: dict[str, Any]) -> dict[str, Any]:
             "intra_op_num_threads": parameters.get("intra_op_num_threads"),
         },
     }
+    if batching:  # Triton's block, as its config shows one (SageMaker container only)
+        config["dynamic_batching"] = {
+            "max_queue_delay_microseconds": round(batching["max_queue_delay_ms"] * 1000),
+            "default_queue_policy": {"max_queue_size": batching["max_queue_size"]},
+            "parameters": {"max_batch_size": batching["max_batch_size"]},  # rows a merged run
+        }
+    return config

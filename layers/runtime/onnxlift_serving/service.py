@@ -35,6 +35,7 @@ from typing import Any
 from onnxlift_serving import layout, protocol
 from onnxlift_serving.aliases import DEFAULT_ALIAS, read_alias
 from onnxlift_serving.artifact import Artifact, fetch_from_registry, load_artifact
+from onnxlift_serving.batching import Batcher, BatchingConfig, batchable
 from onnxlift_serving.contract import (
     API_BODY_BYTES,
     DEFAULT_MAX_LOADED_VERSIONS,
@@ -82,6 +83,9 @@ class ServiceConfig:
     response_base64: bool = True  # a binary answer rides base64-encoded (Lambda's proxy result)
     signature_key: str = ""  # kms:<arn> | file:<path>; "" = signatures are not checked
     signature_required: bool = True  # with a key: a version without manifest.sig is refused
+    # SageMaker container only (wsgi.config_from_env): concurrent requests of a version run
+    # as one session.run (batching.py). None: each request runs on its own, as in Lambda.
+    batching: BatchingConfig | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceConfig:
@@ -111,6 +115,14 @@ class ServiceConfig:
 class LoadedVersion:
     artifact: Artifact
     pipeline: Pipeline
+    batcher: Batcher | None = None  # with batching on and a signature whose rows stack
+
+    def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The pipeline's outputs for `inputs` alone, merged with other requests' rows when
+        this version batches."""
+        if self.batcher is not None:
+            return self.batcher.submit(inputs)
+        return self.pipeline.run(inputs)
 
 
 class ModelService:
@@ -252,7 +264,30 @@ class ModelService:
             "session_s": opened - checked,
             "pipeline_s": time.perf_counter() - opened,
         }
-        return LoadedVersion(artifact, pipeline)
+        return LoadedVersion(artifact, pipeline, self._batcher(artifact, pipeline))
+
+    def _batcher(self, artifact: Artifact, pipeline: Pipeline) -> Batcher | None:
+        """A batcher for the version's pipeline, if batching is on and its rows stack; merged
+        runs never exceed the model's own max_batch (what its memory was sized for)."""
+        config = self.config.batching
+        if config is None:
+            return None
+        if not batchable(pipeline.inputs, pipeline.outputs):
+            log.warning("model %s: no free batch dimension; batching is off", self.config.name)
+            return None
+        if (artifact.manifest.get("quantization") or {}).get("mode") == "dynamic":
+            # DynamicQuantizeLinear takes one activation scale over the whole merged batch:
+            # each caller's answer would move with (and reveal a little of) the others' inputs.
+            log.warning("model %s: dynamic INT8 quantization; batching is off", self.config.name)
+            return None
+        limit = int(getattr(pipeline, "max_batch", config.max_batch_size))
+        if config.max_batch_size > limit:
+            config = BatchingConfig(
+                max_batch_size=limit,
+                max_queue_delay_ms=config.max_queue_delay_ms,
+                max_queue_size=config.queue_limit,
+            )
+        return Batcher(pipeline.run, config)
 
     def _check_version(self, version: str) -> None:
         """404 for a version string that can name nothing, before any file or S3 call."""
@@ -382,7 +417,27 @@ class ModelService:
                 "intra_op_num_threads": self.config.threads,
                 "session_config": integer_kernel_setting(),
                 "serving_cpu": cpu_facts(),
+                **self._batching_metadata(loaded),
             },
+        }
+
+    @staticmethod
+    def _batching_metadata(loaded: LoadedVersion) -> dict[str, Any]:
+        """The version's dynamic batching settings and what it did in this process so far."""
+        if loaded.batcher is None:
+            return {}
+        config, stats = loaded.batcher.config, loaded.batcher.stats
+        return {
+            "dynamic_batching": {
+                "max_batch_size": config.max_batch_size,
+                "max_queue_delay_ms": config.max_queue_delay_ms,
+                "max_queue_size": config.queue_limit,
+                "runs": stats.runs,
+                "merged_runs": stats.merged_runs,
+                "merged_requests": stats.merged_requests,
+                "retried_batches": stats.retried_batches,
+                "rejected": stats.rejected,
+            }
         }
 
     def infer(
@@ -416,7 +471,7 @@ class ModelService:
         loaded = self.resolve(name, version)
         pipeline = loaded.pipeline
         request = protocol.decode_infer_request(doc, pipeline.inputs, pipeline.outputs)
-        outputs = pipeline.run(request.inputs)
+        outputs = loaded.run(request.inputs)
         if request.requested_outputs is not None:
             outputs = {k: outputs[k] for k in request.requested_outputs}
         self._check_answer_size(outputs, binary)

@@ -1,0 +1,262 @@
+"""The dynamic batcher (onnxlift_serving.batching) on a fake pipeline: merging, splitting,
+the delay, oversize requests, error isolation, the bounded queue, draining on close."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from onnxlift_serving.batching import Batcher, BatchingConfig, merge, split, stack_key
+from onnxlift_serving.contract import Env, batching_environment
+from onnxlift_serving.errors import ServiceUnavailable, Unprocessable
+
+Tensors = dict[str, np.ndarray]
+
+
+class FakePipeline:
+    """y = 2x + row sum, per row; a row holding -1 is refused (422), as a model might; every
+    call is recorded with its row count. `gate` holds the first run until released."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.calls: list[int] = []
+        self.delay_s = delay_s
+        self.gate: threading.Event | None = None
+        self.started = threading.Event()
+        self.lock = threading.Lock()
+
+    def run(self, inputs: Tensors) -> Tensors:
+        x = inputs["x"]
+        with self.lock:
+            self.calls.append(x.shape[0])
+        self.started.set()
+        if self.gate is not None:
+            self.gate.wait(5)
+            self.gate = None
+        time.sleep(self.delay_s)
+        if (x == -1).any():
+            raise Unprocessable("the model refused the input: -1")
+        return {"y": 2 * x + x.sum(axis=1, keepdims=True), "first": x[:, 0] * 3}
+
+
+def rows(value: float, count: int = 1, width: int = 3) -> Tensors:
+    return {"x": np.full((count, width), value, dtype=np.float32)}
+
+
+def expected(inputs: Tensors) -> Tensors:
+    x = inputs["x"]
+    return {"y": 2 * x + x.sum(axis=1, keepdims=True), "first": x[:, 0] * 3}
+
+
+def hold_first_run(pipe: FakePipeline, batcher: Batcher) -> threading.Thread:
+    """Start one request whose run blocks until pipe.gate is set, so others queue behind it."""
+    pipe.gate = threading.Event()
+    first = threading.Thread(target=batcher.submit, args=(rows(100.0),))
+    first.start()
+    assert pipe.started.wait(5)
+    return first
+
+
+def submit_all(batcher: Batcher, requests: list[Tensors]) -> list[Tensors | BaseException]:
+    def one(inputs: Tensors) -> Tensors | BaseException:
+        try:
+            return batcher.submit(inputs)
+        except Exception as error:
+            return error
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        return list(pool.map(one, requests))
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.001)
+
+
+def test_concurrent_requests_merge_and_each_gets_only_its_own_rows() -> None:
+    pipe = FakePipeline(delay_s=0.002)
+    batcher = Batcher(pipe.run, BatchingConfig(max_batch_size=8, max_queue_delay_ms=20))
+    first = hold_first_run(pipe, batcher)
+    # distinct values and row counts, so a swapped or shifted slice cannot pass
+    requests = [rows(float(i), count=1 + i % 3) for i in range(12)]
+    answers: list[Tensors | BaseException] = []
+    collector = threading.Thread(target=lambda: answers.extend(submit_all(batcher, requests)))
+    collector.start()
+    wait_until(lambda: batcher.queued == 12)
+    pipe.gate.set()  # type: ignore[union-attr]
+    collector.join(10)
+    first.join(10)
+    for request, answer in zip(requests, answers, strict=True):
+        assert not isinstance(answer, BaseException)
+        want = expected(request)
+        assert answer["y"].shape == want["y"].shape
+        np.testing.assert_array_equal(answer["y"], want["y"])  # bit-exact: same arithmetic
+        np.testing.assert_array_equal(answer["first"], want["first"])
+    assert batcher.stats.merged_runs >= 2
+    assert max(pipe.calls) <= 8 and sum(pipe.calls) == 1 + sum(1 + i % 3 for i in range(12))
+    assert len(pipe.calls) < 1 + len(requests)  # fewer runs than requests
+
+
+def test_split_gives_each_request_its_slice_of_every_output() -> None:
+    parts = [rows(1.0, 2), rows(2.0, 1), rows(3.0, 3)]
+    merged = merge(parts)
+    assert merged["x"].shape == (6, 3)
+    outputs = {"y": np.arange(12).reshape(6, 2), "z": np.arange(6)}
+    pieces = split(outputs, [2, 1, 3])
+    np.testing.assert_array_equal(pieces[0]["y"], [[0, 1], [2, 3]])
+    np.testing.assert_array_equal(pieces[1]["z"], [2])
+    np.testing.assert_array_equal(pieces[2]["z"], [3, 4, 5])
+    with pytest.raises(ValueError, match="rows"):
+        split({"pooled": np.zeros(4)}, [2, 1, 3])  # not one row per input row
+
+
+def test_only_requests_that_stack_are_merged() -> None:
+    assert stack_key(rows(1.0, 2)) == stack_key(rows(5.0, 2)) is not None
+    assert stack_key(rows(1.0, 2))[1] == stack_key(rows(1.0, 7))[1]  # type: ignore[index]
+    assert stack_key(rows(1.0, 2, width=3))[1] != stack_key(rows(1.0, 2, width=4))[1]  # type: ignore[index]
+    as_int = {"x": np.ones((2, 3), dtype=np.int64)}
+    assert stack_key(as_int)[1] != stack_key(rows(1.0, 2))[1]  # type: ignore[index]
+    assert stack_key({"x": np.float32(1.0) * np.ones(())}) is None  # a scalar
+    assert stack_key({"a": np.ones((2, 1)), "b": np.ones((3, 1))}) is None  # row counts differ
+
+    pipe = FakePipeline()
+    batcher = Batcher(pipe.run, BatchingConfig(max_batch_size=16, max_queue_delay_ms=50))
+    first = hold_first_run(pipe, batcher)
+    pipe.calls.clear()
+    mixed = [rows(1.0, width=3), rows(2.0, width=4), rows(3.0, width=3), rows(4.0, width=4)]
+    done: list[Tensors | BaseException] = []
+    runner = threading.Thread(target=lambda: done.extend(submit_all(batcher, mixed)))
+    runner.start()
+    wait_until(lambda: batcher.queued == 4)
+    pipe.gate.set()  # type: ignore[union-attr]
+    runner.join(10)
+    first.join(10)
+    for request, answer in zip(mixed, done, strict=True):
+        np.testing.assert_array_equal(answer["y"], expected(request)["y"])  # type: ignore[index]
+    assert sorted(pipe.calls) == [2, 2]  # width 3 together, width 4 together
+
+
+def test_a_lone_request_waits_at_most_the_delay_then_runs() -> None:
+    pipe = FakePipeline()
+    batcher = Batcher(pipe.run, BatchingConfig(max_batch_size=32, max_queue_delay_ms=60))
+    started = time.perf_counter()
+    answer = batcher.submit(rows(3.0, 2))
+    waited = time.perf_counter() - started
+    np.testing.assert_array_equal(answer["y"], expected(rows(3.0, 2))["y"])
+    assert 0.055 <= waited < 1.0  # flushed by the timeout, not by a full batch
+    # with no delay an idle batcher runs a lone request at once
+    quick = Batcher(pipe.run, BatchingConfig(max_batch_size=32, max_queue_delay_ms=0))
+    started = time.perf_counter()
+    quick.submit(rows(1.0))
+    assert time.perf_counter() - started < 0.05
+
+
+def test_a_full_batch_runs_without_waiting_for_the_delay() -> None:
+    pipe = FakePipeline()
+    batcher = Batcher(pipe.run, BatchingConfig(max_batch_size=4, max_queue_delay_ms=5000))
+    started = time.perf_counter()
+    answers = submit_all(batcher, [rows(float(i)) for i in range(4)])
+    assert time.perf_counter() - started < 2.0  # not the 5 s delay
+    assert pipe.calls == [4]
+    for i, answer in enumerate(answers):
+        np.testing.assert_array_equal(answer["y"], expected(rows(float(i)))["y"])  # type: ignore[index]
+
+
+def test_an_oversize_request_runs_alone_and_others_still_merge() -> None:
+    pipe = FakePipeline()
+    batcher = Batcher(pipe.run, BatchingConfig(max_batch_size=4, max_queue_delay_ms=30))
+    first = hold_first_run(pipe, batcher)
+    pipe.calls.clear()
+    requests = [rows(1.0), rows(7.0, count=9), rows(2.0), rows(3.0)]
+    done: list[Tensors | BaseException] = []
+    runner = threading.Thread(target=lambda: done.extend(submit_all(batcher, requests)))
+    runner.start()
+    wait_until(lambda: batcher.queued == 4)
+    pipe.gate.set()  # type: ignore[union-attr]
+    runner.join(10)
+    first.join(10)
+    assert sorted(pipe.calls) == [3, 9]  # the 9-row request alone, the three 1-row together
+    for request, answer in zip(requests, done, strict=True):
+        np.testing.assert_array_equal(answer["y"], expected(request)["y"])  # type: ignore[index]
+
+
+def test_an_error_in_a_merged_run_fails_only_the_offending_request() -> None:
+    pipe = FakePipeline()
+    batcher = Batcher(pipe.run, BatchingConfig(max_batch_size=8, max_queue_delay_ms=30))
+    first = hold_first_run(pipe, batcher)
+    requests = [rows(1.0), rows(-1.0), rows(2.0, 2), rows(3.0)]
+    done: list[Tensors | BaseException] = []
+    runner = threading.Thread(target=lambda: done.extend(submit_all(batcher, requests)))
+    runner.start()
+    wait_until(lambda: batcher.queued == 4)
+    pipe.gate.set()  # type: ignore[union-attr]
+    runner.join(10)
+    first.join(10)
+    assert isinstance(done[1], Unprocessable)
+    for index in (0, 2, 3):
+        np.testing.assert_array_equal(done[index]["y"], expected(requests[index])["y"])  # type: ignore[index]
+    assert batcher.stats.retried_batches == 1
+
+
+def test_an_unsplittable_answer_is_run_again_one_by_one() -> None:
+    def pooled(inputs: Tensors) -> Tensors:
+        return {"total": np.asarray(inputs["x"].sum())}  # no batch dimension in the output
+
+    batcher = Batcher(pooled, BatchingConfig(max_batch_size=8, max_queue_delay_ms=100))
+    answers = submit_all(batcher, [rows(1.0), rows(2.0)])
+    assert sorted(float(a["total"]) for a in answers) == [3.0, 6.0]  # type: ignore[index]
+
+
+def test_the_queue_is_bounded_and_answers_503_with_retry_after() -> None:
+    pipe = FakePipeline()
+    batcher = Batcher(
+        pipe.run, BatchingConfig(max_batch_size=2, max_queue_delay_ms=0, max_queue_size=3)
+    )
+    first = hold_first_run(pipe, batcher)
+    waiting = [threading.Thread(target=batcher.submit, args=(rows(float(i)),)) for i in range(3)]
+    for thread in waiting:
+        thread.start()
+    wait_until(lambda: batcher.queued == 3)
+    with pytest.raises(ServiceUnavailable) as refused:
+        batcher.submit(rows(9.0))
+    assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "1"}
+    assert batcher.stats.rejected == 1
+    pipe.gate.set()  # type: ignore[union-attr]
+    for thread in [first, *waiting]:
+        thread.join(10)
+    assert batcher.queued == 0
+
+
+def test_close_refuses_new_requests_and_drains_the_queue() -> None:
+    pipe = FakePipeline()
+    batcher = Batcher(pipe.run, BatchingConfig(max_batch_size=4, max_queue_delay_ms=0))
+    first = hold_first_run(pipe, batcher)
+    requests = [rows(float(i)) for i in range(6)]
+    done: list[Tensors | BaseException] = []
+    runner = threading.Thread(target=lambda: done.extend(submit_all(batcher, requests)))
+    runner.start()
+    wait_until(lambda: batcher.queued == 6)
+    batcher.close()
+    with pytest.raises(ServiceUnavailable):
+        batcher.submit(rows(1.0))
+    pipe.gate.set()  # type: ignore[union-attr]
+    runner.join(10)
+    first.join(10)
+    assert len(done) == 6 and all(not isinstance(a, BaseException) for a in done)
+
+
+def test_settings_travel_through_the_environment() -> None:
+    env = batching_environment(16, 2.5, 40)
+    config = BatchingConfig.from_env(env)
+    assert config == BatchingConfig(max_batch_size=16, max_queue_delay_ms=2.5, max_queue_size=40)
+    assert BatchingConfig.from_env({}) is None
+    assert BatchingConfig.from_env({Env.BATCH_MAX_SIZE: "0"}) is None
+    assert batching_environment(0) == {}
+    assert BatchingConfig(max_batch_size=8).queue_limit == 16
+    with pytest.raises(ValueError):
+        BatchingConfig(max_batch_size=0)

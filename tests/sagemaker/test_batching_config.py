@@ -1,0 +1,119 @@
+"""[serving.batching] from the spec to the container: validation, the environment the endpoint
+and the local container get, and the threads and memory the launcher gives each worker."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from onnxlift_serving.batching import BatchingConfig
+from onnxlift_serving.contract import Env
+
+from onnxlift.errors import SpecError
+from onnxlift.local.sagemaker_server import container_environment
+from onnxlift.spec import BatchingSpec, parse_spec
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "functions" / "sagemaker"))
+
+import launcher
+
+
+def spec(batching: Any = None, **serving: Any) -> Any:
+    table = {"target": "sagemaker", "max_batch": 64, **serving}
+    if batching is not None:
+        table["batching"] = batching
+    raw = {
+        "name": "big",
+        "task": "tensor",
+        "source": {"framework": "onnx"},
+        "quantization": {"mode": "none"},
+        "serving": table,
+    }
+    return parse_spec(raw, Path("."))
+
+
+def test_batching_is_off_unless_the_table_is_there() -> None:
+    assert spec().serving.batching is None
+    assert container_environment(spec()) == {}
+
+
+def test_an_empty_table_switches_it_on_with_the_defaults() -> None:
+    on = spec({}).serving.batching
+    assert on == BatchingSpec(max_batch_size=32, max_queue_delay_ms=0.0, max_queue_size=64)
+    assert spec({}, max_batch=8).serving.batching.max_batch_size == 8  # never over max_batch
+    env = container_environment(spec({"max_batch_size": 16, "max_queue_delay_ms": 2}))
+    assert BatchingConfig.from_env(env) == BatchingConfig(16, 2.0, 32)
+
+
+@pytest.mark.parametrize(
+    ("batching", "serving", "message"),
+    [
+        ({"max_batch_size": 65}, {}, r"within 1\.\.serving\.max_batch \(64\)"),
+        ({"max_batch_size": -1}, {}, "within 1"),
+        ({"max_queue_delay_ms": 1001}, {}, r"within 0\.\.1000"),
+        ({"max_queue_delay_ms": "5"}, {}, "must be a number"),
+        ({"max_batch_size": 2.5}, {}, "must be an integer"),
+        ({"max_queue_size": -3}, {}, ">= 0"),
+        ({"preferred": [4, 8]}, {}, "unexpected keyword"),
+        ({}, {"target": "lambda"}, "a Lambda sandbox serves one request at a time"),
+        ("yes", {}, "must be a table"),
+    ],
+)
+def test_bad_batching_settings_are_refused(
+    batching: Any, serving: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(SpecError, match=message):
+        spec(batching, **serving)
+
+
+def test_dynamic_int8_cannot_batch() -> None:
+    raw = {
+        "name": "big",
+        "task": "tensor",
+        "source": {"framework": "onnx"},
+        "quantization": {"mode": "dynamic"},
+        "serving": {"target": "sagemaker", "batching": {}},
+    }
+    with pytest.raises(SpecError, match="dynamic INT8 takes one activation scale"):
+        parse_spec(raw, Path("."))
+
+
+def test_the_endpoint_gets_the_batching_environment() -> None:
+    from infra.sagemaker_endpoint import batching_environment
+
+    assert batching_environment(SimpleNamespace(name="big")) == {}  # type: ignore[arg-type]
+    model = SimpleNamespace(batching=spec({"max_batch_size": 8}).serving.batching)
+    env = batching_environment(model)  # type: ignore[arg-type]
+    assert env == {
+        Env.BATCH_MAX_SIZE: "8",
+        Env.BATCH_MAX_QUEUE_DELAY_MS: "0",
+        Env.BATCH_MAX_QUEUE_SIZE: "16",
+    }
+
+
+def test_the_launcher_gives_a_batching_worker_threads_and_takes_their_memory() -> None:
+    memory = 4 * 1024**3
+    plain = launcher.plan_workers({}, cores=2, gpus=0, cuda=False, memory=memory, model_bytes=10**8)
+    assert plain.threads == launcher.DEFAULT_THREADS
+    assert launcher.worker_memory_mb({}, plain, memory) == "4096"
+    env = {Env.BATCH_MAX_SIZE: "16"}
+    batching = launcher.plan_workers(
+        env, cores=2, gpus=0, cuda=False, memory=memory, model_bytes=10**8
+    )
+    assert batching.threads == 32  # a batch waits while the one before it runs
+    # 28 threads past the default 4, each may hold a decoded request outside the arena
+    assert launcher.worker_memory_mb(env, batching, memory) == str(4096 - 28 * 64)
+    huge = {Env.BATCH_MAX_SIZE: "64"}
+    capped = launcher.plan_workers(huge, cores=2, gpus=1, cuda=True, memory=memory, model_bytes=1)
+    assert capped.threads == launcher.MAX_BATCHING_THREADS
+    explicit = env | {"SAGEMAKER_THREADS": "6"}
+    assert (
+        launcher.plan_workers(
+            explicit, cores=2, gpus=0, cuda=False, memory=memory, model_bytes=1
+        ).threads
+        == 6
+    )
