@@ -153,8 +153,9 @@ def notes(model: dict[str, Any]) -> list[str]:
         at_8 = (ratio(at_8["handler"]["p50"], at_8["prep_run"]["p50"]) or 1) - 1
         out.append(
             f"at batch 1 pre-processing + run takes {prep:.2f} ms; V2 decode/validate/encode "
-            f"adds {v2 - prep:.2f} ms and powertools (resolver, logger, tracer, metrics) "
-            f"{handler - v2:.2f} ms: fixed costs that do not shrink with the model. At batch 8 "
+            f"adds {v2 - prep:.2f} ms and the handler's own path (route, proxy result, "
+            f"powertools' Logger and Metrics; no Tracer, tracing off) {handler - v2:.2f} ms: "
+            f"fixed costs that do not shrink with the model. At batch 8 "
             f"the handler adds {at_8:.0%}."
         )
     if "warm_vs_pytorch" in missed and "torch_forward" in alt.get("1", {}):

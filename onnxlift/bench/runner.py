@@ -47,16 +47,20 @@ METHOD = [
     "as a Lambda function gets below 1,769 MB); PyTorch gets torch.set_num_threads(1).",
     "Tiers: floor = session.run on prepared int64 tensors; pre-processing + run = the serving "
     "pipeline's run (tokenizer + session.run); V2 = ModelService.infer + json.dumps; handler = "
-    "the real Lambda handler (powertools resolver, logger, tracer disabled, metrics flushed to "
-    "stdout, here /dev/null) on the API Gateway proxy event the local gateway builds; HTTP = one "
+    "the real Lambda handler (the contract's router, powertools' Logger and Metrics flushed to "
+    "stdout, here /dev/null; tracing off) on the API Gateway proxy event the local gateway "
+    "builds; HTTP = one "
     "keep-alive connection through the local gateway to a sandbox of the local Lambda service.",
     "Parity: min and mean cosine against sentence-transformers on PyTorch over the model's "
     "parity set (65 texts, one word to past 256 tokens), computed in this run (full mode) or "
     "taken from the build manifest (quick mode).",
     "Cold start: a new interpreter per run (onnxlift/bench/coldstart_probe.py), from spawn to "
     "the first answer read by the parent; ONNX kinds go through the serving runtime "
-    "(sha256 check, session, pipeline); handler_int8 imports the Lambda handler (powertools) and "
-    "answers one API Gateway event; torch loads SentenceTransformer from the safetensors "
+    "(sha256 check, session, pipeline); handler_int8 imports the Lambda handler as deployed "
+    "(tracing on: LAMBDA_TASK_ROOT set, powertools' Tracer and the X-Ray SDK), "
+    "handler_int8_untraced as with -c onnxlift.tracing=false, and each answers one API Gateway "
+    "event, its init timed by phase by the handler itself; torch loads SentenceTransformer "
+    "from the safetensors "
     "folder. Files are in the page cache; a Lambda cold start also pulls its image.",
     "Op profile: onnxruntime's profiler (SessionOptions.enable_profiling through "
     "create_session), one thread, the served INT8 file and the fused FP32, their calls "
