@@ -27,7 +27,7 @@ from typing import Any
 
 from onnxlift_serving.contract import JSON_CONTENT_TYPE, Env, infer_path, signature_required
 from onnxlift_serving.layout import MANIFEST_FILE, SIGNATURE_FILE, version_prefix
-from onnxlift_serving.signing import SignaturePolicy, open_key
+from onnxlift_serving.signing import SignaturePolicy, open_key, read_signature
 from onnxlift_serving.verify import PARITY_SET_ASSET, VerifyResult, read_parity_set, verify
 
 __all__ = ["handler", "lambda_invoker", "parity_set", "proxy_event", "run_hook"]
@@ -44,19 +44,6 @@ class HookError(Exception):
     """Why the version could not be checked: the deployment fails with this line."""
 
 
-def _signature(s3: Any, bucket: str, key: str) -> bytes | None:
-    """manifest.sig's bytes, or None where there is none (S3 says NoSuchKey, or AccessDenied
-    for a missing key when the role may not list the bucket)."""
-    from botocore.exceptions import ClientError
-
-    try:
-        return bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "AccessDenied", "403"):
-            return None
-        raise
-
-
 def parity_set(
     s3: Any, bucket: str, name: str, version: str, signature: SignaturePolicy | None = None
 ) -> dict[str, Any]:
@@ -66,7 +53,7 @@ def parity_set(
     raw_manifest = bytes(s3.get_object(Bucket=bucket, Key=prefix + MANIFEST_FILE)["Body"].read())
     if signature is not None:
         where = f"{name} version {version}"
-        signature.check(raw_manifest, _signature(s3, bucket, prefix + SIGNATURE_FILE), where)
+        signature.check(raw_manifest, read_signature(s3, bucket, prefix + SIGNATURE_FILE), where)
     manifest = json.loads(raw_manifest)
     # The signature covers the bytes, not where they lie: a manifest signed for another model
     # or version, copied here with its parity set, must not pass for this one.

@@ -42,6 +42,17 @@ def actions(statement: dict[str, Any]) -> list[str]:
     return [action] if isinstance(action, str) else list(action)
 
 
+def kms_statements(built: Synth, role_id: str) -> list[dict[str, Any]]:
+    """Every KMS statement of the policies attached to the role `role_id`."""
+    return [
+        statement
+        for policy in built.of_type("AWS::IAM::Policy").values()
+        if {"Ref": role_id} in policy["Properties"]["Roles"]
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+        if any(a.startswith("kms:") for a in actions(statement))
+    ]
+
+
 def test_signing_is_off_by_default(one: Synth) -> None:
     assert signing_keys(one) == {}
     (function,) = model_functions(one)
@@ -67,14 +78,7 @@ def test_the_function_verifies_with_that_key_and_may_only_verify(signed: Synth) 
     }
     assert variables[Env.MODEL_SIGNATURE_REQUIRED] == "true"
     role_id = function["Properties"]["Role"]["Fn::GetAtt"][0]
-    kms_statements = [
-        statement
-        for policy in signed.of_type("AWS::IAM::Policy").values()
-        if {"Ref": role_id} in policy["Properties"]["Roles"]
-        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
-        if any(a.startswith("kms:") for a in actions(statement))
-    ]
-    assert kms_statements == [
+    assert kms_statements(signed, role_id) == [
         {"Action": "kms:Verify", "Effect": "Allow", "Resource": {"Fn::GetAtt": [key_id, "Arn"]}}
     ]
 
@@ -90,14 +94,7 @@ def test_the_pretraffic_hook_checks_the_same_signature_with_the_same_key(signed:
     for name in (Env.MODEL_SIGNATURE_KEY, Env.MODEL_SIGNATURE_REQUIRED):
         assert variables[name] == served["Environment"]["Variables"][name]
     role_id = props["Role"]["Fn::GetAtt"][0]
-    kms_statements = [
-        statement
-        for policy in signed.of_type("AWS::IAM::Policy").values()
-        if {"Ref": role_id} in policy["Properties"]["Roles"]
-        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
-        if any(a.startswith("kms:") for a in actions(statement))
-    ]
-    assert kms_statements == [
+    assert kms_statements(signed, role_id) == [
         {"Action": "kms:Verify", "Effect": "Allow", "Resource": {"Fn::GetAtt": [key_id, "Arn"]}}
     ]
 

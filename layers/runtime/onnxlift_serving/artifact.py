@@ -16,6 +16,7 @@ from onnxlift_serving import layout
 from onnxlift_serving.contract import is_asset_key, is_canonical_version, is_model_name
 from onnxlift_serving.errors import ArtifactError, VersionNotPublished
 from onnxlift_serving.protocol import TensorSpec
+from onnxlift_serving.signing import read_signature
 
 if TYPE_CHECKING:
     from onnxlift_serving.signing import SignaturePolicy
@@ -123,20 +124,6 @@ def load_artifact(folder: Path, *, signature: SignaturePolicy | None = None) -> 
     return artifact
 
 
-def _get_signature(s3_client: Any, bucket: str, key: str) -> bytes | None:
-    from botocore.exceptions import ClientError
-
-    try:
-        return bytes(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
-    except ClientError as exc:
-        # S3 answers a missing key with 403 AccessDenied, not 404, to a caller who may not
-        # list that prefix (the functions' roles list their model's prefix only by
-        # condition): both mean "not signed", which the policy then accepts or refuses.
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "AccessDenied"):
-            return None
-        raise
-
-
 def _get_manifest(s3_client: Any, bucket: str, key: str, what: str) -> bytes:
     """A version's manifest bytes; VersionNotPublished where S3 has no such key, for every
     caller alike (the serving 404, `onnxlift pull`), not botocore's NoSuchKey."""
@@ -186,7 +173,7 @@ def fetch_from_registry(
     raw = _get_manifest(s3_client, bucket, prefix + layout.MANIFEST_FILE, f"{name} {version}")
     signed = None
     if signature is not None:
-        signed = _get_signature(s3_client, bucket, prefix + layout.SIGNATURE_FILE)
+        signed = read_signature(s3_client, bucket, prefix + layout.SIGNATURE_FILE)
         signature.check(raw, signed, f"{name} version {version}")
     try:
         manifest = json.loads(raw)

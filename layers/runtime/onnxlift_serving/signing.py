@@ -38,6 +38,7 @@ __all__ = [
     "SigningKey",
     "create_file_key",
     "open_key",
+    "read_signature",
     "signature_document",
 ]
 
@@ -252,3 +253,20 @@ class SignaturePolicy:
                 f"{where}: the manifest's signature does not verify with key {self.key.key_id} "
                 f"(it names key {str(doc.get('key_id'))[:120]})"
             )
+
+
+def read_signature(s3_client: Any, bucket: str, key: str) -> bytes | None:
+    """A manifest.sig's bytes from S3, or None where there is none (for every reader: the
+    serving fetch, the PreTraffic hook).
+
+    S3 answers a missing key with 403 AccessDenied, not 404, to a caller who may not list that
+    prefix (the functions' roles list their model's prefix only by condition): both mean "not
+    signed", which the policy then accepts or refuses."""
+    from botocore.exceptions import ClientError
+
+    try:
+        return bytes(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "AccessDenied", "403"):
+            return None
+        raise
