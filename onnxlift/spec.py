@@ -76,7 +76,7 @@ class ParitySpec:
 # more request threads (and so less memory to onnxruntime's arena), and a padded text batch
 # answers within float rounding of, not bit for bit, what the request alone would get.
 DEFAULT_BATCH_SIZE = 32  # rows per merged run (at most serving.max_batch)
-MAX_QUEUE_DELAY_MS = 1000
+MAX_QUEUE_DELAY_MS = contract.MAX_QUEUE_DELAY_MS  # the container refuses more too
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -110,7 +110,10 @@ def worker_memory_mb(env: Mapping[str, str], plan: Plan, memory: int) -> str:
         return explicit
     share = memory // plan.workers // 1024**2
     extra_requests = max(0, plan.threads - DEFAULT_THREADS)
-    return str(max(1, share - extra_requests * REQUEST_MEMORY_MB))
+    # Each request thread past the default may hold a decoded request outside the arena; the
+    # charge for them never takes more than half the worker's share (64 batching threads on a
+    # 2 GiB-per-core CPU instance would otherwise leave the arena nothing: every request a 413).
+    return str(max(1, share - min(extra_requests * REQUEST_MEMORY_MB, share // 2)))
 
 
 def request_threads(env: Mapping[str, str]) -> int:

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import pytest
@@ -158,10 +159,11 @@ def test_a_lone_request_waits_at_most_the_delay_then_runs() -> None:
 
 def test_a_full_batch_runs_without_waiting_for_the_delay() -> None:
     pipe = FakePipeline()
-    batcher = Batcher(pipe.run, BatchingConfig(max_batch_size=4, max_queue_delay_ms=5000))
+    # the longest delay a spec may set (1 s): a full batch must not wait for it
+    batcher = Batcher(pipe.run, BatchingConfig(max_batch_size=4, max_queue_delay_ms=1000))
     started = time.perf_counter()
     answers = submit_all(batcher, [rows(float(i)) for i in range(4)])
-    assert time.perf_counter() - started < 2.0  # not the 5 s delay
+    assert time.perf_counter() - started < 0.9  # not the 1 s delay
     assert pipe.calls == [4]
     for i, answer in enumerate(answers):
         np.testing.assert_array_equal(answer["y"], expected(rows(float(i)))["y"])  # type: ignore[index]
@@ -260,3 +262,39 @@ def test_settings_travel_through_the_environment() -> None:
     assert BatchingConfig(max_batch_size=8).queue_limit == 16
     with pytest.raises(ValueError):
         BatchingConfig(max_batch_size=0)
+
+
+@pytest.mark.parametrize("delay", ["inf", "nan", "1e300", "1001"])
+def test_a_delay_that_is_no_finite_wait_is_refused(delay: str) -> None:
+    """inf made Condition.wait raise with the batch marked running (every later request of the
+    version waited forever); nan never timed out. Both are refused where they are read."""
+    env = {Env.BATCH_MAX_SIZE: "4", Env.BATCH_MAX_QUEUE_DELAY_MS: delay}
+    with pytest.raises(ValueError, match="invalid batching settings"):
+        BatchingConfig.from_env(env)
+
+
+def test_a_batch_size_that_is_no_count_is_refused() -> None:
+    with pytest.raises(ValueError, match="is not a whole number"):
+        BatchingConfig.from_env({Env.BATCH_MAX_SIZE: "16.0"})
+    assert BatchingConfig.from_env({}) is None
+    assert BatchingConfig.from_env({Env.BATCH_MAX_SIZE: "0"}) is None
+
+
+def test_a_failure_while_taking_a_batch_does_not_stick_the_version() -> None:
+    """Whatever breaks while a batch is taken, the next request still runs."""
+    pipe = FakePipeline()
+    batcher = Batcher(pipe.run, BatchingConfig(max_batch_size=4))
+    original = batcher._take
+    calls = {"n": 0}
+
+    def take_once_broken() -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("broken once")
+        return original()
+
+    batcher._take = take_once_broken  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="broken once"):
+        batcher.submit(rows(1.0))
+    answer = batcher.submit(rows(2.0))
+    np.testing.assert_array_equal(answer["y"], expected(rows(2.0))["y"])  # type: ignore[index]

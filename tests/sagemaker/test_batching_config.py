@@ -110,6 +110,12 @@ def test_the_launcher_gives_a_batching_worker_threads_and_takes_their_memory() -
     huge = {Env.BATCH_MAX_SIZE: "64"}
     capped = launcher.plan_workers(huge, cores=2, gpus=1, cuda=True, memory=memory, model_bytes=1)
     assert capped.threads == launcher.MAX_BATCHING_THREADS
+    # A small CPU instance (2 cores, 3.7 GiB, 2 workers): the threads' charge stops at half
+    # the worker's share instead of leaving its arena 1 MiB (every request a 413).
+    small = 3_700 * 1024**2
+    busy = launcher.plan_workers(huge, cores=2, gpus=0, cuda=False, memory=small, model_bytes=1)
+    share = small // busy.workers // 1024**2
+    assert launcher.worker_memory_mb(huge, busy, small) == str(share - share // 2)
     explicit = env | {"SAGEMAKER_THREADS": "6"}
     assert (
         launcher.plan_workers(

@@ -137,3 +137,30 @@ def test_requested_outputs_and_oversize_requests_still_follow_the_model(folder: 
     tensor = {"name": "x", "datatype": "FP32", "shape": [65, FEATURES], "data": big.tolist()}
     with pytest.raises(PayloadTooLarge, match="over this model's maximum of 64"):
         batched.infer_doc({"inputs": [tensor]}, "mlp")  # alone, refused by the pipeline
+
+
+def test_a_graph_with_per_batch_scales_is_never_batched(tmp_path: Path) -> None:
+    """A model imported already quantized: its manifest says no quantization, its graph holds
+    DynamicQuantizeLinear (one activation scale over the whole run). Merged, one caller's
+    rows would move another's answer, so the graph itself turns batching off."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    plain = tmp_path / "plain.onnx"
+    plain.write_bytes(mlp().SerializeToString())
+    quantized = tmp_path / "mlp" / "model.onnx"
+    quantized.parent.mkdir()
+    quantize_dynamic(str(plain), str(quantized), weight_type=QuantType.QInt8)
+    data = quantized.read_bytes()
+    assert b"DynamicQuantizeLinear" in data or b"DynamicQuantizeMatMul" in data
+    doc = {
+        "name": "mlp", "version": "1", "task": "tensor",
+        "sha256": hashlib.sha256(data).hexdigest(), "max_batch": 64,
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, FEATURES]}],
+        "outputs": [
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, CLASSES]},
+            {"name": "score", "datatype": "FP32", "shape": [-1]},
+        ],
+    }  # fmt: skip
+    (quantized.parent / "manifest.json").write_text(json.dumps(doc))
+    loaded = service(quantized.parent, BatchingConfig(max_batch_size=8))
+    assert "dynamic_batching" not in loaded.metadata("mlp")["parameters"]

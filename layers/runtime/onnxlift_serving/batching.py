@@ -29,16 +29,24 @@ threads are the ones that run the queue, so the queue drains with them.
 from __future__ import annotations
 
 import logging
+import math
+import mmap
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from onnxlift_serving.contract import THROTTLE_RETRY_AFTER_S, Env, parse_count
+from onnxlift_serving.contract import (
+    MAX_QUEUE_DELAY_MS,
+    THROTTLE_RETRY_AFTER_S,
+    Env,
+    parse_count,
+)
 from onnxlift_serving.errors import ServiceUnavailable
 
 Tensors = dict[str, np.ndarray]
@@ -54,7 +62,15 @@ class BatchingConfig:
     max_queue_size: int = 0  # requests waiting at most; 0: 2 x max_batch_size
 
     def __post_init__(self) -> None:
-        if self.max_batch_size < 1 or self.max_queue_delay_ms < 0 or self.max_queue_size < 0:
+        # A delay that is not a finite number would make Condition.wait raise (inf) or never
+        # time out (nan): refused, as the spec refuses it (at most MAX_QUEUE_DELAY_MS).
+        delay = self.max_queue_delay_ms
+        if (
+            self.max_batch_size < 1
+            or not math.isfinite(delay)
+            or not 0 <= delay <= MAX_QUEUE_DELAY_MS
+            or self.max_queue_size < 0
+        ):
             raise ValueError(f"invalid batching settings {self}")
 
     @property
@@ -64,12 +80,37 @@ class BatchingConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> BatchingConfig | None:
         """None (no batching) unless BATCH_MAX_SIZE is a count of at least 1."""
-        size = parse_count(env.get(Env.BATCH_MAX_SIZE, "").strip())
+        raw = env.get(Env.BATCH_MAX_SIZE, "").strip()
+        size = parse_count(raw)
+        if raw and size is None:  # "16.0", "1e3": a typo, not "off"
+            raise ValueError(f"{Env.BATCH_MAX_SIZE}={raw[:20]!r} is not a whole number")
         if not size:
             return None
         delay = float(env.get(Env.BATCH_MAX_QUEUE_DELAY_MS, "0") or 0)
         queue = parse_count(env.get(Env.BATCH_MAX_QUEUE_SIZE, "").strip()) or 0
         return cls(max_batch_size=size, max_queue_delay_ms=delay, max_queue_size=queue)
+
+
+# Ops that derive an activation scale from the whole run: merged, one caller's rows would move
+# (and reveal a little of) another's answer, so a graph holding any of them is never batched.
+PER_BATCH_SCALE_OPS = (
+    b"DynamicQuantizeLinear",
+    b"DynamicQuantizeMatMul",
+    b"DynamicQuantizeLSTM",
+    b"MatMulIntegerToFloat",
+    b"QAttention",
+)
+
+
+def has_per_batch_scales(model: Path) -> bool:
+    """Whether the graph file holds a PER_BATCH_SCALE_OPS node, whatever its manifest says (a
+    model imported already quantized). An op type is a plain string in the protobuf, so a byte
+    search finds every such node; a name that merely contains one only turns batching off."""
+    with model.open("rb") as handle:
+        if model.stat().st_size == 0:
+            return False
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return any(data.find(op) >= 0 for op in PER_BATCH_SCALE_OPS)
 
 
 def stack_key(inputs: Tensors) -> tuple[int, Hashable] | None:
@@ -186,8 +227,10 @@ class Batcher:
                 if pending.done:
                     return pending.outcome()
                 self._running = True
-                batch = self._take()
-            try:
+            batch: list[_Pending] = []
+            try:  # _take under the lock too: whatever it raises, _running is reset below
+                with self._cond:
+                    batch = self._take()
                 self._execute(batch)
             finally:
                 with self._cond:

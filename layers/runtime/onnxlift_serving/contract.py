@@ -33,6 +33,7 @@ __all__ = [
     "LAMBDA_PAYLOAD_BYTES",
     "LAMBDA_RESPONSE_BYTES",
     "LAMBDA_TIMEOUT_S",
+    "MAX_QUEUE_DELAY_MS",
     "METRIC_MODEL_DIMENSION",
     "METRIC_SERVICE_DIMENSION",
     "MODELS_PREFIX",
@@ -209,6 +210,10 @@ class Env(StrEnum):
     # reads MODEL_NAME, MODEL_VERSION and the MODEL_SIGNATURE_* settings too.
     TARGET_FUNCTION_ARN = "TARGET_FUNCTION_ARN"  # the new function version it invokes
     REGISTRY_BUCKET = "REGISTRY_BUCKET"  # where the version's parity set lies
+
+
+# [serving.batching]: the longest a queued request may wait for its batch to fill (ms).
+MAX_QUEUE_DELAY_MS: Final = 1000
 
 
 def memory_limit_mb(env: Mapping[str, str]) -> int | None:

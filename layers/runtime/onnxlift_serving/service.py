@@ -35,7 +35,7 @@ from typing import Any
 from onnxlift_serving import layout, protocol
 from onnxlift_serving.aliases import DEFAULT_ALIAS, read_alias
 from onnxlift_serving.artifact import Artifact, fetch_from_registry, load_artifact
-from onnxlift_serving.batching import Batcher, BatchingConfig, batchable
+from onnxlift_serving.batching import Batcher, BatchingConfig, batchable, has_per_batch_scales
 from onnxlift_serving.contract import (
     API_BODY_BYTES,
     DEFAULT_MAX_LOADED_VERSIONS,
@@ -275,10 +275,11 @@ class ModelService:
         if not batchable(pipeline.inputs, pipeline.outputs):
             log.warning("model %s: no free batch dimension; batching is off", self.config.name)
             return None
-        if (artifact.manifest.get("quantization") or {}).get("mode") == "dynamic":
+        dynamic = (artifact.manifest.get("quantization") or {}).get("mode") == "dynamic"
+        if dynamic or has_per_batch_scales(artifact.model_path):
             # DynamicQuantizeLinear takes one activation scale over the whole merged batch:
             # each caller's answer would move with (and reveal a little of) the others' inputs.
-            log.warning("model %s: dynamic INT8 quantization; batching is off", self.config.name)
+            log.warning("model %s: per-batch activation scales; batching is off", self.config.name)
             return None
         limit = int(getattr(pipeline, "max_batch", config.max_batch_size))
         if config.max_batch_size > limit:
