@@ -60,8 +60,14 @@ def mlp() -> onnx.ModelProto:
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("mlp")
-    data = mlp().SerializeToString()
-    (folder / "model.onnx").write_bytes(data)
+    (folder / "model.onnx").write_bytes(mlp().SerializeToString())
+    write_manifest(folder)
+    return folder
+
+
+def write_manifest(folder: Path) -> None:
+    """The manifest of folder/model.onnx as the MLP version 1 (no quantization recorded)."""
+    data = (folder / "model.onnx").read_bytes()
     manifest = {
         "name": "mlp",
         "version": "1",
@@ -75,7 +81,6 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ],
     }
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    return folder
 
 
 def service(folder: Path, batching: BatchingConfig | None) -> ModelService:
@@ -152,15 +157,6 @@ def test_a_graph_with_per_batch_scales_is_never_batched(tmp_path: Path) -> None:
     quantize_dynamic(str(plain), str(quantized), weight_type=QuantType.QInt8)
     data = quantized.read_bytes()
     assert b"DynamicQuantizeLinear" in data or b"DynamicQuantizeMatMul" in data
-    doc = {
-        "name": "mlp", "version": "1", "task": "tensor",
-        "sha256": hashlib.sha256(data).hexdigest(), "max_batch": 64,
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, FEATURES]}],
-        "outputs": [
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, CLASSES]},
-            {"name": "score", "datatype": "FP32", "shape": [-1]},
-        ],
-    }  # fmt: skip
-    (quantized.parent / "manifest.json").write_text(json.dumps(doc))
+    write_manifest(quantized.parent)
     loaded = service(quantized.parent, BatchingConfig(max_batch_size=8))
     assert "dynamic_batching" not in loaded.metadata("mlp")["parameters"]
