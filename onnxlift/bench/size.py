@@ -166,7 +166,7 @@ def run_size(
     ]
     results: dict[str, Any] = {"platforms": list(PLATFORMS), "python_version": PYTHON_VERSION}
     serving = torch = None
-    image_prune = _image_prune(root)
+    image_prune = load_image_prune(root)
     try:
         serving = pip_target(requirements, download, report, image_prune.prune, image_prune.PRUNED)
         torch = pip_target(pins, download, report) if weights is not None else None
@@ -203,7 +203,7 @@ def run_size(
     return results
 
 
-def _image_prune(root: Path) -> Any:
+def load_image_prune(root: Path) -> Any:
     """functions/inference/prune.py: what the image's Dockerfile deletes after pip install."""
     import importlib.util
 

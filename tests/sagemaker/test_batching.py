@@ -72,6 +72,32 @@ def submit_all(batcher: Batcher, requests: list[Tensors]) -> list[Tensors | Base
         return list(pool.map(one, requests))
 
 
+def behind_a_held_run(
+    pipe: FakePipeline,
+    batcher: Batcher,
+    requests: list[Tensors],
+    *,
+    forget_held: bool = False,
+    while_queued: Callable[[], None] | None = None,
+) -> list[Tensors | BaseException]:
+    """Hold one run at pipe.gate, queue `requests` behind it (then call `while_queued`),
+    release it: the requests' outcomes in order. `forget_held`: pipe.calls leaves out the
+    held run."""
+    first = hold_first_run(pipe, batcher)
+    if forget_held:
+        pipe.calls.clear()
+    done: list[Tensors | BaseException] = []
+    runner = threading.Thread(target=lambda: done.extend(submit_all(batcher, requests)))
+    runner.start()
+    wait_until(lambda: batcher.queued == len(requests))
+    if while_queued is not None:
+        while_queued()
+    pipe.gate.set()  # type: ignore[union-attr]
+    runner.join(10)
+    first.join(10)
+    return done
+
+
 def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -82,16 +108,9 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
 def test_concurrent_requests_merge_and_each_gets_only_its_own_rows() -> None:
     pipe = FakePipeline(delay_s=0.002)
     batcher = Batcher(pipe.run, BatchingConfig(max_batch_size=8, max_queue_delay_ms=20))
-    first = hold_first_run(pipe, batcher)
     # distinct values and row counts, so a swapped or shifted slice cannot pass
     requests = [rows(float(i), count=1 + i % 3) for i in range(12)]
-    answers: list[Tensors | BaseException] = []
-    collector = threading.Thread(target=lambda: answers.extend(submit_all(batcher, requests)))
-    collector.start()
-    wait_until(lambda: batcher.queued == 12)
-    pipe.gate.set()  # type: ignore[union-attr]
-    collector.join(10)
-    first.join(10)
+    answers = behind_a_held_run(pipe, batcher, requests)
     for request, answer in zip(requests, answers, strict=True):
         assert not isinstance(answer, BaseException)
         want = expected(request)
@@ -127,16 +146,8 @@ def test_only_requests_that_stack_are_merged() -> None:
 
     pipe = FakePipeline()
     batcher = Batcher(pipe.run, BatchingConfig(max_batch_size=16, max_queue_delay_ms=50))
-    first = hold_first_run(pipe, batcher)
-    pipe.calls.clear()
     mixed = [rows(1.0, width=3), rows(2.0, width=4), rows(3.0, width=3), rows(4.0, width=4)]
-    done: list[Tensors | BaseException] = []
-    runner = threading.Thread(target=lambda: done.extend(submit_all(batcher, mixed)))
-    runner.start()
-    wait_until(lambda: batcher.queued == 4)
-    pipe.gate.set()  # type: ignore[union-attr]
-    runner.join(10)
-    first.join(10)
+    done = behind_a_held_run(pipe, batcher, mixed, forget_held=True)
     for request, answer in zip(mixed, done, strict=True):
         np.testing.assert_array_equal(answer["y"], expected(request)["y"])  # type: ignore[index]
     assert sorted(pipe.calls) == [2, 2]  # width 3 together, width 4 together
@@ -172,16 +183,8 @@ def test_a_full_batch_runs_without_waiting_for_the_delay() -> None:
 def test_an_oversize_request_runs_alone_and_others_still_merge() -> None:
     pipe = FakePipeline()
     batcher = Batcher(pipe.run, BatchingConfig(max_batch_size=4, max_queue_delay_ms=30))
-    first = hold_first_run(pipe, batcher)
-    pipe.calls.clear()
     requests = [rows(1.0), rows(7.0, count=9), rows(2.0), rows(3.0)]
-    done: list[Tensors | BaseException] = []
-    runner = threading.Thread(target=lambda: done.extend(submit_all(batcher, requests)))
-    runner.start()
-    wait_until(lambda: batcher.queued == 4)
-    pipe.gate.set()  # type: ignore[union-attr]
-    runner.join(10)
-    first.join(10)
+    done = behind_a_held_run(pipe, batcher, requests, forget_held=True)
     assert sorted(pipe.calls) == [3, 9]  # the 9-row request alone, the three 1-row together
     for request, answer in zip(requests, done, strict=True):
         np.testing.assert_array_equal(answer["y"], expected(request)["y"])  # type: ignore[index]
@@ -190,15 +193,8 @@ def test_an_oversize_request_runs_alone_and_others_still_merge() -> None:
 def test_an_error_in_a_merged_run_fails_only_the_offending_request() -> None:
     pipe = FakePipeline()
     batcher = Batcher(pipe.run, BatchingConfig(max_batch_size=8, max_queue_delay_ms=30))
-    first = hold_first_run(pipe, batcher)
     requests = [rows(1.0), rows(-1.0), rows(2.0, 2), rows(3.0)]
-    done: list[Tensors | BaseException] = []
-    runner = threading.Thread(target=lambda: done.extend(submit_all(batcher, requests)))
-    runner.start()
-    wait_until(lambda: batcher.queued == 4)
-    pipe.gate.set()  # type: ignore[union-attr]
-    runner.join(10)
-    first.join(10)
+    done = behind_a_held_run(pipe, batcher, requests)
     assert isinstance(done[1], Unprocessable)
     for index in (0, 2, 3):
         np.testing.assert_array_equal(done[index]["y"], expected(requests[index])["y"])  # type: ignore[index]
@@ -237,18 +233,14 @@ def test_the_queue_is_bounded_and_answers_503_with_retry_after() -> None:
 def test_close_refuses_new_requests_and_drains_the_queue() -> None:
     pipe = FakePipeline()
     batcher = Batcher(pipe.run, BatchingConfig(max_batch_size=4, max_queue_delay_ms=0))
-    first = hold_first_run(pipe, batcher)
     requests = [rows(float(i)) for i in range(6)]
-    done: list[Tensors | BaseException] = []
-    runner = threading.Thread(target=lambda: done.extend(submit_all(batcher, requests)))
-    runner.start()
-    wait_until(lambda: batcher.queued == 6)
-    batcher.close()
-    with pytest.raises(ServiceUnavailable):
-        batcher.submit(rows(1.0))
-    pipe.gate.set()  # type: ignore[union-attr]
-    runner.join(10)
-    first.join(10)
+
+    def close_then_refuse() -> None:
+        batcher.close()
+        with pytest.raises(ServiceUnavailable):
+            batcher.submit(rows(1.0))
+
+    done = behind_a_held_run(pipe, batcher, requests, while_queued=close_then_refuse)
     assert len(done) == 6 and all(not isinstance(a, BaseException) for a in done)
 
 

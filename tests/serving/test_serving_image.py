@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -103,10 +102,9 @@ def _pruned_site(site: Path) -> Path:
     import onnxruntime
     import tokenizers
 
-    spec = importlib.util.spec_from_file_location("prune", DOCKERFILE.parent / "prune.py")
-    assert spec is not None and spec.loader is not None
-    prune = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(prune)
+    from onnxlift.bench.size import load_image_prune
+
+    prune = load_image_prune(ROOT)
     for module in (numpy, onnxruntime, tokenizers):
         package = Path(str(module.__file__)).parent
         shutil.copytree(package, site / package.name, copy_function=os.link)
