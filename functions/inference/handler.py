@@ -38,7 +38,7 @@ from onnxlift_serving.contract import (
     retry_after,
     tracing_enabled,
 )
-from onnxlift_serving.encoding import event_body, header
+from onnxlift_serving.encoding import event_body, lowered
 from onnxlift_serving.errors import InferenceError
 from onnxlift_serving.service import ModelService, ServiceConfig
 
@@ -151,14 +151,14 @@ def _ready(name: str, version: str | None, event: dict[str, Any]) -> ProxyResult
 
 def _infer(name: str, version: str | None, event: dict[str, Any]) -> ProxyResult:
     started = time.perf_counter()
-    headers = event.get("headers")
+    headers = lowered(event.get("headers"))
     reply = binary.serve_infer(
         service,
         event_body(event.get("body"), bool(event.get("isBase64Encoded"))),
         name=name,
         version=version,
-        content_encoding=header(headers, "Content-Encoding"),
-        header_length=binary.parse_length(header(headers, INFERENCE_HEADER_LENGTH)),
+        content_encoding=headers.get("content-encoding"),
+        header_length=binary.parse_length(headers.get(INFERENCE_HEADER_LENGTH.lower())),
     )
     # One metric per request: its SampleCount is the request count (no second InferCount).
     metrics.add_metric(

@@ -108,3 +108,30 @@ def test_fp32_goes_out_as_the_shortest_float32_text() -> None:
     assert b"0.04736905," in wire and b"0.33333334" in wire
     decoded = np.asarray(json.loads(wire)["outputs"][0]["data"], dtype=np.float32)
     np.testing.assert_array_equal(decoded, values)  # exact round trip through float32
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(12, dtype=np.float32).reshape(3, 4)[:, ::2],  # a strided view
+        np.asfortranarray(np.arange(6, dtype=np.int64).reshape(2, 3)),
+        np.arange(4, dtype=">i4"),  # non-native byte order
+        np.array([b"ab", b"c"], dtype="S2"),
+        np.array(["x", "yz"]),
+    ],
+)
+def test_any_layout_or_byte_order_goes_out_row_major(array: np.ndarray) -> None:
+    response = encode_infer_response(
+        model_name="m", model_version="1", request_id=None, outputs={"a": array}
+    )
+    (out,) = json.loads(dumps(response))["outputs"]
+    assert out["shape"] == list(array.shape)
+    if array.dtype.kind in "SU":
+        assert out["datatype"] == "BYTES"
+        assert out["data"] == [x.decode() if isinstance(x, bytes) else x for x in array.ravel()]
+    else:
+        assert (
+            out["datatype"]
+            == {"f": "FP32", "i": "INT64" if array.itemsize == 8 else "INT32"}[array.dtype.kind]
+        )
+        assert out["data"] == array.ravel().tolist()

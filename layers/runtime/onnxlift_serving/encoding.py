@@ -29,6 +29,11 @@ def header(headers: Mapping[str, str] | None, name: str) -> str | None:
     return next((v for k, v in headers.items() if k.lower() == wanted), None)
 
 
+def lowered(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """The headers keyed by lower-case name: one pass, for a request that reads several."""
+    return {k.lower(): v for k, v in headers.items()} if headers else {}
+
+
 def event_body(body: str | None, is_base64: bool) -> bytes:
     """The request body of an API Gateway proxy event, as the bytes the client sent."""
     if not body:

@@ -42,6 +42,10 @@ DATATYPES: dict[str, Any] = {
     "BYTES": np.object_,
 }
 NUMPY_TO_DATATYPE = {np.dtype(v).name: k for k, v in DATATYPES.items() if k != "BYTES"}
+# The same keyed by dtype (hashed in C): the answer path looks it up per output, where
+# `dtype.name` is a Python-level property and `dtype == np.object_` builds a dtype each time.
+_DTYPE_TO_DATATYPE = {np.dtype(v): k for k, v in DATATYPES.items() if k != "BYTES"}
+_TEXT_KINDS = "OSU"  # object, bytes and str arrays all travel as BYTES
 # The JSON scalar types each datatype accepts (exact types: a bool is not an int here).
 _FLOATS = frozenset({int, float})
 _SCALARS: dict[str, tuple[frozenset[type], str]] = {
@@ -254,12 +258,15 @@ def decode_infer_request(
 
 
 def encode_tensor(name: str, array: np.ndarray) -> dict[str, Any]:
-    if array.dtype == np.object_ or array.dtype.kind in "SU":
+    if array.dtype.kind in _TEXT_KINDS:
         datatype = "BYTES"
         data = [x.decode() if isinstance(x, bytes) else str(x) for x in array.ravel()]
     else:
-        datatype = NUMPY_TO_DATATYPE[array.dtype.name]
-        data = np.ascontiguousarray(array).ravel()  # serialized by `dumps`, straight from numpy
+        if array.dtype not in _DTYPE_TO_DATATYPE:  # non-native byte order: orjson refuses it
+            array = array.astype(array.dtype.newbyteorder("="))
+        datatype = _DTYPE_TO_DATATYPE[array.dtype]
+        # ravel() is C-contiguous (a view where it can be), as orjson's numpy writer needs
+        data = array.ravel()
     return {"name": name, "datatype": datatype, "shape": list(array.shape), "data": data}
 
 
@@ -273,14 +280,14 @@ def dumps(doc: Any) -> bytes:
 def _json_floor(array: np.ndarray) -> int:
     """The fewest bytes orjson can write `array`'s values in: "0.0," a float, "0," an integer,
     "true," a bool, a string its UTF-8 length (at least) and quotes and comma."""
-    if array.dtype == np.object_ or array.dtype.kind in "SU":
+    if array.dtype.kind in _TEXT_KINDS:
         return sum(_text_length(x) + 3 for x in array.ravel())
     per_value = {"f": 4, "b": 5}.get(array.dtype.kind, 2)
     return array.size * per_value
 
 
 def _binary_size(array: np.ndarray) -> int:
-    if array.dtype == np.object_ or array.dtype.kind in "SU":
+    if array.dtype.kind in _TEXT_KINDS:
         return sum(_text_length(x) + 4 for x in array.ravel())
     return array.nbytes
 
