@@ -24,11 +24,13 @@ def main() -> None:
         import tokenizers  # noqa: F401
         from onnxlift_serving.artifact import load_artifact
         from onnxlift_serving.pipelines import build_pipeline
-        from onnxlift_serving.session import create_session
+        from onnxlift_serving.session import create_session, optimization_for
 
         marks["imports"] = time.perf_counter()
         artifact = load_artifact(__import__("pathlib").Path(where))  # sha256 checked, as served
-        pipeline = build_pipeline(artifact, create_session(artifact.model_path, threads=threads))
+        level = optimization_for(artifact.manifest, [])
+        session = create_session(artifact.model_path, threads=threads, optimization=level)
+        pipeline = build_pipeline(artifact, session)
         marks["load"] = time.perf_counter()
         out = pipeline.run({pipeline.text_input: np.array([text], dtype=object)})
         dim = int(out[pipeline.embedding_output].shape[-1])

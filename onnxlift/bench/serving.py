@@ -64,10 +64,13 @@ def load_pipeline(artifact_folder: Path, model: Path | None = None, *, threads: 
     """The serving pipeline exactly as the handler builds it, optionally on another model file."""
     from onnxlift_serving.artifact import load_artifact
     from onnxlift_serving.pipelines import build_pipeline
-    from onnxlift_serving.session import create_session
+    from onnxlift_serving.session import create_session, optimization_for
 
     artifact = load_artifact(artifact_folder)
-    return build_pipeline(artifact, create_session(model or artifact.model_path, threads=threads))
+    # another model file is some other graph: the optimizer runs on it
+    level = optimization_for(artifact.manifest if model is None else {}, [])
+    session = create_session(model or artifact.model_path, threads=threads, optimization=level)
+    return build_pipeline(artifact, session)
 
 
 def run_call(pipeline: Any, texts: list[str]) -> Callable[[], Any]:

@@ -27,10 +27,12 @@ from onnxlift_serving.contract import DEFAULT_MAX_LOADED_VERSIONS, is_asset_key
 from onnxlift_serving.cpu import cpu_facts
 from onnxlift_serving.pipelines import build_pipeline, load_tokenizer
 from onnxlift_serving.session import (
+    PREOPTIMIZED_KEY,
     ModelTooLarge,
     arena_bytes,
     create_session,
     integer_kernel_setting,
+    optimization_for,
 )
 from onnxlift_serving.verify import PARITY_SET_ASSET
 
@@ -46,6 +48,7 @@ from onnxlift.builder.gate import check_parity_gate
 from onnxlift.builder.integer_audit import audit_integer_kernels
 from onnxlift.builder.optimize import optimize_transformer
 from onnxlift.builder.outliers import SplitReport, split_outlier_channels
+from onnxlift.builder.preoptimize import preoptimize
 from onnxlift.builder.quantize import quantize_dynamic_int8, quantize_static_qdq
 from onnxlift.errors import BuildError
 from onnxlift.sources import ModelSource
@@ -158,7 +161,9 @@ def serve_batched(
 ) -> dict[str, np.ndarray]:
     """Run inputs through the real serving pipeline, exactly as the handler will."""
     artifact = load_artifact(folder)
-    pipeline = build_pipeline(artifact, create_session(artifact.model_path, threads=threads))
+    level = optimization_for(artifact.manifest, [])
+    session = create_session(artifact.model_path, threads=threads, optimization=level)
+    pipeline = build_pipeline(artifact, session)
     count = len(next(iter(inputs.values())))
     chunks = [
         pipeline.run({k: v[i : i + batch] for k, v in inputs.items()})
@@ -346,6 +351,40 @@ def _measure_parity(
     return figures
 
 
+def _preoptimized(
+    spec: ModelSpec,
+    source: ModelSource,
+    served_path: Path,
+    manifest: dict[str, Any],
+    work: Path,
+    *,
+    threads: int,
+    report: Report,
+) -> Path:
+    """The served graph saved after onnxruntime's CPU optimizer (preoptimize.py), kept only
+    if it answers the parity set bit for bit as the graph optimized at session creation."""
+    entry = preoptimize(served_path, work / "model.optimized.onnx")
+    if entry is None:
+        return served_path
+    batch = min(16, spec.serving.max_batch)
+    answers = []
+    for label, path, extra in (
+        ("online", served_path, {}),
+        ("saved", work / "model.optimized.onnx", {PREOPTIMIZED_KEY: entry}),
+    ):
+        draft = work / f"draft-{label}"
+        _write_artifact(draft, path, source.assets, dict(manifest, version="", **extra))
+        answers.append(serve_batched(draft, source.parity_inputs, threads=threads, batch=batch))
+        shutil.rmtree(draft, ignore_errors=True)
+    online, saved = answers
+    if not all(np.array_equal(online[name], saved[name]) for name in online):
+        report(f"{spec.name}: the pre-optimized graph answers differently; serving it as built")
+        return served_path
+    manifest[PREOPTIMIZED_KEY] = entry
+    report(f"{spec.name}: graph saved optimized (identical answers on the parity set)")
+    return work / "model.optimized.onnx"
+
+
 def _check_function_memory(spec: ModelSpec, weights: int) -> None:
     """The function's memory leaves its capped arena room for the packed weights and a
     request (onnxlift_serving.session.arena_bytes): refused here, not as a 503 at load."""
@@ -423,6 +462,9 @@ def build_model(
     )
     if decision.target == "lambda":
         _check_function_memory(spec, weights)
+        served_path = _preoptimized(
+            spec, source, served_path, manifest, work, threads=threads, report=report
+        )
     manifest["target"] = decision.target
     manifest["target_reason"] = decision.reason
     manifest["estimated_memory_mb"] = decision.estimated_memory_mb

@@ -54,7 +54,12 @@ from onnxlift_serving.errors import (
     VersionNotPublished,
 )
 from onnxlift_serving.pipelines import Pipeline, build_pipeline
-from onnxlift_serving.session import create_session, default_threads, integer_kernel_setting
+from onnxlift_serving.session import (
+    create_session,
+    default_threads,
+    integer_kernel_setting,
+    optimization_for,
+)
 from onnxlift_serving.signing import SignaturePolicy, open_key
 
 # Lambda's synchronous invocation payload limit; API Gateway itself allows 10 MB.
@@ -251,6 +256,7 @@ class ModelService:
             artifact.model_path,
             threads=self.config.threads,
             providers=list(self.config.providers),
+            optimization=optimization_for(artifact.manifest, list(self.config.providers)),
             memory_mb=self.config.memory_mb,
             # the cap is set once per process: leave room for every version it may hold
             resident_versions=self.config.max_loaded_versions,

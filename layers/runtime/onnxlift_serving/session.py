@@ -33,6 +33,7 @@ from onnxlift_serving.layout import weights_bytes
 __all__ = [
     "ALLOCATION_FAILURES",
     "INTEGER_KERNEL_CONFIG",
+    "PREOPTIMIZED_KEY",
     "ModelTooLarge",
     "arena_bytes",
     "arena_limit",
@@ -41,6 +42,7 @@ __all__ = [
     "default_threads",
     "integer_kernel_setting",
     "is_allocation_failure",
+    "optimization_for",
     "run_options",
     "session_options",
 ]
@@ -148,6 +150,28 @@ def choose_providers(preferred: list[str] | None = None) -> list[str]:
     return [*chosen, "CPUExecutionProvider"]
 
 
+# The manifest entry of a graph the build saved as onnxruntime's CPU optimizer leaves it
+# (onnxlift/builder/preoptimize.py): {"level": "extended", "onnxruntime": <its version>}.
+PREOPTIMIZED_KEY: Final = "graph_optimization"
+
+
+def optimization_for(
+    manifest: Mapping[str, object], providers: list[str]
+) -> ort.GraphOptimizationLevel:
+    """No optimization at session creation for a graph the build already optimized with this
+    onnxruntime for the CPU provider alone (a third of minilm's session creation). Anywhere
+    else (another onnxruntime, a GPU provider) the optimizer runs as for any graph: on a fused
+    graph it finds nothing left to fuse, and a provider's own fusions still apply."""
+    done = manifest.get(PREOPTIMIZED_KEY)
+    if (
+        isinstance(done, Mapping)
+        and done.get("onnxruntime") == ort.__version__
+        and choose_providers(providers) == ["CPUExecutionProvider"]
+    ):
+        return ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
 def integer_kernel_setting() -> dict[str, str]:
     """What a manifest records of how its parity was measured: the session config entries."""
     return dict(INTEGER_KERNEL_CONFIG)
@@ -195,6 +219,7 @@ def create_session(
     memory_mb: int | None = None,
     resident_versions: int = 1,
     profile_prefix: str | None = None,
+    save_optimized: Path | None = None,
 ) -> ort.InferenceSession:
     """A session on `model` (a path or serialized bytes) with onnxlift's settings.
 
@@ -202,7 +227,8 @@ def create_session(
     the session then allocates from the process's capped arena (see arena_bytes), which
     leaves room for the weights of `resident_versions` such models. Build-time sessions leave
     it None and are not capped here (the build's child process has its own limit).
-    `profile_prefix` is for the bench's per-op profile (see session_options)."""
+    `profile_prefix` is for the bench's per-op profile (see session_options); `save_optimized`
+    (build only) writes the graph as the optimizer leaves it there."""
     source = model if isinstance(model, bytes) else str(model)
     options = session_options(
         threads=threads,
@@ -210,6 +236,8 @@ def create_session(
         integer_config=integer_config,
         profile_prefix=profile_prefix,
     )
+    if save_optimized is not None:
+        options.optimized_model_filepath = str(save_optimized)
     if memory_mb is not None:
         size = len(model) if isinstance(model, bytes) else weights_bytes(Path(model))
         _register_arena(arena_bytes(memory_mb, size, resident_versions))
