@@ -119,8 +119,8 @@ def worker_memory_mb(env: Mapping[str, str], plan: Plan, memory: int) -> str:
 def request_threads(env: Mapping[str, str]) -> int:
     """gthread threads per worker: SAGEMAKER_THREADS, else enough for dynamic batching to
     fill a batch while another runs, else DEFAULT_THREADS."""
-    if env.get("SAGEMAKER_THREADS"):
-        return int(env["SAGEMAKER_THREADS"])
+    if env.get(Env.SAGEMAKER_THREADS):
+        return int(env[Env.SAGEMAKER_THREADS])
     batch = parse_count(env.get(Env.BATCH_MAX_SIZE, "").strip()) or 0
     return max(DEFAULT_THREADS, min(MAX_BATCHING_THREADS, 2 * batch))
 
@@ -129,7 +129,7 @@ def plan_workers(
     env: Mapping[str, str], *, cores: int, gpus: int, cuda: bool, memory: int, model_bytes: int
 ) -> Plan:
     threads = request_threads(env)
-    explicit = env.get("SAGEMAKER_WORKERS")
+    explicit = env.get(Env.SAGEMAKER_WORKERS)
     if gpus > 0 and cuda:
         workers = int(explicit) if explicit else gpus
         ort_threads = max(1, min(4, cores // workers))
@@ -144,7 +144,7 @@ def plan_workers(
             ort_threads = max(1, cores // workers)
         gpus = 0
     if explicit:
-        reason = "SAGEMAKER_WORKERS"
+        reason = Env.SAGEMAKER_WORKERS.value
     if env.get(Env.ORT_INTRA_OP_THREADS):
         ort_threads = int(env[Env.ORT_INTRA_OP_THREADS])
     return Plan(max(1, workers), max(1, threads), max(1, ort_threads), gpus, reason)
@@ -163,7 +163,7 @@ def _model_bytes(env: Mapping[str, str]) -> int:
 
 def pre_fork(server: Any, worker: Any) -> None:
     """Give the new worker the lowest GPU index no living worker holds."""
-    gpus = int(os.environ.get("ONNXLIFT_GPUS", "0"))
+    gpus = int(os.environ.get(Env.GPUS, "0"))
     if gpus:
         taken = {getattr(w, "gpu_index", None) for w in server.WORKERS.values()}
         worker.gpu_index = next((i for i in range(gpus) if i not in taken), 0)
@@ -225,11 +225,11 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> No
     env = os.environ if env is None else env
     parser = argparse.ArgumentParser(prog="serve", description="onnxlift SageMaker container")
     parser.add_argument("mode", nargs="?", default="serve", choices=["serve"])
-    parser.add_argument("--bind", default=env.get("SAGEMAKER_BIND", DEFAULT_BIND))
+    parser.add_argument("--bind", default=env.get(Env.SAGEMAKER_BIND, DEFAULT_BIND))
     parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args(argv)
     if args.workers:
-        env["SAGEMAKER_WORKERS"] = str(args.workers)
+        env[Env.SAGEMAKER_WORKERS] = str(args.workers)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     cuda = cuda_provider_available()
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> No
     # Read in each worker by wsgi.config_from_env and the pre_fork hook.
     env[Env.ORT_INTRA_OP_THREADS] = str(plan.ort_threads)
     env[Env.MEMORY_LIMIT_MB] = worker_memory_mb(env, plan, memory)
-    env["ONNXLIFT_GPUS"] = str(plan.gpus)
+    env[Env.GPUS] = str(plan.gpus)
     if not cuda:
         env.setdefault(Env.ORT_PROVIDERS, "CPUExecutionProvider")
     batch = parse_count(env.get(Env.BATCH_MAX_SIZE, "").strip())
@@ -261,6 +261,6 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> No
         f"up to {batch} rows a run" if batch else "off",
         "available" if cuda else "not available, CPU only",
     )
-    graceful = int(env.get("SAGEMAKER_GRACEFUL_TIMEOUT", DEFAULT_GRACEFUL_S))
-    access_log = env.get("SAGEMAKER_ACCESS_LOG", "").lower() in ("1", "true")
+    graceful = int(env.get(Env.SAGEMAKER_GRACEFUL_TIMEOUT, DEFAULT_GRACEFUL_S))
+    access_log = env.get(Env.SAGEMAKER_ACCESS_LOG, "").lower() in ("1", "true")
     Server(settings(plan, bind=args.bind, graceful_s=graceful, access_log=access_log)).run()

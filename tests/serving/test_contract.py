@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from onnxlift_serving.contract import (
     API_BODY_BYTES,
+    DYNAMIC_BATCHING,
     ROUTES,
     Env,
     Op,
@@ -148,10 +149,13 @@ CONTRACT = ROOT / "layers" / "runtime" / "onnxlift_serving" / "contract.py"
 # The proxy is a dependency-free asset: its own matcher is held to ROUTES above. (The
 # PreTraffic hook's asset bundles the contract, so it imports it like everything else.)
 OWN_COPY = {PROXY}
+# Keys of the contract's documents spelled only there too (besides the Env names).
+CONTRACT_KEYS = {DYNAMIC_BATCHING}
 
 
 def contract_spellings(source: str) -> list[str]:
-    """String literals (docstrings aside) that spell a V2 route or a contract env name."""
+    """String literals (docstrings aside) that spell a V2 route, a contract env name or a
+    contract key."""
     tree = ast.parse(source)
     docstrings = {
         id(body[0].value)
@@ -161,7 +165,7 @@ def contract_spellings(source: str) -> list[str]:
         and isinstance(body[0], ast.Expr)
         and isinstance(body[0].value, ast.Constant)
     }
-    names = {str(e) for e in Env}
+    names = {str(e) for e in Env} | CONTRACT_KEYS
     return [
         f"{node.lineno}: {node.value!r}"
         for node in ast.walk(tree)
@@ -175,6 +179,12 @@ def contract_spellings(source: str) -> list[str]:
 def test_the_speller_finds_routes_and_env_names() -> None:
     sample = 'def f():\n    """/v2 is prose here."""\n    return f"/v2/models/{x}", "MODEL_NAME"\n'
     assert sorted(contract_spellings(sample)) == ["3: '/v2/models/'", "3: 'MODEL_NAME'"]
+    launcher = 'env.get("SAGEMAKER_THREADS"), env["ONNXLIFT_GPUS"], meta["dynamic_batching"]\n'
+    assert sorted(contract_spellings(launcher)) == [
+        "1: 'ONNXLIFT_GPUS'",
+        "1: 'SAGEMAKER_THREADS'",
+        "1: 'dynamic_batching'",
+    ]
 
 
 def test_no_file_but_the_contract_spells_a_route_or_an_env_name() -> None:

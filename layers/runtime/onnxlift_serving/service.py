@@ -39,6 +39,7 @@ from onnxlift_serving.batching import Batcher, BatchingConfig, batchable, has_pe
 from onnxlift_serving.contract import (
     API_BODY_BYTES,
     DEFAULT_MAX_LOADED_VERSIONS,
+    DYNAMIC_BATCHING,
     LAMBDA_RESPONSE_BYTES,
     Env,
     is_canonical_version,
@@ -429,7 +430,7 @@ class ModelService:
             return {}
         config, stats = loaded.batcher.config, loaded.batcher.stats
         return {
-            "dynamic_batching": {
+            DYNAMIC_BATCHING: {
                 "max_batch_size": config.max_batch_size,
                 "max_queue_delay_ms": config.max_queue_delay_ms,
                 "max_queue_size": config.queue_limit,
