@@ -18,8 +18,11 @@ threads are the ones that run the queue, so the queue drains with them.
 
 - A request of more than `max_batch_size` rows, or one whose inputs cannot stack (a scalar,
   inputs of different row counts), runs alone, in turn.
-- A merged batch that fails (any error, a 413 from the arena included) is run again one
-  request at a time, so each caller gets its own answer or its own error, never another's.
+- A merged run that fails (any error, a 413 from the arena included) is split in halves and
+  each half run again, recursively, so each caller gets its own answer or its own error, never
+  another's: one bad request among N costs about 2 log2(N) more runs, not N, and the requests
+  in the half without it are answered by one run. An answer that cannot be split (outputs
+  without one row per input row) fails every merged run alike: those requests run one by one.
 - The queue holds at most `max_queue_size` requests; past it a request gets 503 with
   Retry-After (backpressure, not memory growth).
 - One batch runs at a time per version, as Triton runs one per model instance: on a GPU a
@@ -167,7 +170,7 @@ class BatchStats:
     runs: int = 0  # session runs, merged or single
     merged_runs: int = 0
     merged_requests: int = 0  # requests that rode in a merged run
-    retried_batches: int = 0  # merged runs that failed and were run one by one
+    retried_batches: int = 0  # merged runs that failed (and were split and run again)
     rejected: int = 0  # requests refused because the queue was full
     largest_rows: int = 0
     sizes: deque[int] = field(default_factory=lambda: deque(maxlen=1000))  # requests a run
@@ -292,17 +295,28 @@ class Batcher:
             item.finish(None, error)
 
     def _execute(self, batch: list[_Pending]) -> None:
-        if len(batch) == 1:
-            self._alone(batch[0])
+        if len(batch) <= 1:
+            for item in batch:
+                self._alone(item)
             return
         rows = [item.rows for item in batch]
         try:
-            parts = split(self._run(merge([item.inputs for item in batch])), rows)
+            outputs = self._run(merge([item.inputs for item in batch]))
         except Exception as error:
-            # One request's rows (or the merged size) broke the run: each one alone, so each
-            # caller gets its own answer or its own error.
-            log.warning("a merged run of %d requests failed (%s); running them one by one",
+            # One request's rows (or the merged size) broke the run: each half again, down to
+            # single requests, so the bad one fails alone and the others still merge.
+            log.warning("a merged run of %d requests failed (%s); running it again in halves",
                         len(batch), type(error).__name__)  # fmt: skip
+            self.stats.retried_batches += 1
+            middle = len(batch) // 2
+            self._execute(batch[:middle])
+            self._execute(batch[middle:])
+            return
+        try:
+            parts = split(outputs, rows)
+        except ValueError as error:  # no merged run of this model splits: one by one
+            log.warning("a merged answer of %d requests cannot be split (%s); running them "
+                        "one by one", len(batch), error)  # fmt: skip
             self.stats.retried_batches += 1
             for item in batch:
                 self._alone(item)
