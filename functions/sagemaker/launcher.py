@@ -24,7 +24,10 @@ session, would be missing its threads in the child (only the forking thread is c
 
 SIGTERM (SageMaker stopping the instance, `docker stop`): gunicorn's master stops accepting,
 lets in-flight requests finish for up to SAGEMAKER_GRACEFUL_TIMEOUT (default 20) seconds,
-then exits 0.
+then exits 0. Requests waiting in a batch queue are in-flight requests: their own threads run
+the queue, so it drains within that window. Whatever still waits when a worker exits (the
+window ran out, or SIGINT/SIGQUIT asked for a quick stop) is answered 503 with Retry-After by
+the worker_exit and worker_int hooks (Batcher.close), not dropped with the process.
 """
 
 from __future__ import annotations
@@ -177,6 +180,28 @@ def post_fork(server: Any, worker: Any) -> None:
     server.log.info("worker %s started (gpu %s)", worker.pid, "none" if index is None else index)
 
 
+def _refuse_queued(worker: Any) -> None:
+    app = getattr(worker, "wsgi", None)  # the ContainerApp, in the worker only (no preload)
+    close = getattr(app, "close", None)
+    if callable(close):
+        close(refuse_queued=True)
+
+
+def worker_int(worker: Any) -> None:
+    """SIGINT/SIGQUIT in a worker (a quick stop: it exits 0.1 s later): requests waiting in a
+    batch queue get 503 with Retry-After now instead of a dropped connection; the batch
+    already running still answers if it can."""
+    _refuse_queued(worker)
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """A worker leaving, after its graceful window: whatever still waits in a batch queue
+    would die with it (the master's SIGKILL follows), so it is answered 503 now. gunicorn
+    also calls this in the master for a worker it reaps: that copy holds no app."""
+    if getattr(worker, "pid", None) == os.getpid():
+        _refuse_queued(worker)
+
+
 def when_ready(server: Any) -> None:
     server.log.info("listening on %s", ", ".join(str(listener) for listener in server.LISTENERS))
 
@@ -217,6 +242,8 @@ def settings(plan: Plan, *, bind: str, graceful_s: int, access_log: bool) -> dic
         "control_socket_disable": True,
         "pre_fork": pre_fork,
         "post_fork": post_fork,
+        "worker_int": worker_int,
+        "worker_exit": worker_exit,
         "when_ready": when_ready,
     }
 

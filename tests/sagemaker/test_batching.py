@@ -271,6 +271,22 @@ def test_close_refuses_new_requests_and_drains_the_queue() -> None:
     assert len(done) == 6 and all(not isinstance(a, BaseException) for a in done)
 
 
+def test_close_refusing_the_queue_answers_each_waiting_request_503_at_once() -> None:
+    pipe = FakePipeline()
+    batcher = Batcher(pipe.run, BatchingConfig(max_batch_size=4, max_queue_delay_ms=0))
+    refused_while_held: list[int] = []
+
+    def refuse() -> None:
+        batcher.close(refuse_queued=True)
+        refused_while_held.append(batcher.queued)
+
+    done = behind_a_held_run(pipe, batcher, [rows(float(i)) for i in range(6)], forget_held=True,
+                             while_queued=refuse)  # fmt: skip
+    assert refused_while_held == [0] and pipe.calls == []  # none of them ran
+    assert all(isinstance(a, ServiceUnavailable) and a.status == 503 for a in done)
+    assert all(a.headers == {"Retry-After": "5"} for a in done)  # type: ignore[union-attr]
+
+
 def test_settings_travel_through_the_environment() -> None:
     env = batching_environment(16, 2.5, 40)
     config = BatchingConfig.from_env(env)

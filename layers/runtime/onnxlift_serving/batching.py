@@ -213,7 +213,7 @@ class Batcher:
         pending = _Pending(inputs, rows, key, self._clock())
         with self._cond:
             if self._closed:
-                raise ServiceUnavailable("the server is shutting down; send the request again")
+                raise _shutting_down()
             if len(self._queue) >= self.config.queue_limit:
                 self.stats.rejected += 1
                 raise ServiceUnavailable(
@@ -243,10 +243,17 @@ class Batcher:
                     self._running = False
                     self._cond.notify_all()
 
-    def close(self) -> None:
-        """Refuse new requests (503); what is queued still runs."""
+    def close(self, *, refuse_queued: bool = False) -> None:
+        """Refuse new requests (503) and stop waiting for batches to fill: what is queued runs
+        now. `refuse_queued` (the worker is exiting: nothing queued would run before it is
+        killed): each queued request is answered 503 with Retry-After at once instead; a batch
+        already running still finishes and answers."""
         with self._cond:
             self._closed = True
+            if refuse_queued:
+                while self._queue:
+                    self._queue.popleft().finish(None, _shutting_down())
+                self._cond.notify_all()  # followers whose request was refused
             self._filling.notify_all()
 
     @property
@@ -273,8 +280,11 @@ class Batcher:
 
     def _take(self) -> list[_Pending]:
         """Wait (at most until the oldest request is max_queue_delay_ms old) for a full batch,
-        then remove and return it. Called with the lock held and the queue not empty."""
+        then remove and return it (none if close emptied the queue meanwhile). Called with
+        the lock held."""
         while True:
+            if not self._queue:
+                return []
             batch, rows = self._stacking()
             full = rows >= self.config.max_batch_size or batch[0].rows == 0
             left = self._queue[0].arrived + self._delay_s - self._clock()
@@ -324,6 +334,10 @@ class Batcher:
         self.stats.record(len(batch), sum(rows))
         for item, part in zip(batch, parts, strict=True):
             item.finish(part)
+
+
+def _shutting_down() -> ServiceUnavailable:
+    return ServiceUnavailable("the server is shutting down; send the request again")
 
 
 def batchable(inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> bool:

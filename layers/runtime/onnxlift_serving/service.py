@@ -291,6 +291,13 @@ class ModelService:
             )
         return Batcher(pipeline.run, config)
 
+    def close_batching(self, *, refuse_queued: bool = False) -> None:
+        """The process is stopping: each loaded version's batcher refuses new requests (503)
+        and runs what waits now, or with `refuse_queued` answers it 503 (Batcher.close)."""
+        for loaded in list(self._loaded.values()):
+            if loaded.batcher is not None:
+                loaded.batcher.close(refuse_queued=refuse_queued)
+
     def _check_version(self, version: str) -> None:
         """404 for a version string that can name nothing, before any file or S3 call."""
         if version in self._loaded or is_canonical_version(version):
