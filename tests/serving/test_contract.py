@@ -101,6 +101,24 @@ def test_the_sagemaker_proxy_follows_the_same_table(proxy: Any) -> None:
     assert proxy.MAX_PAYLOAD_BYTES == API_BODY_BYTES
 
 
+@pytest.mark.parametrize("slashes", ["/", "//"])
+def test_the_sagemaker_proxy_ignores_a_trailing_slash_as_the_contract_does(
+    proxy: Any, slashes: str
+) -> None:
+    for route in ROUTES:
+        path = concrete(route.template) + slashes
+        found = match_route(route.method, path)
+        assert found is not None
+        assert proxy._route(route.method, path) == (str(found.op), found.name, found.version)
+    for method, path in NEAR_MISSES:
+        assert match_route(method, path + slashes) is None
+        assert proxy._route(method, path + slashes) is None, (method, path + slashes)
+    assert proxy._route("GET", "/") is None and proxy._route("GET", "") is None
+    # a path some route answers under another method is a 405 with Allow, slash or not
+    reply = proxy._no_route("POST", "/v2/health/live/")
+    assert reply["statusCode"] == 405 and reply["headers"]["Allow"] == "GET"
+
+
 def test_error_body_is_one_shape() -> None:
     assert error_body("bad input") == {"error": "bad input"}
 
