@@ -13,10 +13,13 @@ is answered within SageMaker's 2 s even while inferences are running.
 Dynamic batching (ONNXLIFT_BATCH_MAX_SIZE, the spec's [serving.batching]) merges the requests
 a worker holds at once, so it needs that many in the worker: a sync worker holds one, and
 gthread's default 4 would cap every merged run at 4 requests. With batching on (and no
-SAGEMAKER_THREADS) a worker gets 2 x max_batch_size threads, at most MAX_BATCHING_THREADS:
-one batch's worth of requests waits while the previous batch runs. Each thread past the
-default 4 may hold one more decoded request outside onnxruntime's arena, so each takes
-REQUEST_MEMORY_MB off the worker's arena budget (ONNXLIFT_MEMORY_LIMIT_MB).
+SAGEMAKER_THREADS) a worker gets max_batch_size + max_queue_size + 1 threads (one batch
+running, a full queue, and the request that full queue refuses with 503), at most
+batching.MAX_BATCHING_THREADS: so the queue bound is what holds requests back, answered 503
+with Retry-After, not gunicorn's own queue of accepted connections, where a request waits
+unseen (and a /ping waits behind it). Each thread past the default 4 may hold one more
+decoded request outside onnxruntime's arena, so each takes REQUEST_MEMORY_MB off the
+worker's arena budget (ONNXLIFT_MEMORY_LIMIT_MB): max_queue_size bounds that memory too.
 
 No preload: each worker imports the app and creates its session *after* the fork. A CUDA
 context does not survive fork(), and onnxruntime's intra-op thread pool, created with the
@@ -42,7 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
-from onnxlift_serving.contract import Env, parse_count
+from onnxlift_serving.batching import BatchingConfig
+from onnxlift_serving.contract import Env
 from onnxlift_serving.sizing import cpu_worker_plan
 
 DEFAULT_BIND = "0.0.0.0:8080"  # the contract: SageMaker sends /ping and /invocations to 8080
@@ -52,7 +56,6 @@ WORKER_TIMEOUT_S = 60
 # sends on a connection we are closing.
 KEEPALIVE_S = 75
 DEFAULT_THREADS = 4
-MAX_BATCHING_THREADS = 64
 # A decoded request at SageMaker's 6 MB payload: ~57 MiB of FP32 values as Python and numpy
 # objects plus its body (contract.SERVING_RESERVE_MB's measurement), rounded up.
 REQUEST_MEMORY_MB = 64
@@ -120,12 +123,12 @@ def worker_memory_mb(env: Mapping[str, str], plan: Plan, memory: int) -> str:
 
 
 def request_threads(env: Mapping[str, str]) -> int:
-    """gthread threads per worker: SAGEMAKER_THREADS, else enough for dynamic batching to
-    fill a batch while another runs, else DEFAULT_THREADS."""
+    """gthread threads per worker: SAGEMAKER_THREADS, else enough for dynamic batching's queue
+    bound to be reached (BatchingConfig.request_threads), else DEFAULT_THREADS."""
     if env.get(Env.SAGEMAKER_THREADS):
         return int(env[Env.SAGEMAKER_THREADS])
-    batch = parse_count(env.get(Env.BATCH_MAX_SIZE, "").strip()) or 0
-    return max(DEFAULT_THREADS, min(MAX_BATCHING_THREADS, 2 * batch))
+    batching = BatchingConfig.from_env(env)
+    return max(DEFAULT_THREADS, batching.request_threads if batching else 0)
 
 
 def plan_workers(
@@ -275,7 +278,16 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> No
     env[Env.GPUS] = str(plan.gpus)
     if not cuda:
         env.setdefault(Env.ORT_PROVIDERS, "CPUExecutionProvider")
-    batch = parse_count(env.get(Env.BATCH_MAX_SIZE, "").strip())
+    batching = BatchingConfig.from_env(env)
+    batch = batching.max_batch_size if batching else 0
+    if batching and plan.threads < batching.threads_for_bound:
+        logging.getLogger("onnxlift.sagemaker").warning(
+            "dynamic batching: %d threads a worker cannot fill its queue of %d behind a batch "
+            "of %d; requests past them wait in gunicorn's queue instead of a 503",
+            plan.threads,
+            batching.queue_limit,
+            batch,
+        )
     logging.getLogger("onnxlift.sagemaker").info(
         "serving on %s: %d worker(s) x %d threads, %d onnxruntime threads each (%s); "
         "memory limit %s MiB a worker; dynamic batching %s; CUDA provider %s",

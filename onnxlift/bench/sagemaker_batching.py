@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from onnxlift_serving.batching import BatchingConfig
 from onnxlift_serving.contract import (
     DYNAMIC_BATCHING,
     JSON_CONTENT_TYPE,
@@ -55,7 +56,7 @@ def modes(batch: int, delay_ms: float) -> list[Mode]:
     """Off as shipped (4 gthread threads), off with as many threads as batching gets (so the
     threads alone are not credited to batching), on with Triton's default delay 0, and on with
     `delay_ms`."""
-    threads = str(2 * batch)
+    threads = str(BatchingConfig(max_batch_size=batch).request_threads)  # the launcher's
     return [
         Mode("off", "off (4 threads, as shipped)", {}),
         Mode("off_threads", f"off ({threads} threads)", {Env.SAGEMAKER_THREADS: threads}),

@@ -54,6 +54,9 @@ from onnxlift_serving.errors import ServiceUnavailable
 
 Tensors = dict[str, np.ndarray]
 log = logging.getLogger(__name__)
+# A batching worker's request threads at most (BatchingConfig.request_threads): each may hold
+# one decoded request, and the launcher charges each to the worker's memory.
+MAX_BATCHING_THREADS = 128
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,20 @@ class BatchingConfig:
     @property
     def queue_limit(self) -> int:
         return self.max_queue_size or 2 * self.max_batch_size
+
+    @property
+    def threads_for_bound(self) -> int:
+        """Request threads in one worker for the queue bound to be reached: a running batch
+        (at most max_batch_size requests, each on its own thread), a full queue, and one
+        more request, the one the full queue refuses with 503. With fewer threads the queue
+        never fills: the requests past them wait unseen in gunicorn's accept backlog."""
+        return self.max_batch_size + self.queue_limit + 1
+
+    @property
+    def request_threads(self) -> int:
+        """The gthread threads the launcher gives a batching worker: threads_for_bound, at
+        most MAX_BATCHING_THREADS."""
+        return min(MAX_BATCHING_THREADS, self.threads_for_bound)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> BatchingConfig | None:
