@@ -156,3 +156,26 @@ def test_the_launchers_threads_reach_the_queue_bound(size: int, queue: int) -> N
     refused = [error for error in outcomes if error is not None]
     assert refused and all(isinstance(e, ServiceUnavailable) for e in refused)
     assert len(refused) == batcher.stats.rejected
+
+
+def test_auto_sent_to_lambda_warns_that_batching_is_ignored() -> None:
+    """target "lambda" with the table is refused; "auto" keeps it for when the model goes to
+    SageMaker, and says so at build and synth when it goes to Lambda instead."""
+    from infra.config import models_from_specs
+    from onnxlift.builder.build import _decide_target
+
+    said: list[str] = []
+    auto = spec({"max_batch_size": 8}, target="auto")
+    assert _decide_target(auto, 10 * 1024**2, said.append).target == "lambda"
+    (line,) = said
+    assert "big: warning: [serving.batching] is ignored" in line and "auto: " in line
+    said.clear()
+    huge = 3 * 1024**3  # over Lambda's artifact threshold: SageMaker, where it batches
+    assert _decide_target(auto, huge, said.append).target == "sagemaker" and said == []
+    assert _decide_target(spec(target="auto"), 10 * 1024**2, said.append).target == "lambda"
+    assert said == []
+
+    (model,) = models_from_specs([auto], {})
+    assert model.batching_ignored
+    (plain,) = models_from_specs([spec(target="auto")], {})
+    assert not plain.batching_ignored
