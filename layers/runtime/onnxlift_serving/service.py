@@ -446,6 +446,7 @@ class ModelService:
                 "merged_requests": stats.merged_requests,
                 "retried_batches": stats.retried_batches,
                 "rejected": stats.rejected,
+                "queued": loaded.batcher.queued,  # waiting now, behind the running batch
             }
         }
 
