@@ -75,7 +75,9 @@ def container(artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         {MODEL: artifact},
         log_dir=work / "logs",
         work_dir=work / "work",
-        envs={MODEL: batching_environment(8, 20.0)},
+        # a queue for every client: past its bound a request is refused 503 (the launcher
+        # gives the worker the threads to reach it), and this test is about the answers
+        envs={MODEL: batching_environment(8, 20.0, CLIENTS)},
     )
     yield handle.containers[MODEL]
     handle.stop()
