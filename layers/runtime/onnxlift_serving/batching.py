@@ -88,7 +88,7 @@ class BatchingConfig:
         """Request threads in one worker for the queue bound to be reached: a running batch
         (at most max_batch_size requests, each on its own thread), a full queue, and one
         more request, the one the full queue refuses with 503. With fewer threads the queue
-        never fills: the requests past them wait unseen in gunicorn's accept backlog."""
+        never fills: the requests past them wait unseen in gunicorn's own queue."""
         return self.max_batch_size + self.queue_limit + 1
 
     @property
