@@ -102,6 +102,9 @@ class ModelDeployment:
     autoscaling_target_utilization: float = DEFAULT_TARGET_UTILIZATION
     env: str | None = None
     """The environment whose names it takes (DeploymentConfig stamps its own)."""
+    batching_ignored: bool = False
+    """The spec has [serving.batching] but `target = "auto"` sent the model to Lambda, which
+    serves one request at a time: nothing batches, and the stack says so (a warning)."""
 
     def __post_init__(self) -> None:
         self._check_basics()
@@ -521,6 +524,8 @@ def models_from_specs(
                 autoscaling_target_utilization=float(
                     pick("autoscaling_target_utilization", DEFAULT_TARGET_UTILIZATION)
                 ),
+                # target lambda with the table is refused by the spec; auto may land here
+                batching_ignored=getattr(spec.serving, "batching", None) is not None,
             )
         except (TypeError, ValueError) as e:
             if isinstance(e, ConfigError):

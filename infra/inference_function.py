@@ -74,6 +74,7 @@ class InferenceFunction(Construct):
         )
         self.scaling = self._provisioned_scaling(model)
         self._warn_if_slower_than_api_gateway(model)
+        self._warn_if_batching_ignored(model)
 
     def _provisioned_scaling(
         self, model: ModelDeployment
@@ -178,6 +179,15 @@ class InferenceFunction(Construct):
                 f"model {model.name}: timeout_s={model.timeout_s} exceeds the "
                 f"{APIGW_INTEGRATION_TIMEOUT_S} s API Gateway integration timeout; callers get "
                 "504 after 29 s while the function may keep running.",
+            )
+
+    def _warn_if_batching_ignored(self, model: ModelDeployment) -> None:
+        if model.batching_ignored:
+            Annotations.of(self).add_warning_v2(
+                "onnxlift:BatchingIgnoredOnLambda",
+                f"model {model.name}: its spec's [serving.batching] is ignored: target "
+                '"auto" sent it to Lambda, where a sandbox serves one request at a time. Set '
+                'serving.target = "sagemaker" to batch, or remove the table.',
             )
 
     def _image_code(

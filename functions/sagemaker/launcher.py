@@ -13,10 +13,13 @@ is answered within SageMaker's 2 s even while inferences are running.
 Dynamic batching (ONNXLIFT_BATCH_MAX_SIZE, the spec's [serving.batching]) merges the requests
 a worker holds at once, so it needs that many in the worker: a sync worker holds one, and
 gthread's default 4 would cap every merged run at 4 requests. With batching on (and no
-SAGEMAKER_THREADS) a worker gets 2 x max_batch_size threads, at most MAX_BATCHING_THREADS:
-one batch's worth of requests waits while the previous batch runs. Each thread past the
-default 4 may hold one more decoded request outside onnxruntime's arena, so each takes
-REQUEST_MEMORY_MB off the worker's arena budget (ONNXLIFT_MEMORY_LIMIT_MB).
+SAGEMAKER_THREADS) a worker gets max_batch_size + max_queue_size + 1 threads (one batch
+running, a full queue, and the request that full queue refuses with 503), at most
+batching.MAX_BATCHING_THREADS: so the queue bound is what holds requests back, answered 503
+with Retry-After, not gunicorn's own queue of accepted connections, where a request waits
+unseen (and a /ping waits behind it). Each thread past the default 4 may hold one more
+decoded request outside onnxruntime's arena, so each takes REQUEST_MEMORY_MB off the
+worker's arena budget (ONNXLIFT_MEMORY_LIMIT_MB): max_queue_size bounds that memory too.
 
 No preload: each worker imports the app and creates its session *after* the fork. A CUDA
 context does not survive fork(), and onnxruntime's intra-op thread pool, created with the
@@ -24,7 +27,10 @@ session, would be missing its threads in the child (only the forking thread is c
 
 SIGTERM (SageMaker stopping the instance, `docker stop`): gunicorn's master stops accepting,
 lets in-flight requests finish for up to SAGEMAKER_GRACEFUL_TIMEOUT (default 20) seconds,
-then exits 0.
+then exits 0. Requests waiting in a batch queue are in-flight requests: their own threads run
+the queue, so it drains within that window. Whatever still waits when a worker exits (the
+window ran out, or SIGINT/SIGQUIT asked for a quick stop) is answered 503 with Retry-After by
+the worker_exit and worker_int hooks (Batcher.close), not dropped with the process.
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
-from onnxlift_serving.contract import Env, parse_count
+from onnxlift_serving.batching import BatchingConfig
+from onnxlift_serving.contract import Env
 from onnxlift_serving.sizing import cpu_worker_plan
 
 DEFAULT_BIND = "0.0.0.0:8080"  # the contract: SageMaker sends /ping and /invocations to 8080
@@ -49,7 +56,6 @@ WORKER_TIMEOUT_S = 60
 # sends on a connection we are closing.
 KEEPALIVE_S = 75
 DEFAULT_THREADS = 4
-MAX_BATCHING_THREADS = 64
 # A decoded request at SageMaker's 6 MB payload: ~57 MiB of FP32 values as Python and numpy
 # objects plus its body (contract.SERVING_RESERVE_MB's measurement), rounded up.
 REQUEST_MEMORY_MB = 64
@@ -117,19 +123,19 @@ def worker_memory_mb(env: Mapping[str, str], plan: Plan, memory: int) -> str:
 
 
 def request_threads(env: Mapping[str, str]) -> int:
-    """gthread threads per worker: SAGEMAKER_THREADS, else enough for dynamic batching to
-    fill a batch while another runs, else DEFAULT_THREADS."""
-    if env.get("SAGEMAKER_THREADS"):
-        return int(env["SAGEMAKER_THREADS"])
-    batch = parse_count(env.get(Env.BATCH_MAX_SIZE, "").strip()) or 0
-    return max(DEFAULT_THREADS, min(MAX_BATCHING_THREADS, 2 * batch))
+    """gthread threads per worker: SAGEMAKER_THREADS, else enough for dynamic batching's queue
+    bound to be reached (BatchingConfig.request_threads), else DEFAULT_THREADS."""
+    if env.get(Env.SAGEMAKER_THREADS):
+        return int(env[Env.SAGEMAKER_THREADS])
+    batching = BatchingConfig.from_env(env)
+    return max(DEFAULT_THREADS, batching.request_threads if batching else 0)
 
 
 def plan_workers(
     env: Mapping[str, str], *, cores: int, gpus: int, cuda: bool, memory: int, model_bytes: int
 ) -> Plan:
     threads = request_threads(env)
-    explicit = env.get("SAGEMAKER_WORKERS")
+    explicit = env.get(Env.SAGEMAKER_WORKERS)
     if gpus > 0 and cuda:
         workers = int(explicit) if explicit else gpus
         ort_threads = max(1, min(4, cores // workers))
@@ -144,7 +150,7 @@ def plan_workers(
             ort_threads = max(1, cores // workers)
         gpus = 0
     if explicit:
-        reason = "SAGEMAKER_WORKERS"
+        reason = Env.SAGEMAKER_WORKERS.value
     if env.get(Env.ORT_INTRA_OP_THREADS):
         ort_threads = int(env[Env.ORT_INTRA_OP_THREADS])
     return Plan(max(1, workers), max(1, threads), max(1, ort_threads), gpus, reason)
@@ -163,7 +169,7 @@ def _model_bytes(env: Mapping[str, str]) -> int:
 
 def pre_fork(server: Any, worker: Any) -> None:
     """Give the new worker the lowest GPU index no living worker holds."""
-    gpus = int(os.environ.get("ONNXLIFT_GPUS", "0"))
+    gpus = int(os.environ.get(Env.GPUS, "0"))
     if gpus:
         taken = {getattr(w, "gpu_index", None) for w in server.WORKERS.values()}
         worker.gpu_index = next((i for i in range(gpus) if i not in taken), 0)
@@ -175,6 +181,28 @@ def post_fork(server: Any, worker: Any) -> None:
     if index is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
     server.log.info("worker %s started (gpu %s)", worker.pid, "none" if index is None else index)
+
+
+def _refuse_queued(worker: Any) -> None:
+    app = getattr(worker, "wsgi", None)  # the ContainerApp, in the worker only (no preload)
+    close = getattr(app, "close", None)
+    if callable(close):
+        close(refuse_queued=True)
+
+
+def worker_int(worker: Any) -> None:
+    """SIGINT/SIGQUIT in a worker (a quick stop: it exits 0.1 s later): requests waiting in a
+    batch queue get 503 with Retry-After now instead of a dropped connection; the batch
+    already running still answers if it can."""
+    _refuse_queued(worker)
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """A worker leaving, after its graceful window: whatever still waits in a batch queue
+    would die with it (the master's SIGKILL follows), so it is answered 503 now. gunicorn
+    also calls this in the master for a worker it reaps: that copy holds no app."""
+    if getattr(worker, "pid", None) == os.getpid():
+        _refuse_queued(worker)
 
 
 def when_ready(server: Any) -> None:
@@ -217,6 +245,8 @@ def settings(plan: Plan, *, bind: str, graceful_s: int, access_log: bool) -> dic
         "control_socket_disable": True,
         "pre_fork": pre_fork,
         "post_fork": post_fork,
+        "worker_int": worker_int,
+        "worker_exit": worker_exit,
         "when_ready": when_ready,
     }
 
@@ -225,11 +255,11 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> No
     env = os.environ if env is None else env
     parser = argparse.ArgumentParser(prog="serve", description="onnxlift SageMaker container")
     parser.add_argument("mode", nargs="?", default="serve", choices=["serve"])
-    parser.add_argument("--bind", default=env.get("SAGEMAKER_BIND", DEFAULT_BIND))
+    parser.add_argument("--bind", default=env.get(Env.SAGEMAKER_BIND, DEFAULT_BIND))
     parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args(argv)
     if args.workers:
-        env["SAGEMAKER_WORKERS"] = str(args.workers)
+        env[Env.SAGEMAKER_WORKERS] = str(args.workers)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     cuda = cuda_provider_available()
@@ -245,10 +275,19 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> No
     # Read in each worker by wsgi.config_from_env and the pre_fork hook.
     env[Env.ORT_INTRA_OP_THREADS] = str(plan.ort_threads)
     env[Env.MEMORY_LIMIT_MB] = worker_memory_mb(env, plan, memory)
-    env["ONNXLIFT_GPUS"] = str(plan.gpus)
+    env[Env.GPUS] = str(plan.gpus)
     if not cuda:
         env.setdefault(Env.ORT_PROVIDERS, "CPUExecutionProvider")
-    batch = parse_count(env.get(Env.BATCH_MAX_SIZE, "").strip())
+    batching = BatchingConfig.from_env(env)
+    batch = batching.max_batch_size if batching else 0
+    if batching and plan.threads < batching.threads_for_bound:
+        logging.getLogger("onnxlift.sagemaker").warning(
+            "dynamic batching: %d threads a worker cannot fill its queue of %d behind a batch "
+            "of %d; requests past them wait in gunicorn's queue instead of a 503",
+            plan.threads,
+            batching.queue_limit,
+            batch,
+        )
     logging.getLogger("onnxlift.sagemaker").info(
         "serving on %s: %d worker(s) x %d threads, %d onnxruntime threads each (%s); "
         "memory limit %s MiB a worker; dynamic batching %s; CUDA provider %s",
@@ -261,6 +300,6 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> No
         f"up to {batch} rows a run" if batch else "off",
         "available" if cuda else "not available, CPU only",
     )
-    graceful = int(env.get("SAGEMAKER_GRACEFUL_TIMEOUT", DEFAULT_GRACEFUL_S))
-    access_log = env.get("SAGEMAKER_ACCESS_LOG", "").lower() in ("1", "true")
+    graceful = int(env.get(Env.SAGEMAKER_GRACEFUL_TIMEOUT, DEFAULT_GRACEFUL_S))
+    access_log = env.get(Env.SAGEMAKER_ACCESS_LOG, "").lower() in ("1", "true")
     Server(settings(plan, bind=args.bind, graceful_s=graceful, access_log=access_log)).run()

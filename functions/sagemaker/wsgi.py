@@ -152,6 +152,13 @@ class ContainerApp:
             self._loader.join(timeout)
         return self.ready
 
+    def close(self, *, refuse_queued: bool = False) -> None:
+        """The worker is stopping (launcher.worker_exit, worker_int): requests waiting in a
+        batch queue are run now or, with `refuse_queued`, answered 503 with Retry-After,
+        never dropped with the process."""
+        if self.service is not None:
+            self.service.close_batching(refuse_queued=refuse_queued)
+
     @property
     def ready(self) -> bool:
         return self.service is not None and self.service.ready

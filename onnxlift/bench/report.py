@@ -6,6 +6,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from onnxlift_serving.contract import DYNAMIC_BATCHING
+
 from onnxlift.bench import op_profile
 from onnxlift.bench.tiers import TIERS
 from onnxlift.bench.timing import ratio
@@ -301,7 +303,7 @@ def _batching_md(name: str, sb: dict[str, Any]) -> list[str]:
     for number, round_ in enumerate(sb["rounds"], 1):
         rows = []
         for row in round_["modes"].values():
-            hot, stats = row[f"c{c}"], row.get("dynamic_batching")
+            hot, stats = row[f"c{c}"], row.get(DYNAMIC_BATCHING)
             merged = stats["merged_requests"] / stats["merged_runs"] if stats and stats[
                 "merged_runs"] else None  # fmt: skip
             mean = "-" if merged is None else f"{merged:.1f}"

@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from onnxlift_serving.contract import JSON_CONTENT_TYPE, MODELS_PREFIX, batching_environment
+from onnxlift_serving.batching import BatchingConfig
+from onnxlift_serving.contract import (
+    DYNAMIC_BATCHING,
+    JSON_CONTENT_TYPE,
+    MODELS_PREFIX,
+    Env,
+    batching_environment,
+)
 
 from onnxlift.bench.corpus import bench_sentences, v2_body
 from onnxlift.bench.throughput import cores
@@ -49,10 +56,10 @@ def modes(batch: int, delay_ms: float) -> list[Mode]:
     """Off as shipped (4 gthread threads), off with as many threads as batching gets (so the
     threads alone are not credited to batching), on with Triton's default delay 0, and on with
     `delay_ms`."""
-    threads = str(2 * batch)
+    threads = str(BatchingConfig(max_batch_size=batch).request_threads)  # the launcher's
     return [
         Mode("off", "off (4 threads, as shipped)", {}),
-        Mode("off_threads", f"off ({threads} threads)", {"SAGEMAKER_THREADS": threads}),
+        Mode("off_threads", f"off ({threads} threads)", {Env.SAGEMAKER_THREADS: threads}),
         Mode("on", f"on, {batch} rows, delay 0", batching_environment(batch, 0.0)),
         Mode(
             "on_delay",
@@ -154,10 +161,10 @@ def measure_mode(
         idle = drive(port, bodies, 1, max(20, requests // 10), max_s / 4)
         loaded = drive(port, bodies, CONCURRENCY, requests, max_s)
         got = answers(port, bodies[:CONCURRENCY])
-        batching = _metadata(port, name).get("dynamic_batching")
+        batching = _metadata(port, name).get(DYNAMIC_BATCHING)
     row = {"label": mode.label, "c1": idle, f"c{CONCURRENCY}": loaded}
     if batching:
-        row["dynamic_batching"] = batching
+        row[DYNAMIC_BATCHING] = batching
     return row, got
 
 

@@ -53,7 +53,7 @@ from onnxlift.builder.quantize import quantize_dynamic_int8, quantize_static_qdq
 from onnxlift.errors import BuildError
 from onnxlift.sources import ModelSource
 from onnxlift.spec import ModelSpec
-from onnxlift.targeting import decide_target
+from onnxlift.targeting import TargetDecision, decide_target
 
 Report = Callable[[str], None]
 TEXT_GRAPH_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
@@ -394,6 +394,24 @@ def _check_function_memory(spec: ModelSpec, weights: int) -> None:
         raise BuildError(f"{spec.name}: [serving] memory_mb is too small: {exc}") from None
 
 
+def _decide_target(spec: ModelSpec, weights: int, report: Report) -> TargetDecision:
+    """Where the version goes; a Lambda one's memory is checked here, and a [serving.batching]
+    table that `auto` leaves with nothing to do is said out loud (the spec refuses it beside
+    target "lambda"; with "auto" it is kept for when the model outgrows Lambda)."""
+    decision = decide_target(
+        spec.serving.target, model_bytes=weights, requires_gpu=spec.serving.gpu
+    )
+    if decision.target == "lambda":
+        _check_function_memory(spec, weights)
+        if spec.serving.batching is not None:
+            report(
+                f"{spec.name}: warning: [serving.batching] is ignored: {decision.reason}, and "
+                "a Lambda sandbox serves one request at a time (set serving.target = "
+                '"sagemaker" to batch, or remove the table)'
+            )
+    return decision
+
+
 def _parity_asset(spec: ModelSpec, source: ModelSource, work: Path) -> dict[str, Path]:
     """assets/parity.json: what `onnxlift verify` and the PreTraffic hook replay where the
     version runs (onnxlift_serving.verify); none when no parity input can be written."""
@@ -457,11 +475,8 @@ def build_model(
     check_parity_gate(spec, figures[gated_label], source.parity_inputs, gated_label)
 
     weights = served_path.stat().st_size + external_data_bytes(served_path)
-    decision = decide_target(
-        spec.serving.target, model_bytes=weights, requires_gpu=spec.serving.gpu
-    )
+    decision = _decide_target(spec, weights, report)
     if decision.target == "lambda":
-        _check_function_memory(spec, weights)
         served_path = _preoptimized(
             spec, source, served_path, manifest, work, threads=threads, report=report
         )

@@ -297,7 +297,7 @@ def start_container(
             "PYTHONPATH": python_path,
             Env.ORT_PROVIDERS: "CPUExecutionProvider",
             Env.ORT_INTRA_OP_THREADS: str(threads),
-            "SAGEMAKER_GRACEFUL_TIMEOUT": "5",
+            Env.SAGEMAKER_GRACEFUL_TIMEOUT: "5",
         }
         | dict(env or {})
     )

@@ -32,7 +32,8 @@ def rows() -> dict[str, Any]:
 
 def test_modes_set_batching_only_where_it_is_on() -> None:
     found = {m.key: m.env for m in sagemaker_batching.modes(16, 5.0)}
-    assert found["off"] == {} and found["off_threads"] == {"SAGEMAKER_THREADS": "32"}
+    # as many threads as the launcher gives a batching worker: 16 running + 32 queued + 1
+    assert found["off"] == {} and found["off_threads"] == {Env.SAGEMAKER_THREADS: "49"}
     assert found["on"][Env.BATCH_MAX_SIZE] == "16"
     assert found["on"][Env.BATCH_MAX_QUEUE_DELAY_MS] == "0"
     assert found["on_delay"][Env.BATCH_MAX_QUEUE_DELAY_MS] == "5"

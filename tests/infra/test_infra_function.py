@@ -227,3 +227,21 @@ def test_missing_artifacts_warn(build_app, tmp_path: Path, project_root: Path) -
     text = json.dumps([w.entry.data for w in warnings])
     assert ".onnxlift/artifacts/ghost/9 does not exist" in text
     assert "timeout_s=60 exceeds the 29 s API Gateway integration timeout" in text
+    assert "[serving.batching] is ignored" not in text
+
+
+def test_batching_that_auto_sent_to_lambda_warns(
+    build_app, tmp_path: Path, project_root: Path
+) -> None:
+    from aws_cdk.assertions import Annotations
+
+    from infra.config import DeploymentConfig, ModelDeployment
+
+    model = ModelDeployment(
+        name="minilm", version="1", memory_mb=1024, timeout_s=20, reserved_concurrency=1,
+        batching_ignored=True,
+    )  # fmt: skip
+    _app, stack = build_app(DeploymentConfig(models=(model,)), project_root, tmp_path)
+    warnings = Annotations.from_stack(stack).find_warning("*", Match.any_value())
+    text = json.dumps([w.entry.data for w in warnings])
+    assert "model minilm: its spec's [serving.batching] is ignored" in text

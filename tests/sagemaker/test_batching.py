@@ -198,7 +198,34 @@ def test_an_error_in_a_merged_run_fails_only_the_offending_request() -> None:
     assert isinstance(done[1], Unprocessable)
     for index in (0, 2, 3):
         np.testing.assert_array_equal(done[index]["y"], expected(requests[index])["y"])  # type: ignore[index]
-    assert batcher.stats.retried_batches == 1
+    # [0,1,2,3] fails, then [0,1] fails ([2,3] runs merged), then 0 and 1 alone
+    assert batcher.stats.retried_batches == 2
+
+
+@pytest.mark.parametrize("bad", [0, 5, 15])
+def test_a_failed_merged_run_is_split_in_halves_not_run_one_by_one(bad: int) -> None:
+    """One bad request among 16 costs 2 log2(16) = 8 more runs, not 16: the half without it
+    runs merged and answers, each half with it is halved again down to the bad one alone."""
+    pipe = FakePipeline()
+    batcher = Batcher(pipe.run, BatchingConfig(max_batch_size=16, max_queue_delay_ms=50))
+    requests = [rows(-1.0 if i == bad else float(i + 1)) for i in range(16)]
+    done = behind_a_held_run(pipe, batcher, requests, forget_held=True)
+    assert sorted(pipe.calls, reverse=True) == [16, 8, 8, 4, 4, 2, 2, 1, 1]
+    assert batcher.stats.retried_batches == 4  # 16, 8, 4 and 2 requests failed merged
+    for index, (request, answer) in enumerate(zip(requests, done, strict=True)):
+        if index == bad:
+            assert isinstance(answer, Unprocessable)
+        else:
+            np.testing.assert_array_equal(answer["y"], expected(request)["y"])  # type: ignore[index]
+
+
+def test_every_request_of_a_failed_merged_run_gets_its_own_error() -> None:
+    pipe = FakePipeline()
+    batcher = Batcher(pipe.run, BatchingConfig(max_batch_size=4, max_queue_delay_ms=50))
+    done = behind_a_held_run(pipe, batcher, [rows(-1.0) for _ in range(4)], forget_held=True)
+    assert sorted(pipe.calls, reverse=True) == [4, 2, 2, 1, 1, 1, 1]
+    assert len({id(error) for error in done}) == 4
+    assert all(isinstance(error, Unprocessable) for error in done)
 
 
 def test_an_unsplittable_answer_is_run_again_one_by_one() -> None:
@@ -242,6 +269,22 @@ def test_close_refuses_new_requests_and_drains_the_queue() -> None:
 
     done = behind_a_held_run(pipe, batcher, requests, while_queued=close_then_refuse)
     assert len(done) == 6 and all(not isinstance(a, BaseException) for a in done)
+
+
+def test_close_refusing_the_queue_answers_each_waiting_request_503_at_once() -> None:
+    pipe = FakePipeline()
+    batcher = Batcher(pipe.run, BatchingConfig(max_batch_size=4, max_queue_delay_ms=0))
+    refused_while_held: list[int] = []
+
+    def refuse() -> None:
+        batcher.close(refuse_queued=True)
+        refused_while_held.append(batcher.queued)
+
+    done = behind_a_held_run(pipe, batcher, [rows(float(i)) for i in range(6)], forget_held=True,
+                             while_queued=refuse)  # fmt: skip
+    assert refused_while_held == [0] and pipe.calls == []  # none of them ran
+    assert all(isinstance(a, ServiceUnavailable) and a.status == 503 for a in done)
+    assert all(a.headers == {"Retry-After": "5"} for a in done)  # type: ignore[union-attr]
 
 
 def test_settings_travel_through_the_environment() -> None:

@@ -4,18 +4,22 @@ and the local container get, and the threads and memory the launcher gives each 
 from __future__ import annotations
 
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from onnxlift_serving.batching import BatchingConfig
-from onnxlift_serving.contract import Env
+from onnxlift_serving.batching import MAX_BATCHING_THREADS, Batcher, BatchingConfig
+from onnxlift_serving.contract import Env, batching_environment
+from onnxlift_serving.errors import ServiceUnavailable
 
 from onnxlift.errors import SpecError
 from onnxlift.local.sagemaker_server import container_environment
 from onnxlift.spec import BatchingSpec, parse_spec
 from tests.conftest import ROOT
+from tests.sagemaker.test_batching import FakePipeline, rows, wait_until
 
 sys.path.insert(0, str(ROOT / "functions" / "sagemaker"))
 
@@ -104,22 +108,74 @@ def test_the_launcher_gives_a_batching_worker_threads_and_takes_their_memory() -
     batching = launcher.plan_workers(
         env, cores=2, gpus=0, cuda=False, memory=memory, model_bytes=10**8
     )
-    assert batching.threads == 32  # a batch waits while the one before it runs
-    # 28 threads past the default 4, each may hold a decoded request outside the arena
-    assert launcher.worker_memory_mb(env, batching, memory) == str(4096 - 28 * 64)
+    assert batching.threads == 16 + 32 + 1  # a batch running, a full queue, one refused
+    # 45 threads past the default 4, each may hold a decoded request outside the arena,
+    # but the charge stops at half the worker's share
+    assert launcher.worker_memory_mb(env, batching, memory) == str(4096 - min(45 * 64, 2048))
+    queue = env | {Env.BATCH_MAX_QUEUE_SIZE: "8"}
+    short = launcher.plan_workers(queue, cores=2, gpus=0, cuda=False, memory=memory, model_bytes=1)
+    assert short.threads == 16 + 8 + 1
+    assert launcher.worker_memory_mb(queue, short, memory) == str(4096 - 21 * 64)
     huge = {Env.BATCH_MAX_SIZE: "64"}
     capped = launcher.plan_workers(huge, cores=2, gpus=1, cuda=True, memory=memory, model_bytes=1)
-    assert capped.threads == launcher.MAX_BATCHING_THREADS
+    assert capped.threads == MAX_BATCHING_THREADS
     # A small CPU instance (2 cores, 3.7 GiB, 2 workers): the threads' charge stops at half
     # the worker's share instead of leaving its arena 1 MiB (every request a 413).
     small = 3_700 * 1024**2
     busy = launcher.plan_workers(huge, cores=2, gpus=0, cuda=False, memory=small, model_bytes=1)
     share = small // busy.workers // 1024**2
     assert launcher.worker_memory_mb(huge, busy, small) == str(share - share // 2)
-    explicit = env | {"SAGEMAKER_THREADS": "6"}
+    explicit = env | {Env.SAGEMAKER_THREADS: "6"}
     assert (
         launcher.plan_workers(
             explicit, cores=2, gpus=0, cuda=False, memory=memory, model_bytes=1
         ).threads
         == 6
     )
+
+
+@pytest.mark.parametrize(("size", "queue"), [(4, 0), (4, 2), (16, 0), (1, 1)])
+def test_the_launchers_threads_reach_the_queue_bound(size: int, queue: int) -> None:
+    """As many requests at once as a worker has threads, the batch they run held: the queue
+    fills to its bound and the next request is refused 503 (with 2 x max_batch_size threads,
+    as before, the queue never filled: the rest waited unseen in gunicorn's own queue)."""
+    env = batching_environment(size, 0.0, queue)
+    threads = launcher.request_threads(env)
+    config = BatchingConfig.from_env(env)
+    assert config is not None
+    assert threads == max(launcher.DEFAULT_THREADS, config.threads_for_bound)
+    pipe = FakePipeline()
+    pipe.gate = threading.Event()
+    batcher = Batcher(pipe.run, config)
+    with ThreadPoolExecutor(threads) as pool:
+        futures = [pool.submit(batcher.submit, rows(float(i))) for i in range(threads)]
+        wait_until(lambda: batcher.stats.rejected >= 1)
+        assert batcher.queued == config.queue_limit
+        pipe.gate.set()
+        outcomes = [future.exception(10) for future in futures]
+    refused = [error for error in outcomes if error is not None]
+    assert refused and all(isinstance(e, ServiceUnavailable) for e in refused)
+    assert len(refused) == batcher.stats.rejected
+
+
+def test_auto_sent_to_lambda_warns_that_batching_is_ignored() -> None:
+    """target "lambda" with the table is refused; "auto" keeps it for when the model goes to
+    SageMaker, and says so at build and synth when it goes to Lambda instead."""
+    from infra.config import models_from_specs
+    from onnxlift.builder.build import _decide_target
+
+    said: list[str] = []
+    auto = spec({"max_batch_size": 8}, target="auto")
+    assert _decide_target(auto, 10 * 1024**2, said.append).target == "lambda"
+    (line,) = said
+    assert "big: warning: [serving.batching] is ignored" in line and "auto: " in line
+    said.clear()
+    huge = 3 * 1024**3  # over Lambda's artifact threshold: SageMaker, where it batches
+    assert _decide_target(auto, huge, said.append).target == "sagemaker" and said == []
+    assert _decide_target(spec(target="auto"), 10 * 1024**2, said.append).target == "lambda"
+    assert said == []
+
+    (model,) = models_from_specs([auto], {})
+    assert model.batching_ignored
+    (plain,) = models_from_specs([spec(target="auto")], {})
+    assert not plain.batching_ignored

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,11 +19,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from onnxlift_serving.contract import MODELS_PREFIX, batching_environment
+from onnxlift_serving.contract import DYNAMIC_BATCHING, MODELS_PREFIX, Env, batching_environment
 from onnxlift_serving.service import ModelService, ServiceConfig
 
-from onnxlift.local.processes import free_port, wait_http
-from onnxlift.local.sagemaker_server import LocalSageMaker, start_container, start_sagemaker_models
+from onnxlift.local.processes import base_env, free_port, start_child, wait_http
+from onnxlift.local.sagemaker_server import LocalSageMaker, start_sagemaker_models
 from tests.conftest import ROOT, published_copy
 
 pytestmark = pytest.mark.e2e
@@ -74,7 +75,9 @@ def container(artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         {MODEL: artifact},
         log_dir=work / "logs",
         work_dir=work / "work",
-        envs={MODEL: batching_environment(8, 20.0)},
+        # a queue for every client: past its bound a request is refused 503 (the launcher
+        # gives the worker the threads to reach it), and this test is about the answers
+        envs={MODEL: batching_environment(8, 20.0, CLIENTS)},
     )
     yield handle.containers[MODEL]
     handle.stop()
@@ -147,30 +150,55 @@ def test_a_dynamic_int8_model_is_never_batched(minilm_build: Any, tmp_path: Path
 
 
 def test_sigterm_drains_the_queue(artifact: Path, tmp_path: Path, alone: list[np.ndarray]) -> None:
-    """Requests waiting in a batch (a 300 ms delay keeps them queued) when gunicorn gets SIGTERM
-    are still run and answered; then the container exits 0."""
-    port = free_port(HOST)
-    child = start_container(
-        MODEL,
-        artifact,
-        host=HOST,
-        port=port,
-        log=tmp_path / "serve.log",
-        env=batching_environment(32, 300.0),
-    )
+    """SIGTERM reaches gunicorn while one batch runs, held (tests/sagemaker/held_serve.py), and
+    8 requests wait behind it: provably queued, since the version's metadata counts them and
+    one batch runs at a time. Released after the signal, the held run and the queue still run:
+    each request gets its own embeddings, and the container exits 0."""
+    port, gate = free_port(HOST), tmp_path / "gate"
+    env = base_env() | {
+        Env.SM_MODEL_DIR: str(artifact),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "layers" / "runtime"), str(ROOT)]),
+        Env.ORT_PROVIDERS: "CPUExecutionProvider",
+        Env.ORT_INTRA_OP_THREADS: "1",
+        Env.SAGEMAKER_GRACEFUL_TIMEOUT: "20",
+        "HELD_RUN_GATE": str(gate),
+        **batching_environment(32, 0.0),
+    }
+    script = str(ROOT / "tests" / "sagemaker" / "held_serve.py")
+    log = tmp_path / "serve.log"
+    child = start_child("held serve", [script, "--bind", f"{HOST}:{port}"], log=log, env=env)
     try:
         wait_http(child, f"http://{HOST}:{port}/ping", timeout=120)
         target = SimpleNamespace(host=HOST, port=port)
-        with ThreadPoolExecutor(8) as pool:
-            futures = [pool.submit(post, target, body(i)) for i in range(8)]
-            time.sleep(0.15)  # accepted and queued, the batch not yet run
+        with ThreadPoolExecutor(9) as pool:
+            held = pool.submit(post, target, body(0))
+            wait_for(lambda: Path(f"{gate}.started").exists())
+            queued = [pool.submit(post, target, body(i)) for i in range(1, 9)]
+            wait_for(lambda: batching_stats(target)["queued"] == 8)
             child.process.send_signal(signal.SIGTERM)
-            answers = [future.result(timeout=30) for future in futures]
+            wait_for(lambda: "Handling signal: term" in log.read_text())
+            time.sleep(0.3)  # the worker has its SIGTERM too; the held run cannot end yet
+            gate.touch()
+            answers = [held.result(timeout=60), *(f.result(timeout=60) for f in queued)]
         assert child.process.wait(timeout=30) == 0
     finally:
         child.stop()
+    assert "Exception during worker exit" not in log.read_text()  # the worker_exit hook
     for index, (status, doc) in enumerate(answers):
         assert status == 200, doc
         (tensor,) = doc["outputs"]
         got = np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
         np.testing.assert_allclose(got, alone[index], rtol=0, atol=2e-6)
+
+
+def batching_stats(target: Any) -> dict[str, Any]:
+    status, meta = post_metadata(target)
+    assert status == 200, meta
+    return dict(meta["parameters"][DYNAMIC_BATCHING])
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)

@@ -120,7 +120,7 @@ def test_concurrent_callers_each_get_exactly_their_own_answer(folder: Path) -> N
             np.testing.assert_allclose(mine["data"], theirs["data"], rtol=1e-6, atol=1e-7)
     stats = batched.metadata("mlp")["parameters"]["dynamic_batching"]
     assert stats["merged_runs"] >= 1 and stats["merged_requests"] >= 2
-    assert stats["runs"] < len(requests)
+    assert stats["runs"] < len(requests) and stats["queued"] == 0
     assert "dynamic_batching" not in alone.metadata("mlp")["parameters"]
     config = server_info.model_config(batched.metadata("mlp"))  # GET .../config, Triton's shape
     assert config["dynamic_batching"] == {

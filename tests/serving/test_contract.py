@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from onnxlift_serving.contract import (
     API_BODY_BYTES,
+    DYNAMIC_BATCHING,
     ROUTES,
     Env,
     Op,
@@ -100,6 +101,24 @@ def test_the_sagemaker_proxy_follows_the_same_table(proxy: Any) -> None:
     assert proxy.MAX_PAYLOAD_BYTES == API_BODY_BYTES
 
 
+@pytest.mark.parametrize("slashes", ["/", "//"])
+def test_the_sagemaker_proxy_ignores_a_trailing_slash_as_the_contract_does(
+    proxy: Any, slashes: str
+) -> None:
+    for route in ROUTES:
+        path = concrete(route.template) + slashes
+        found = match_route(route.method, path)
+        assert found is not None
+        assert proxy._route(route.method, path) == (str(found.op), found.name, found.version)
+    for method, path in NEAR_MISSES:
+        assert match_route(method, path + slashes) is None
+        assert proxy._route(method, path + slashes) is None, (method, path + slashes)
+    assert proxy._route("GET", "/") is None and proxy._route("GET", "") is None
+    # a path some route answers under another method is a 405 with Allow, slash or not
+    reply = proxy._no_route("POST", "/v2/health/live/")
+    assert reply["statusCode"] == 405 and reply["headers"]["Allow"] == "GET"
+
+
 def test_error_body_is_one_shape() -> None:
     assert error_body("bad input") == {"error": "bad input"}
 
@@ -148,10 +167,13 @@ CONTRACT = ROOT / "layers" / "runtime" / "onnxlift_serving" / "contract.py"
 # The proxy is a dependency-free asset: its own matcher is held to ROUTES above. (The
 # PreTraffic hook's asset bundles the contract, so it imports it like everything else.)
 OWN_COPY = {PROXY}
+# Keys of the contract's documents spelled only there too (besides the Env names).
+CONTRACT_KEYS = {DYNAMIC_BATCHING}
 
 
 def contract_spellings(source: str) -> list[str]:
-    """String literals (docstrings aside) that spell a V2 route or a contract env name."""
+    """String literals (docstrings aside) that spell a V2 route, a contract env name or a
+    contract key."""
     tree = ast.parse(source)
     docstrings = {
         id(body[0].value)
@@ -161,7 +183,7 @@ def contract_spellings(source: str) -> list[str]:
         and isinstance(body[0], ast.Expr)
         and isinstance(body[0].value, ast.Constant)
     }
-    names = {str(e) for e in Env}
+    names = {str(e) for e in Env} | CONTRACT_KEYS
     return [
         f"{node.lineno}: {node.value!r}"
         for node in ast.walk(tree)
@@ -175,6 +197,12 @@ def contract_spellings(source: str) -> list[str]:
 def test_the_speller_finds_routes_and_env_names() -> None:
     sample = 'def f():\n    """/v2 is prose here."""\n    return f"/v2/models/{x}", "MODEL_NAME"\n'
     assert sorted(contract_spellings(sample)) == ["3: '/v2/models/'", "3: 'MODEL_NAME'"]
+    launcher = 'env.get("SAGEMAKER_THREADS"), env["ONNXLIFT_GPUS"], meta["dynamic_batching"]\n'
+    assert sorted(contract_spellings(launcher)) == [
+        "1: 'ONNXLIFT_GPUS'",
+        "1: 'SAGEMAKER_THREADS'",
+        "1: 'dynamic_batching'",
+    ]
 
 
 def test_no_file_but_the_contract_spells_a_route_or_an_env_name() -> None:

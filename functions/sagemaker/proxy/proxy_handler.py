@@ -89,7 +89,10 @@ def _response(
 
 
 def _route(method: str, path: str) -> tuple[str, str | None, str | None] | None:
-    """(operation, model, version) for a V2 path, or None when there is no such route."""
+    """(operation, model, version) for a V2 path, or None when there is no such route.
+    Trailing slashes go first, as in contract.route_path: API Gateway REST routes
+    `/v2/health/live/` to the resource `/v2/health/live` and passes the path as sent."""
+    path = path.rstrip("/") or "/"
     if method == "GET" and path == "/v2/health/live":
         return "health-live", None, None
     if method == "GET" and path == "/v2/health/ready":

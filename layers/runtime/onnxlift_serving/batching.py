@@ -18,8 +18,11 @@ threads are the ones that run the queue, so the queue drains with them.
 
 - A request of more than `max_batch_size` rows, or one whose inputs cannot stack (a scalar,
   inputs of different row counts), runs alone, in turn.
-- A merged batch that fails (any error, a 413 from the arena included) is run again one
-  request at a time, so each caller gets its own answer or its own error, never another's.
+- A merged run that fails (any error, a 413 from the arena included) is split in halves and
+  each half run again, recursively, so each caller gets its own answer or its own error, never
+  another's: one bad request among N costs about 2 log2(N) more runs, not N, and the requests
+  in the half without it are answered by one run. An answer that cannot be split (outputs
+  without one row per input row) fails every merged run alike: those requests run one by one.
 - The queue holds at most `max_queue_size` requests; past it a request gets 503 with
   Retry-After (backpressure, not memory growth).
 - One batch runs at a time per version, as Triton runs one per model instance: on a GPU a
@@ -51,6 +54,9 @@ from onnxlift_serving.errors import ServiceUnavailable
 
 Tensors = dict[str, np.ndarray]
 log = logging.getLogger(__name__)
+# A batching worker's request threads at most (BatchingConfig.request_threads): each may hold
+# one decoded request, and the launcher charges each to the worker's memory.
+MAX_BATCHING_THREADS = 128
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,20 @@ class BatchingConfig:
     @property
     def queue_limit(self) -> int:
         return self.max_queue_size or 2 * self.max_batch_size
+
+    @property
+    def threads_for_bound(self) -> int:
+        """Request threads in one worker for the queue bound to be reached: a running batch
+        (at most max_batch_size requests, each on its own thread), a full queue, and one
+        more request, the one the full queue refuses with 503. With fewer threads the queue
+        never fills: the requests past them wait unseen in gunicorn's own queue."""
+        return self.max_batch_size + self.queue_limit + 1
+
+    @property
+    def request_threads(self) -> int:
+        """The gthread threads the launcher gives a batching worker: threads_for_bound, at
+        most MAX_BATCHING_THREADS."""
+        return min(MAX_BATCHING_THREADS, self.threads_for_bound)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> BatchingConfig | None:
@@ -167,7 +187,7 @@ class BatchStats:
     runs: int = 0  # session runs, merged or single
     merged_runs: int = 0
     merged_requests: int = 0  # requests that rode in a merged run
-    retried_batches: int = 0  # merged runs that failed and were run one by one
+    retried_batches: int = 0  # merged runs that failed (and were split and run again)
     rejected: int = 0  # requests refused because the queue was full
     largest_rows: int = 0
     sizes: deque[int] = field(default_factory=lambda: deque(maxlen=1000))  # requests a run
@@ -210,7 +230,7 @@ class Batcher:
         pending = _Pending(inputs, rows, key, self._clock())
         with self._cond:
             if self._closed:
-                raise ServiceUnavailable("the server is shutting down; send the request again")
+                raise _shutting_down()
             if len(self._queue) >= self.config.queue_limit:
                 self.stats.rejected += 1
                 raise ServiceUnavailable(
@@ -240,10 +260,17 @@ class Batcher:
                     self._running = False
                     self._cond.notify_all()
 
-    def close(self) -> None:
-        """Refuse new requests (503); what is queued still runs."""
+    def close(self, *, refuse_queued: bool = False) -> None:
+        """Refuse new requests (503) and stop waiting for batches to fill: what is queued runs
+        now. `refuse_queued` (the worker is exiting: nothing queued would run before it is
+        killed): each queued request is answered 503 with Retry-After at once instead; a batch
+        already running still finishes and answers."""
         with self._cond:
             self._closed = True
+            if refuse_queued:
+                while self._queue:
+                    self._queue.popleft().finish(None, _shutting_down())
+                self._cond.notify_all()  # followers whose request was refused
             self._filling.notify_all()
 
     @property
@@ -270,8 +297,11 @@ class Batcher:
 
     def _take(self) -> list[_Pending]:
         """Wait (at most until the oldest request is max_queue_delay_ms old) for a full batch,
-        then remove and return it. Called with the lock held and the queue not empty."""
+        then remove and return it (none if close emptied the queue meanwhile). Called with
+        the lock held."""
         while True:
+            if not self._queue:
+                return []
             batch, rows = self._stacking()
             full = rows >= self.config.max_batch_size or batch[0].rows == 0
             left = self._queue[0].arrived + self._delay_s - self._clock()
@@ -292,17 +322,28 @@ class Batcher:
             item.finish(None, error)
 
     def _execute(self, batch: list[_Pending]) -> None:
-        if len(batch) == 1:
-            self._alone(batch[0])
+        if len(batch) <= 1:
+            for item in batch:
+                self._alone(item)
             return
         rows = [item.rows for item in batch]
         try:
-            parts = split(self._run(merge([item.inputs for item in batch])), rows)
+            outputs = self._run(merge([item.inputs for item in batch]))
         except Exception as error:
-            # One request's rows (or the merged size) broke the run: each one alone, so each
-            # caller gets its own answer or its own error.
-            log.warning("a merged run of %d requests failed (%s); running them one by one",
+            # One request's rows (or the merged size) broke the run: each half again, down to
+            # single requests, so the bad one fails alone and the others still merge.
+            log.warning("a merged run of %d requests failed (%s); running it again in halves",
                         len(batch), type(error).__name__)  # fmt: skip
+            self.stats.retried_batches += 1
+            middle = len(batch) // 2
+            self._execute(batch[:middle])
+            self._execute(batch[middle:])
+            return
+        try:
+            parts = split(outputs, rows)
+        except ValueError as error:  # no merged run of this model splits: one by one
+            log.warning("a merged answer of %d requests cannot be split (%s); running them "
+                        "one by one", len(batch), error)  # fmt: skip
             self.stats.retried_batches += 1
             for item in batch:
                 self._alone(item)
@@ -310,6 +351,10 @@ class Batcher:
         self.stats.record(len(batch), sum(rows))
         for item, part in zip(batch, parts, strict=True):
             item.finish(part)
+
+
+def _shutting_down() -> ServiceUnavailable:
+    return ServiceUnavailable("the server is shutting down; send the request again")
 
 
 def batchable(inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> bool:

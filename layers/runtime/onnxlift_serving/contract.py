@@ -20,6 +20,7 @@ __all__ = [
     "ASSET_MAX_DEPTH",
     "BINARY_CONTENT_TYPE",
     "DEFAULT_MAX_LOADED_VERSIONS",
+    "DYNAMIC_BATCHING",
     "ENVIRONMENTS",
     "EXTENSIONS",
     "HEALTH_PATHS",
@@ -206,6 +207,14 @@ class Env(StrEnum):
     BATCH_MAX_SIZE = "ONNXLIFT_BATCH_MAX_SIZE"
     BATCH_MAX_QUEUE_DELAY_MS = "ONNXLIFT_BATCH_MAX_QUEUE_DELAY_MS"
     BATCH_MAX_QUEUE_SIZE = "ONNXLIFT_BATCH_MAX_QUEUE_SIZE"
+    # The SageMaker container's launcher (functions/sagemaker/launcher.py): overrides of its
+    # gunicorn plan, and the GPU count it hands each worker's pre_fork hook.
+    SAGEMAKER_WORKERS = "SAGEMAKER_WORKERS"  # worker processes
+    SAGEMAKER_THREADS = "SAGEMAKER_THREADS"  # gthread request threads per worker
+    SAGEMAKER_BIND = "SAGEMAKER_BIND"  # host:port (default 0.0.0.0:8080)
+    SAGEMAKER_GRACEFUL_TIMEOUT = "SAGEMAKER_GRACEFUL_TIMEOUT"  # s a stopping worker may drain
+    SAGEMAKER_ACCESS_LOG = "SAGEMAKER_ACCESS_LOG"  # "1"/"true": gunicorn's access log
+    GPUS = "ONNXLIFT_GPUS"  # set by the launcher itself
     # The PreTraffic hook (functions/pretraffic/handler.py; its zip bundles this module)
     # reads MODEL_NAME, MODEL_VERSION and the MODEL_SIGNATURE_* settings too.
     TARGET_FUNCTION_ARN = "TARGET_FUNCTION_ARN"  # the new function version it invokes
@@ -214,6 +223,9 @@ class Env(StrEnum):
 
 # [serving.batching]: the longest a queued request may wait for its batch to fill (ms).
 MAX_QUEUE_DELAY_MS: Final = 1000
+# Where a version's batching settings and counters appear: the key in its V2 metadata's
+# parameters (SageMaker container only), and Triton's block of that name in its model config.
+DYNAMIC_BATCHING: Final = "dynamic_batching"
 
 
 def memory_limit_mb(env: Mapping[str, str]) -> int | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from onnxlift_serving import __version__
-from onnxlift_serving.contract import EXTENSIONS
+from onnxlift_serving.contract import DYNAMIC_BATCHING, EXTENSIONS
 
 SERVER_NAME = "onnxlift"
 # V2 datatype -> Triton model-config data_type.
@@ -56,7 +56,7 @@ def model_config(metadata: dict[str, Any]) -> dict[str, Any]:
     """Triton's model configuration for a model, from its V2 metadata (service.metadata)."""
     max_batch = _max_batch(metadata)
     parameters = metadata.get("parameters") or {}
-    batching = parameters.get("dynamic_batching")
+    batching = parameters.get(DYNAMIC_BATCHING)
     config: dict[str, Any] = {
         "name": metadata["name"],
         "versions": metadata.get("versions", []),
@@ -72,7 +72,7 @@ def model_config(metadata: dict[str, Any]) -> dict[str, Any]:
         },
     }
     if batching:  # Triton's block, as its config shows one (SageMaker container only)
-        config["dynamic_batching"] = {
+        config[DYNAMIC_BATCHING] = {
             "max_queue_delay_microseconds": round(batching["max_queue_delay_ms"] * 1000),
             "default_queue_policy": {"max_queue_size": batching["max_queue_size"]},
             "parameters": {"max_batch_size": batching["max_batch_size"]},  # rows a merged run

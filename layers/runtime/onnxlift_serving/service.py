@@ -39,6 +39,7 @@ from onnxlift_serving.batching import Batcher, BatchingConfig, batchable, has_pe
 from onnxlift_serving.contract import (
     API_BODY_BYTES,
     DEFAULT_MAX_LOADED_VERSIONS,
+    DYNAMIC_BATCHING,
     LAMBDA_RESPONSE_BYTES,
     Env,
     is_canonical_version,
@@ -296,6 +297,13 @@ class ModelService:
             )
         return Batcher(pipeline.run, config)
 
+    def close_batching(self, *, refuse_queued: bool = False) -> None:
+        """The process is stopping: each loaded version's batcher refuses new requests (503)
+        and runs what waits now, or with `refuse_queued` answers it 503 (Batcher.close)."""
+        for loaded in list(self._loaded.values()):
+            if loaded.batcher is not None:
+                loaded.batcher.close(refuse_queued=refuse_queued)
+
     def _check_version(self, version: str) -> None:
         """404 for a version string that can name nothing, before any file or S3 call."""
         if version in self._loaded or is_canonical_version(version):
@@ -435,7 +443,7 @@ class ModelService:
             return {}
         config, stats = loaded.batcher.config, loaded.batcher.stats
         return {
-            "dynamic_batching": {
+            DYNAMIC_BATCHING: {
                 "max_batch_size": config.max_batch_size,
                 "max_queue_delay_ms": config.max_queue_delay_ms,
                 "max_queue_size": config.queue_limit,
@@ -444,6 +452,7 @@ class ModelService:
                 "merged_requests": stats.merged_requests,
                 "retried_batches": stats.retried_batches,
                 "rejected": stats.rejected,
+                "queued": loaded.batcher.queued,  # waiting now, behind the running batch
             }
         }
 
