@@ -26,6 +26,7 @@ written here once. The rules a client's malformed or hostile request meets are a
 from __future__ import annotations
 
 import contextlib
+import email.message
 import email.parser
 import http.client
 import json
@@ -103,7 +104,7 @@ class Framing:
         return self.length != 0
 
 
-def body_framing(headers: http.client.HTTPMessage) -> Framing:
+def body_framing(headers: email.message.Message) -> Framing:
     """The request's body framing; HttpError 400 when Content-Length is not one run of
     digits (negative, non-numeric, or duplicates that differ), or is sent with
     Transfer-Encoding; 501 for a transfer coding other than chunked."""

@@ -62,7 +62,9 @@ def test_events_and_replies_arrive_whole_at_any_size(
     def echo() -> None:  # the sandbox's side: the event back as the body, reversed
         received = channel.receive_event(sandbox_end)
         assert received is not None
-        channel.send_reply(sandbox_end, 201, {"X-Amz-Function-Error": "Unhandled"}, received[::-1])
+        channel.send_reply(
+            sandbox_end, 201, {"X-Amz-Function-Error": "Unhandled"}, bytes(received[::-1])
+        )
 
     sandbox = threading.Thread(target=echo)
     sandbox.start()  # started first: a 12 MB event fills the socket's buffer before it reads
