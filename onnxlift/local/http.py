@@ -26,6 +26,8 @@ written here once. The rules a client's malformed or hostile request meets are a
 from __future__ import annotations
 
 import contextlib
+import email.message
+import email.parser
 import http.client
 import json
 import re
@@ -36,7 +38,7 @@ import time
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 
 from onnxlift_serving.contract import (
     JSON_CONTENT_TYPE,
@@ -56,6 +58,12 @@ LINGER_S = 1.0  # how long an unread body is discarded before the connection clo
 MAX_CHUNK_LINE = 1024  # a chunk-size line (size and extensions)
 MAX_TRAILERS = 100
 _CHUNK_SIZE = re.compile(r"[0-9a-fA-F]+")
+MAX_HEADER_LINE = 65536  # as http.client reads a header line
+MAX_HEADERS = 100  # as http.client counts them
+# A header line the email parser would store as is: a field name of visible characters
+# other than the colon, the colon, a value without CR or LF, the line's end.
+_PLAIN_HEADER = re.compile(r"([\x21-\x39\x3b-\x7e]+):([^\r\n]*)\r?\n")
+_ONE_WRITE = 1 << 16  # a reply's body up to this size goes out in one write with its head
 
 
 def json_reply(status: int, payload: Any, headers: dict[str, str] | None = None) -> Reply:
@@ -96,7 +104,7 @@ class Framing:
         return self.length != 0
 
 
-def body_framing(headers: http.client.HTTPMessage) -> Framing:
+def body_framing(headers: email.message.Message) -> Framing:
     """The request's body framing; HttpError 400 when Content-Length is not one run of
     digits (negative, non-numeric, or duplicates that differ), or is sent with
     Transfer-Encoding; 501 for a transfer coding other than chunked."""
@@ -124,6 +132,37 @@ def body_framing(headers: http.client.HTTPMessage) -> Framing:
     if len(counts) > 1:
         raise HttpError(400, "conflicting Content-Length headers")
     return Framing(int(lengths[0]) if lengths else 0)
+
+
+def read_headers(
+    stream: Any, message_class: type[http.client.HTTPMessage] = http.client.HTTPMessage
+) -> http.client.HTTPMessage:
+    """The request's header lines up to the empty line, as http.client.parse_headers reads
+    and parses them (LineTooLong for a line over 64 KiB, HTTPException past 100 lines).
+
+    A plain line, `name: value` with a field name of visible characters and no CR or LF
+    inside, is stored as the email parser would store it (set_raw, the value with its leading
+    blanks dropped); any other line (a continuation, a bare CR, no name) sends the whole
+    block through the email parser, so an odd request is read exactly as before."""
+    lines: list[bytes] = []
+    while True:
+        line = stream.readline(MAX_HEADER_LINE + 1)
+        if len(line) > MAX_HEADER_LINE:
+            raise http.client.LineTooLong("header line")
+        lines.append(line)
+        if len(lines) > MAX_HEADERS:
+            raise http.client.HTTPException(f"got more than {MAX_HEADERS} headers")
+        if line in (b"\r\n", b"\n", b""):
+            break
+    message = message_class()
+    for line in lines[:-1]:
+        plain = _PLAIN_HEADER.fullmatch(line.decode("iso-8859-1"))
+        if plain is None:
+            text = b"".join(lines).decode("iso-8859-1")
+            parsed = email.parser.Parser(_class=message_class).parsestr(text)
+            return cast(http.client.HTTPMessage, parsed)
+        message.set_raw(plain[1], plain[2].lstrip(" \t"))
+    return message
 
 
 class LoopbackHandler(BaseHTTPRequestHandler):
@@ -191,6 +230,79 @@ class LoopbackHandler(BaseHTTPRequestHandler):
         if self._body_pending:  # answered without reading it: the stream is that body
             self.close_connection = self._linger = True
         self.wfile.flush()
+
+    def parse_request(self) -> bool:
+        """http.server's parse_request, its headers read by read_headers (the same message,
+        without the email parser for plain header lines); False once it answered."""
+        if not self._parse_request_line():
+            return False
+        try:
+            self.headers = read_headers(self.rfile, self.MessageClass)
+        except http.client.LineTooLong as err:
+            self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Line too long", str(err))
+            return False
+        except http.client.HTTPException as err:
+            self.send_error(
+                HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Too many headers", str(err)
+            )
+            return False
+        connection = self.headers.get("Connection", "").lower()
+        if connection == "close":
+            self.close_connection = True
+        elif connection == "keep-alive" and self.protocol_version >= "HTTP/1.1":
+            self.close_connection = False
+        expect = self.headers.get("Expect", "").lower()
+        if (
+            expect == "100-continue"
+            and self.protocol_version >= "HTTP/1.1"
+            and self.request_version >= "HTTP/1.1"
+        ):
+            return self.handle_expect_100()
+        return True
+
+    def _parse_request_line(self) -> bool:
+        """The request line, as http.server (3.11 to 3.13) parses it; False once answered."""
+        self.command = ""  # set in case of error on the first line
+        self.request_version = version = self.default_request_version
+        self.close_connection = True
+        self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        words = self.requestline.split()
+        if not words:
+            return False
+        if len(words) >= 3:  # enough to determine the protocol version
+            version = words[-1]
+            numbers = version[5:].split(".") if version.startswith("HTTP/") else []
+            if (
+                len(numbers) != 2
+                or not all(n.isdigit() for n in numbers)
+                or any(len(n) > 10 for n in numbers)
+            ):
+                self.send_error(HTTPStatus.BAD_REQUEST, f"Bad request version ({version!r})")
+                return False
+            number = int(numbers[0]), int(numbers[1])
+            if number >= (1, 1) and self.protocol_version >= "HTTP/1.1":
+                self.close_connection = False
+            if number >= (2, 0):
+                self.send_error(
+                    HTTPStatus.HTTP_VERSION_NOT_SUPPORTED,
+                    f"Invalid HTTP version ({version[5:]})",
+                )
+                return False
+            self.request_version = version
+        if not 2 <= len(words) <= 3:
+            self.send_error(HTTPStatus.BAD_REQUEST, f"Bad request syntax ({self.requestline!r})")
+            return False
+        self.command, self.path = words[:2]
+        if len(words) == 2:  # HTTP/0.9: refused before this by _handle_request
+            self.close_connection = True
+            if self.command != "GET":
+                self.send_error(
+                    HTTPStatus.BAD_REQUEST, f"Bad HTTP/0.9 request type ({self.command!r})"
+                )
+                return False
+        if self.path.startswith("//"):
+            self.path = "/" + self.path.lstrip("/")  # reduce to a single /
+        return True
 
     def dispatch(self) -> None:
         """Run do_<METHOD>; a method without one is a JSON 501."""
@@ -283,20 +395,34 @@ class LoopbackHandler(BaseHTTPRequestHandler):
     # -- the reply --------------------------------------------------------------------------
 
     def send_reply(self, status: int, headers: dict[str, str], body: bytes) -> None:
-        """Status, `headers` (less own_headers), Content-Length, then the body unless HEAD.
-        A reply to a request whose body is still unread closes the connection."""
+        """Status, Server, Date, `headers` (less own_headers), Content-Length, then the body
+        unless HEAD. A reply to a request whose body is still unread closes the connection.
+
+        Written here rather than by send_response/send_header/end_headers, which cost a
+        write for the head and another for the body: one write for a reply up to 64 KiB."""
         if self._body_pending:
             self.close_connection = self._linger = True
         self._replied = True
-        self.send_response(status)
-        for key, value in headers.items():
-            if key.lower() not in self.own_headers:
-                self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body)))
+        lines = [
+            f"{self.protocol_version} {status} {self.responses.get(status, ('',))[0]}\r\n"
+            f"Server: {self.version_string()}\r\nDate: {self.date_time_string()}\r\n"
+        ]
+        lines += [
+            f"{key}: {value}\r\n"
+            for key, value in headers.items()
+            if key.lower() not in self.own_headers
+        ]
+        lines.append(f"Content-Length: {len(body)}\r\n")
         if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
+            lines.append("Connection: close\r\n")
+        lines.append("\r\n")
+        head = "".join(lines).encode("latin-1", "strict")
+        if self.command == "HEAD":
+            self.wfile.write(head)
+        elif len(body) <= _ONE_WRITE:
+            self.wfile.write(head + body)
+        else:  # not joined: a large body is not copied for its head
+            self.wfile.write(head)
             self.wfile.write(body)
 
     def _reply_quietly(self, status: int, headers: dict[str, str], body: bytes) -> None:

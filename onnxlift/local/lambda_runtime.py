@@ -5,11 +5,15 @@ It speaks the invoke API of the Lambda Runtime Interface Emulator, so the local 
 service (lambda_service.py), a test or curl invokes it as AWS would:
     POST /2015-03-31/functions/function/invocations   body: the event, reply: the result
     GET  /2015-03-31/functions/function/health         200 once the init phase has run
-Connections are served on threads, so the health route answers while an event runs, but
-events enter the handler one at a time (a second waits for the first): handlers keep
-per-event state at module scope (powertools' resolver holds `current_event`), so two events
-in one sandbox would read each other's bodies. Concurrency comes from more sandboxes, which
-the local Lambda service starts on demand up to the function's reserved concurrency.
+The local Lambda service itself sends events over a faster private channel, a socket pair
+whose end the sandbox inherits (`--channel-fd`, channel.py): the same event in, the same
+reply out, without HTTP's parsing on either side; the health route is how it waits for the
+init phase. Connections and the channel are served on threads, so the health route answers
+while an event runs, but events (from either) enter the handler one at a time (a second
+waits for the first): handlers keep per-event state at module scope (powertools' resolver
+holds `current_event`), so two events in one sandbox would read each other's bodies.
+Concurrency comes from more sandboxes, which the local Lambda service starts on demand up to
+the function's reserved concurrency.
 
     python -m onnxlift.local.lambda_runtime --handler functions/inference/handler.py \
         --function-name minilm --port 9001
@@ -25,6 +29,7 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -38,6 +43,7 @@ from typing import Any, ClassVar
 import orjson
 from onnxlift_serving.contract import JSON_CONTENT_TYPE, Env, error_body
 
+from onnxlift.local import channel
 from onnxlift.local.http import LoopbackHandler, LoopbackServer, Reply, json_reply
 
 INVOKE_PATH = "/2015-03-31/functions/function/invocations"
@@ -128,12 +134,12 @@ class Sandbox:
     timeout_s: int
     _one_event: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
-    def invoke(self, raw_event: bytes) -> Reply:
+    def invoke(self, raw_event: bytes | bytearray) -> Reply:
         """The invoke API's reply, the events serialised: a second waits for the first."""
         with self._one_event:
             return self._run(raw_event)
 
-    def _run(self, raw_event: bytes) -> Reply:
+    def _run(self, raw_event: bytes | bytearray) -> Reply:
         """The result, or the error as Lambda reports it."""
         try:
             event = orjson.loads(raw_event or b"{}")
@@ -177,6 +183,34 @@ class _InvocationsHandler(LoopbackHandler):
             release_memory()
 
 
+def serve_channel(sandbox: Sandbox, pool_end: socket.socket) -> None:
+    """Run the events the pool sends on the channel, one at a time, until it closes its end;
+    then end the process, as the pool is done with it."""
+    try:
+        with pool_end:
+            while (event := channel.receive_event(pool_end)) is not None:
+                large = len(event) >= TRIM_AFTER_BYTES
+                status, headers, body = sandbox.invoke(event)
+                del event
+                channel.send_reply(pool_end, status, headers, body)
+                if large:  # as after a large event over HTTP
+                    del body
+                    release_memory()
+    finally:  # closed, broken or failed: the pool counts this sandbox gone either way
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def start_channel(sandbox: Sandbox, fd: int) -> threading.Thread:
+    """Serve the pool's end of the channel (inherited as `fd`) on a daemon thread."""
+    pool_end = socket.socket(fileno=fd)
+    pool_end.setblocking(True)
+    thread = threading.Thread(
+        target=serve_channel, args=(sandbox, pool_end), name="channel", daemon=True
+    )
+    thread.start()
+    return thread
+
+
 def make_server(
     handler: Callable[[dict, Any], Any],
     *,
@@ -185,10 +219,16 @@ def make_server(
     function_name: str,
     memory_mb: int,
     timeout_s: int,
+    channel_fd: int | None = None,
 ) -> LoopbackServer:
+    """The RIE's HTTP server for the handler (not yet serving); with `channel_fd`, the
+    channel's thread is already serving the same sandbox."""
     sandbox = Sandbox(handler, function_name, memory_mb, timeout_s)
     invocations = type("Invocations", (_InvocationsHandler,), {"sandbox": sandbox})
-    return LoopbackServer(invocations, host=host, port=port, name=f"function {function_name}")
+    server = LoopbackServer(invocations, host=host, port=port, name=f"function {function_name}")
+    if channel_fd is not None:
+        start_channel(sandbox, channel_fd)
+    return server
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -203,6 +243,9 @@ def main(argv: list[str] | None = None) -> None:
         default=int(os.environ.get(Env.LAMBDA_MEMORY, 2048)),
     )
     parser.add_argument("--timeout-s", type=int, default=30)
+    parser.add_argument(
+        "--channel-fd", type=int, default=None, help="the local Lambda service's channel"
+    )
     args = parser.parse_args(argv)
 
     bound_heap()  # before the init phase allocates anything large
@@ -216,6 +259,7 @@ def main(argv: list[str] | None = None) -> None:
         function_name=args.function_name,
         memory_mb=args.memory_mb,
         timeout_s=args.timeout_s,
+        channel_fd=args.channel_fd,
     )
     print(
         json.dumps(

@@ -5,10 +5,12 @@ then takes one event at a time. A function's pool hands each event to an idle sa
 starts a new one when none is idle (the event that needed it waits for its init, like a
 cold start), up to the function's reserved concurrency, and beyond that throttles at once
 (`Throttled`: the gateway answers 429 with Retry-After, as Lambda's TooManyRequestsException)
-rather than queueing. The pool owns one keep-alive connection per sandbox, used only by the
-event that holds the sandbox. A sandbox that runs past the function's timeout is killed
-(`FunctionTimeout`), one that dies is removed (`SandboxCrashed`); the next event that needs a
-sandbox starts a fresh one.
+rather than queueing. The pool talks to each sandbox over a private channel (channel.py: a
+socket pair whose other end the sandbox inherits, length-prefixed frames rather than the
+RIE's HTTP, which the sandbox still serves and the pool uses only to wait for its init),
+used only by the event that holds the sandbox. A sandbox that runs past the function's
+timeout is killed (`FunctionTimeout`), one that dies is removed (`SandboxCrashed`); the next
+event that needs a sandbox starts a fresh one.
 
 All sandboxes of a function append to one log file, as they share one log group on AWS.
 """
@@ -19,14 +21,16 @@ import contextlib
 import http.client
 import itertools
 import json
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from onnxlift.local import channel
 from onnxlift.local.http import LOOPBACK, BackendResponse
-from onnxlift.local.lambda_runtime import HEALTH_PATH, INVOKE_PATH
+from onnxlift.local.lambda_runtime import HEALTH_PATH
 from onnxlift.local.processes import Child, base_env, free_port, start_child, tail
 
 INIT_TIMEOUT_S = 60.0  # Lambda's init phase is 10 s; loading from the local registry may be slower
@@ -61,12 +65,12 @@ class FunctionConfig:
 
 @dataclass(eq=False)  # hashed by identity: the pool keeps them in a set
 class SandboxProcess:
-    """One sandbox process and the pool's connection to it."""
+    """One sandbox process and the pool's end of its channel."""
 
     child: Child
     host: str
     port: int
-    connection: http.client.HTTPConnection | None = None
+    channel: socket.socket | None = None
 
     @property
     def alive(self) -> bool:
@@ -77,34 +81,23 @@ class SandboxProcess:
         return self.child.process.pid
 
     def send(self, payload: bytes, timeout_s: float) -> BackendResponse:
-        """POST the event on the kept-alive connection; reconnect once if the sandbox closed an
-        idle connection (then the event never reached it)."""
-        for attempt in (1, 2):
-            reused = self.connection is not None
-            if self.connection is None:
-                self.connection = http.client.HTTPConnection(
-                    self.host, self.port, timeout=timeout_s
-                )
-            try:
-                self.connection.request(
-                    "POST", INVOKE_PATH, payload, {"Content-Type": "application/json"}
-                )
-                response = self.connection.getresponse()
-                body = response.read()
-            except TimeoutError:
-                raise
-            except (ConnectionError, http.client.HTTPException, OSError):
-                self.close_connection()
-                if attempt == 2 or not reused or not self.alive:
-                    raise
-                continue
-            return BackendResponse(response.status, response.headers, body)
-        raise AssertionError("the second attempt returns or raises")
+        """The event over the channel, its reply back; TimeoutError past timeout_s,
+        ConnectionError (channel.ChannelClosed) when the sandbox died or its channel broke."""
+        if self.channel is None:
+            raise channel.ChannelClosed("the sandbox's channel is closed")
+        self.channel.settimeout(timeout_s)
+        channel.send_event(self.channel, payload)
+        status, headers, body = channel.receive_reply(self.channel, timeout_s)
+        message = http.client.HTTPMessage()
+        for key, value in headers.items():
+            message[key] = value
+        # only a reply over 64 KiB is a bytearray (filled in place), copied once here
+        return BackendResponse(status, message, body if isinstance(body, bytes) else bytes(body))
 
     def close_connection(self) -> None:
-        if self.connection is not None:
-            self.connection.close()
-            self.connection = None
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
 
     def kill(self) -> None:
         """At once, as Lambda ends a sandbox that timed out: no SIGTERM grace."""
@@ -198,7 +191,7 @@ class FunctionPool:
         except TimeoutError as exc:
             self._remove(sandbox, "timeouts")
             raise FunctionTimeout(f"{self.config.name} timed out after {timeout_s:g} s") from exc
-        except (ConnectionError, http.client.HTTPException, OSError) as exc:
+        except (OSError, ValueError) as exc:  # ChannelClosed is a ConnectionError
             self._remove(sandbox, "crashes")
             raise SandboxCrashed(f"a sandbox of {self.config.name} died: {exc}") from exc
         except BaseException:
@@ -275,13 +268,21 @@ class FunctionPool:
                 "--memory-mb", str(config.memory_mb),
                 "--timeout-s", str(max(1, round(config.timeout_s)))]  # fmt: skip
         number = next(self._numbers)
-        child = start_child(
-            f"function {config.name} (sandbox {number})",
-            args,
-            log=config.log,
-            env=base_env() | config.env,
-        )
-        sandbox = SandboxProcess(child, config.host, port)
+        pool_end, sandbox_end = channel.channel_pair()
+        with sandbox_end:  # this process's copy closes once the child has its own
+            args += ["--channel-fd", str(sandbox_end.fileno())]
+            try:
+                child = start_child(
+                    f"function {config.name} (sandbox {number})",
+                    args,
+                    log=config.log,
+                    env=base_env() | config.env,
+                    pass_fds=(sandbox_end.fileno(),),
+                )
+            except BaseException:
+                pool_end.close()
+                raise
+        sandbox = SandboxProcess(child, config.host, port, pool_end)
         with self._lock:
             closed = self._closed
             if not closed:

@@ -67,8 +67,16 @@ class Child:
             self.process.wait()
 
 
-def start_child(name: str, args: list[str], *, log: Path, env: dict[str, str]) -> Child:
-    """`python ARGS` in its own session, watched so it dies with this process (parent_watch)."""
+def start_child(
+    name: str,
+    args: list[str],
+    *,
+    log: Path,
+    env: dict[str, str],
+    pass_fds: tuple[int, ...] = (),
+) -> Child:
+    """`python ARGS` in its own session, watched so it dies with this process (parent_watch);
+    `pass_fds` are inherited by it (and no other descriptor of this process)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     handle = log.open("ab")
     watched = ["-m", "onnxlift.parent_watch", str(os.getpid())]
@@ -79,6 +87,7 @@ def start_child(name: str, args: list[str], *, log: Path, env: dict[str, str]) -
         env=env,
         stdin=subprocess.DEVNULL,
         start_new_session=True,  # Ctrl-C reaches the parent only
+        pass_fds=pass_fds,
     )
     handle.close()
     return Child(name, process, log)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
+import io
 import json
+import random
 import socket
 import time
 from collections.abc import Iterator
@@ -16,6 +19,7 @@ from onnxlift.local.http import (
     LoopbackHandler,
     LoopbackServer,
     json_reply,
+    read_headers,
 )
 from onnxlift.local.processes import free_port, port_in_use
 
@@ -182,3 +186,49 @@ def test_stop_hangs_up_on_kept_alive_connections() -> None:
         started = time.monotonic()
         server.stop()
         assert idle.recv(1) == b"" and time.monotonic() - started < 1
+
+
+PLAIN_LINES = [  # what read_headers stores itself
+    b"Host: 127.0.0.1\r\n",
+    b"x-api-key:k\r\n",
+    b"Content-Type:  application/json \r\n",  # blanks after the colon dropped, trailing kept
+    b"Empty:\r\n",
+    b"x-Dup: 1\n",
+    b"X-DUP: 2\r\n",
+    b"Value: \xff\xfe\r\n",
+]
+ODD_LINES = [  # what sends a block through the email parser
+    b"Caf\xe9: latin-1 name\r\n",
+    b"Folded: one\r\n",
+    b" two\r\n",  # a continuation line
+    b"Bare: a\rb\r\n",  # a CR inside a value
+    b": no name\r\n",
+    b"From nobody\r\n",
+    b"no colon\r\n",
+    b"After: the odd line\r\n",
+]
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_read_headers_reads_what_http_client_parse_headers_reads(seed: int) -> None:
+    """Same names, values and order as http.client's parser, for plain and odd blocks."""
+    rng = random.Random(seed)
+    pool = PLAIN_LINES if seed % 2 else PLAIN_LINES + ODD_LINES
+    lines = rng.sample(pool, rng.randint(0, len(pool)))
+    block = b"".join(lines) + rng.choice([b"\r\n", b"\n", b""]) + b"the body"
+    ours, theirs = io.BytesIO(block), io.BytesIO(block)
+    expected = http.client.parse_headers(theirs)
+    got = read_headers(ours)
+    assert isinstance(got, http.client.HTTPMessage)
+    assert got.items() == expected.items(), block
+    assert ours.read() == theirs.read()  # the body left unread alike
+    for name in ("x-dup", "content-type", "empty", "folded", "value"):
+        assert got.get_all(name) == expected.get_all(name)
+
+
+def test_read_headers_limits_are_http_clients() -> None:
+    with pytest.raises(http.client.LineTooLong):
+        read_headers(io.BytesIO(b"a: " + b"x" * 70000 + b"\r\n\r\n"))
+    with pytest.raises(http.client.HTTPException, match="more than 100"):
+        read_headers(io.BytesIO(b"a: b\r\n" * 101 + b"\r\n"))
+    assert len(read_headers(io.BytesIO(b"a: b\r\n" * 99 + b"\r\n"))) == 99
