@@ -2,6 +2,8 @@
 whether the answers can depend on the CPU.
 
     python -m onnxlift.bench.schemes [--rounds 5] [--schemes 7bit qattn ...]
+    python -m onnxlift.bench.schemes --sensitivity [--ffn] [--smooth 0.5] [--target 0.992]
+    python -m onnxlift.bench.schemes --tune-alphas
     (after `onnxlift build minilm`; the variants are written next to the build's work files)
 
 Schemes, all from the same split FP32 graph of the minilm build (outlier channels split off):
@@ -10,15 +12,26 @@ Schemes, all from the same split FP32 graph of the minilm build (outlier channel
   8bit+setting  full-range s8 weights on onnxruntime's exact U8U8 path (slower on AVX2)
   qattn         7bit with the fused Attention quantized too (QAttention, its Q/K/V weights 7-bit
                 through the same reduce_range)
-  qattn-keep3   qattn with the least sensitive layer's Attention (Attention_3) left FP32
+  qattn-keep3   qattn with Attention_3 left FP32 (the first greedy step below)
+  qattn-mixed4 .. qattn-mixed7
+                qattn with the first 4 .. 7 nodes of MIXED_KEEP left FP32
   qattn-smooth  qattn after a SmoothQuant-style migration (alpha 0.5, calibration.txt): each
                 Attention input divided per channel by s, its Q/K/V weight rows times s
+  qattn-smooth-tuned
+                qattn-smooth with one alpha per Attention (SMOOTH_ALPHAS)
+  qattn-smooth-keep1 .. qattn-smooth-keep3
+                qattn-smooth with the first 1 .. 3 nodes of SMOOTH_KEEP left FP32
   static-qdq    static QDQ, activation scales calibrated on calibration.txt (MinMax), FFN and
                 projections; onnxruntime 1.32 runs the weights' DequantizeLinear -> MatMul as
                 MatMulNBits at load
   nbits8-b32 / nbits8-b128
                 MatMulNBits 8-bit symmetric weights, blocks of 32 / 128, accuracy_level 4
                 (int8 compute), FFN and projections; Attention FP32
+--sensitivity: the gate figure with each Attention quantized alone (the rest as served), then
+a greedy walk from full qattn (or qattn-smooth with --smooth ALPHA): each step returns to FP32
+the candidate (the Attentions; with --ffn every quantized MatMul too) that lifts the gate figure
+most, until it reaches --target. MIXED_KEEP and SMOOTH_KEEP are its answers on the minilm build.
+--tune-alphas: SMOOTH_ALPHAS by coordinate ascent on the gate figure (see tune_alphas).
 Columns: min cosine against the FP32 export at batch 1 on the parity texts; the build gate's
 figure (sentence-transformers on the parity set, batches of 16 through the serving pipeline);
 "exact": the served file against the same graph with every integer MatMul/QAttention summed in
@@ -113,12 +126,20 @@ def _static_qdq(b: _Build, target: Path) -> None:
     )
 
 
-def _smoothed(b: _Build, target: Path, alpha: float = 0.5) -> None:
+def _smooth_graph(b: _Build, alpha: float | tuple[float, ...]) -> tuple[Path, list[str]]:
     """SmoothQuant-style migration before QAttention: each Attention input channel k divided
     by s_k = max|x_k|^alpha / max|W_k|^(1 - alpha) (a Mul kept FP32, max|x_k| over the
     calibration texts) and row k of its Q/K/V weight multiplied by s_k: the same FP32 function,
-    a narrower activation range for the per-call u8 scale. Then qattn."""
+    a narrower activation range for the per-call u8 scale. `alpha`: one for every Attention or
+    one per Attention. Returns the FP32 file (written once per alpha under work/) and the Muls'
+    names."""
     from onnx import helper, numpy_helper
+
+    tag = "-".join(f"{a:g}" for a in alpha) if isinstance(alpha, tuple) else f"{alpha:g}"
+    smooth = b.work / f"model.fp32.split.smooth{tag}.onnx"
+    if smooth.is_file():
+        graph = onnx.load(str(smooth), load_external_data=False)
+        return smooth, [n.name for n in graph.graph.node if n.name.endswith("_smooth_inverse")]
 
     model = onnx.load(str(b.split))
     attention = [n for n in model.graph.node if n.op_type == "Attention"]
@@ -136,11 +157,10 @@ def _smoothed(b: _Build, target: Path, alpha: float = 0.5) -> None:
             peaks[i] = flat if not peaks[i].size else np.maximum(peaks[i], flat)
     initializers = {i.name: i for i in model.graph.initializer}
     muls = []
-    for node, peak in zip(attention, peaks, strict=True):
+    per_layer = alpha if isinstance(alpha, tuple) else (alpha,) * len(attention)
+    for node, peak, a in zip(attention, peaks, per_layer, strict=True):
         weight = numpy_helper.to_array(initializers[node.input[1]])
-        scale = np.maximum(peak, 1e-5) ** alpha / np.maximum(np.abs(weight).max(1), 1e-5) ** (
-            1 - alpha
-        )
+        scale = np.maximum(peak, 1e-5) ** a / np.maximum(np.abs(weight).max(1), 1e-5) ** (1 - a)
         scale = (scale / np.exp(np.log(scale).mean())).astype(np.float32)
         initializers[node.input[1]].CopyFrom(
             numpy_helper.from_array(weight * scale[:, None], node.input[1])
@@ -154,14 +174,64 @@ def _smoothed(b: _Build, target: Path, alpha: float = 0.5) -> None:
         nodes.insert(nodes.index(node), mul)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    smooth = b.work / "model.fp32.split.smooth.onnx"
     onnx.save(model, str(smooth))
-    quant = dataclasses.replace(b.spec.quantization, exclude_op_types=())
-    keep = b.helpers + [m.name for m in muls]
-    quantize_dynamic_int8(smooth, target, quant, extra_fp32_nodes=keep)
+    return smooth, [m.name for m in muls]
+
+
+def _smoothed(
+    b: _Build, target: Path, alpha: float | tuple[float, ...] = 0.5, keep: tuple[str, ...] = ()
+) -> None:
+    """qattn on the smoothed graph (see _smooth_graph), `keep` left FP32 too."""
+    smooth, muls = _smooth_graph(b, alpha)
+    quant = dataclasses.replace(b.spec.quantization, exclude_op_types=(), exclude_nodes=())
+    quantize_dynamic_int8(smooth, target, quant, extra_fp32_nodes=[*b.helpers, *muls, *keep])
+
+
+def _qattn_keeping(b: _Build, target: Path, keep: list[str]) -> None:
+    """QAttention wherever the build's own exclusions allow none: every Attention and MatMul
+    quantized (7-bit), except the outlier helpers and `keep`."""
+    _dynamic(b, target, quant={"exclude_op_types": (), "exclude_nodes": ()}, keep=keep)
+
+
+# `python -m onnxlift.bench.schemes --sensitivity --ffn` (greedy, from full qattn): the nodes
+# kept FP32 in the order chosen, with the gate figure after each step on the minilm build.
+MIXED_KEEP = (
+    "Attention_3",  # 0.9863
+    "Attention_5",  # 0.9879
+    "/encoder/encoder/layer.4/output/dense/MatMul",  # 0.9897
+    "/encoder/encoder/layer.0/attention/output/dense/MatMul",  # 0.9904
+    "/encoder/encoder/layer.4/intermediate/dense/MatMul",  # 0.9912
+    "/encoder/encoder/layer.3/output/dense/MatMul",  # 0.9919
+    "Attention_4",  # 0.9932
+)
+
+
+# `... --sensitivity --ffn --smooth 0.5`: the same greedy from qattn-smooth (gate 0.9890).
+SMOOTH_KEEP = (
+    "/encoder/encoder/layer.0/intermediate/dense/MatMul",  # 0.9902
+    "/encoder/encoder/layer.4/intermediate/dense/MatMul",  # 0.9922
+    "/encoder/encoder/layer.5/intermediate/dense/MatMul",  # 0.9925
+)
+
+
+# One alpha per Attention, `--tune-alphas` (coordinate ascent on the gate figure from 0.5
+# everywhere, each layer tried at 0.3 / 0.4 / 0.6 / 0.7, two sweeps): gate 0.9890 -> 0.9905
+# with every Attention quantized. Chosen on the parity texts themselves, so the margin is no
+# evidence of its own.
+SMOOTH_ALPHAS = (0.7, 0.5, 0.5, 0.4, 0.3, 0.5)
 
 
 Maker = Callable[[_Build, Path], None]
+
+
+def _mixed(n: int) -> Maker:
+    return lambda b, t: _qattn_keeping(b, t, list(MIXED_KEEP[:n]))
+
+
+def _smooth_keeping(n: int) -> Maker:
+    return lambda b, t: _smoothed(b, t, 0.5, SMOOTH_KEEP[:n])
+
+
 # label -> (file name under work/ or None for the served file, how to make it, session config)
 SCHEMES: dict[str, tuple[str | None, Maker | None, dict[str, str]]] = {
     "7bit": (None, None, {}),
@@ -181,7 +251,28 @@ SCHEMES: dict[str, tuple[str | None, Maker | None, dict[str, str]]] = {
         lambda b, t: _dynamic(b, t, quant={"exclude_op_types": ()}, keep=["Attention_3"]),
         INTEGER_KERNEL_CONFIG,
     ),
+    **{
+        f"qattn-mixed{n}": (
+            f"model.int8.qattn-mixed{n}.onnx",
+            _mixed(n),
+            INTEGER_KERNEL_CONFIG,
+        )
+        for n in range(4, len(MIXED_KEEP) + 1)
+    },
     "qattn-smooth": ("model.int8.qattn-smooth.onnx", _smoothed, INTEGER_KERNEL_CONFIG),
+    **{
+        f"qattn-smooth-keep{n}": (
+            f"model.int8.qattn-smooth-keep{n}.onnx",
+            _smooth_keeping(n),
+            INTEGER_KERNEL_CONFIG,
+        )
+        for n in range(1, len(SMOOTH_KEEP) + 1)
+    },
+    "qattn-smooth-tuned": (
+        "model.int8.qattn-smooth-tuned.onnx",
+        lambda b, t: _smoothed(b, t, SMOOTH_ALPHAS),
+        INTEGER_KERNEL_CONFIG,
+    ),
     "static-qdq": ("model.int8.static-qdq.onnx", _static_qdq, INTEGER_KERNEL_CONFIG),
     "nbits8-b32": (
         "model.nbits8.b32.onnx",
@@ -287,7 +378,7 @@ def _time(rows: list[dict[str, Any]], sessions: list[Any], short: list[str], tok
             row["ms"][batch] = min(row["ms"].get(batch, float("inf")), median)
 
 
-def run(rounds: int = 5, labels: list[str] | None = None) -> list[dict[str, Any]]:
+def _load_build() -> _Build:
     spec = load_spec(paths.models_dir(paths.project_root()) / "minilm")
     folder = latest_build(spec)
     if folder is None:
@@ -297,7 +388,12 @@ def run(rounds: int = 5, labels: list[str] | None = None) -> list[dict[str, Any]
     helpers = [
         n.name for n in split.graph.node if n.name.endswith(("_outlier_gather", "_outlier_matmul"))
     ]
-    b = _Build(spec, folder, work, helpers)
+    return _Build(spec, folder, work, helpers)
+
+
+def run(rounds: int = 5, labels: list[str] | None = None) -> list[dict[str, Any]]:
+    b = _load_build()
+    spec, folder = b.spec, b.folder
     files = _files(b, labels or list(SCHEMES))
     rows: list[dict[str, Any]] = [{"scheme": k, "ms": {}, "rounds": {}} for k in files]
     texts = _parity(b, rows, files)
@@ -309,6 +405,82 @@ def run(rounds: int = 5, labels: list[str] | None = None) -> list[dict[str, Any]
     return rows
 
 
+def _sensitivity_candidates(b: _Build, ffn: bool) -> list[str]:
+    split = onnx.load(str(b.split), load_external_data=False)
+    kinds = ("Attention", "MatMul") if ffn else ("Attention",)
+    return [n.name for n in split.graph.node if n.op_type in kinds and n.name not in b.helpers]
+
+
+def sensitivity(target: float = 0.992, ffn: bool = False, smooth: float = 0.0) -> list[str]:
+    """Which nodes to keep FP32 so that qattn passes the build gate with margin: each
+    Attention quantized alone (the rest as served), then greedy from full qattn, each step
+    keeping FP32 the candidate whose return lifts the gate figure most, until >= target.
+    Returns the nodes kept FP32, in the order chosen."""
+    from onnxlift.builder.build import load_source_module
+
+    b = _load_build()
+    source = load_source_module(b.spec).load(b.spec)
+    candidates = _sensitivity_candidates(b, ffn)
+    attention = [c for c in candidates if c.startswith("Attention")]
+    with tempfile.TemporaryDirectory() as tmp:
+
+        def gate(keep: list[str]) -> float:
+            path = Path(tmp) / "variant.onnx"
+            if smooth:
+                _smoothed(b, path, smooth, tuple(keep))
+            else:
+                _qattn_keeping(b, path, keep)
+            return _gate(b, path, source)
+
+        print(f"served file: gate {_gate(b, b.folder / 'model.onnx', source):.4f}")
+        for node in attention:
+            alone = gate([a for a in attention if a != node])
+            print(f"only {node} quantized (others FP32): gate {alone:.4f}")
+        keep: list[str] = []
+        figure = gate(keep)
+        print(f"{f'qattn-smooth {smooth:g}' if smooth else 'qattn'}, none kept: gate {figure:.4f}")
+        while figure < target and len(keep) < len(candidates):
+            trials = {c: gate([*keep, c]) for c in candidates if c not in keep}
+            best = max(trials, key=lambda c: trials[c])
+            ranked = sorted(trials.items(), key=lambda kv: -kv[1])[:4]
+            print("  tried: " + ", ".join(f"{c} {g:.4f}" for c, g in ranked))
+            keep.append(best)
+            figure = trials[best]
+            print(f"keep FP32 {keep}: gate {figure:.4f}")
+    return keep
+
+
+def tune_alphas(sweeps: int = 2, steps: tuple[float, ...] = (0.3, 0.4, 0.6, 0.7)) -> list[float]:
+    """One smoothing alpha per Attention for qattn-smooth (every Attention quantized): from 0.5
+    everywhere, each layer in turn tried at each of `steps`, a change kept when it lifts the
+    build gate's figure; `sweeps` passes. Returns the alphas (SMOOTH_ALPHAS)."""
+    from onnxlift.builder.build import load_source_module
+
+    b = _load_build()
+    source = load_source_module(b.spec).load(b.spec)
+    layers = len(_sensitivity_candidates(b, ffn=False))
+    with tempfile.TemporaryDirectory() as tmp:
+
+        def gate(alphas: list[float]) -> float:
+            path = Path(tmp) / "variant.onnx"
+            _smoothed(b, path, tuple(alphas))
+            _smooth_graph(b, tuple(alphas))[0].unlink()  # 90 MB per trial under work/
+            return _gate(b, path, source)
+
+        alphas = [0.5] * layers
+        best = gate(alphas)
+        print(f"alphas {alphas}: gate {best:.4f}")
+        for _ in range(sweeps):
+            for layer in range(layers):
+                for step in steps:
+                    trial = [*alphas[:layer], step, *alphas[layer + 1 :]]
+                    figure = gate(trial)
+                    if figure > best:
+                        alphas, best = trial, figure
+                        print(f"alphas {alphas}: gate {best:.4f}")
+    return alphas
+
+
 def _spread(row: dict[str, Any], fp32: dict[str, Any], batch: int) -> str:
     ratios = [f / s for f, s in zip(fp32["rounds"][batch], row["rounds"][batch], strict=True)]
     return f"{min(ratios):.2f}-{max(ratios):.2f}"
@@ -318,8 +490,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--schemes", nargs="+", choices=list(SCHEMES), default=list(SCHEMES))
+    parser.add_argument(
+        "--sensitivity", action="store_true", help="gate figures per node and the greedy choice"
+    )
+    parser.add_argument("--ffn", action="store_true", help="with --sensitivity: MatMuls too")
+    parser.add_argument("--smooth", type=float, default=0.0, help="with --sensitivity: alpha")
+    parser.add_argument("--target", type=float, default=0.992, help="with --sensitivity")
+    parser.add_argument(
+        "--tune-alphas", action="store_true", help="one smoothing alpha per Attention"
+    )
     args = parser.parse_args()
     logging.getLogger().setLevel(logging.ERROR)  # the quantizers' advice on pre-processing
+    if args.tune_alphas:
+        print(f"alphas: {tune_alphas()}")
+        return
+    if args.sensitivity:
+        print(f"kept FP32: {sensitivity(args.target, args.ffn, args.smooth)}")
+        return
     rows = run(args.rounds, args.schemes)
     facts = cpu_facts()
     print(f"CPU: {facts['model']} ({' '.join(facts['flags'])}); one thread")
