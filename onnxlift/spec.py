@@ -45,6 +45,9 @@ class QuantizationSpec:
     outlier_ratio: float = 0.0
     outlier_max_channels: int = 4
     calibration: str | None = None  # texts for the split's statistics, disjoint from parity
+    # One SmoothQuant alpha per fused Attention (onnxlift/builder/smooth.py), in graph order;
+    # empty = no smoothing. Lets the Attention be quantized (QAttention) within the gate.
+    attention_smoothing: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -209,6 +212,23 @@ def _serving(table: dict[str, Any], where: str) -> ServingSpec:
     return replace(serving, batching=_batching(batching, serving, where))
 
 
+def _check_smoothing(quantization: QuantizationSpec, folder: Path, where: str) -> None:
+    alphas = quantization.attention_smoothing
+    if not alphas:
+        return
+    where = f"{where}: quantization.attention_smoothing"
+    if not all(
+        isinstance(a, int | float) and not isinstance(a, bool) and 0 <= a <= 1 for a in alphas
+    ):
+        raise SpecError(f"{where} must be a list of numbers within 0..1 (one per Attention)")
+    if quantization.mode != "dynamic":
+        raise SpecError(f"{where} is for dynamic quantization (it smooths QAttention inputs)")
+    if "Attention" in quantization.exclude_op_types:
+        raise SpecError(f"{where} smooths Attention inputs, but exclude_op_types keeps them FP32")
+    if not (quantization.calibration and (folder / quantization.calibration).is_file()):
+        raise SpecError(f"{where} needs a calibration file (its channel peaks)")
+
+
 def parse_spec(raw: dict[str, Any], folder: Path, *, where: str | None = None) -> ModelSpec:
     """Validate a spec given as a dict (the parsed model.toml, or built in code)."""
     where = where or str(folder)
@@ -225,11 +245,12 @@ def parse_spec(raw: dict[str, Any], folder: Path, *, where: str | None = None) -
         raise SpecError(f"{where}: source.framework '{framework}' not in {tuple(DEFAULT_QUANT)}")
     quant = dict(raw.get("quantization", {}))
     quant.setdefault("mode", DEFAULT_QUANT[framework])
-    for key in ("exclude_nodes", "exclude_op_types"):
+    for key in ("exclude_nodes", "exclude_op_types", "attention_smoothing"):
         quant[key] = tuple(quant.get(key, ()))
     quantization = _build(QuantizationSpec, quant, f"{where} [quantization]")
     if quantization.mode not in QUANT_MODES:
         raise SpecError(f"{where}: quantization.mode '{quantization.mode}' not in {QUANT_MODES}")
+    _check_smoothing(quantization, folder, where)
 
     export = raw.get("export", {})
     optimizer = _build(OptimizerSpec, export.get("optimizer", {}), f"{where} [export.optimizer]")

@@ -18,7 +18,11 @@ Schemes, all from the same split FP32 graph of the minilm build (outlier channel
   qattn-smooth  qattn after a SmoothQuant-style migration (alpha 0.5, calibration.txt): each
                 Attention input divided per channel by s, its Q/K/V weight rows times s
   qattn-smooth-tuned
-                qattn-smooth with one alpha per Attention (SMOOTH_ALPHAS)
+                qattn-smooth with one alpha per Attention (SMOOTH_ALPHAS, chosen on
+                calibration.txt)
+  qattn-smooth-parity-fit
+                the same with alphas fitted to the parity set itself (PARITY_FIT_ALPHAS):
+                an upper bound, not a servable scheme
   qattn-smooth-keep1 .. qattn-smooth-keep3
                 qattn-smooth with the first 1 .. 3 nodes of SMOOTH_KEEP left FP32
   static-qdq    static QDQ, activation scales calibrated on calibration.txt (MinMax), FFN and
@@ -31,7 +35,8 @@ Schemes, all from the same split FP32 graph of the minilm build (outlier channel
 a greedy walk from full qattn (or qattn-smooth with --smooth ALPHA): each step returns to FP32
 the candidate (the Attentions; with --ffn every quantized MatMul too) that lifts the gate figure
 most, until it reaches --target. MIXED_KEEP and SMOOTH_KEEP are its answers on the minilm build.
---tune-alphas: SMOOTH_ALPHAS by coordinate ascent on the gate figure (see tune_alphas).
+--tune-alphas: SMOOTH_ALPHAS by coordinate ascent on calibration.txt, then the gate figure of
+the result (see tune_alphas).
 Columns: min cosine against the FP32 export at batch 1 on the parity texts; the build gate's
 figure (sentence-transformers on the parity set, batches of 16 through the serving pipeline);
 "exact": the served file against the same graph with every integer MatMul/QAttention summed in
@@ -63,6 +68,7 @@ from onnxlift import paths
 from onnxlift.builder.build import latest_build
 from onnxlift.builder.integer_audit import audit_integer_kernels
 from onnxlift.builder.quantize import quantize_dynamic_int8
+from onnxlift.builder.smooth import SMOOTH_SUFFIX, smooth_attention
 from onnxlift.spec import ModelSpec, load_spec
 
 BATCHES = ((1, 200), (8, 40), (32, 12))  # batch, runs per block
@@ -127,55 +133,22 @@ def _static_qdq(b: _Build, target: Path) -> None:
 
 
 def _smooth_graph(b: _Build, alpha: float | tuple[float, ...]) -> tuple[Path, list[str]]:
-    """SmoothQuant-style migration before QAttention: each Attention input channel k divided
-    by s_k = max|x_k|^alpha / max|W_k|^(1 - alpha) (a Mul kept FP32, max|x_k| over the
-    calibration texts) and row k of its Q/K/V weight multiplied by s_k: the same FP32 function,
-    a narrower activation range for the per-call u8 scale. `alpha`: one for every Attention or
-    one per Attention. Returns the FP32 file (written once per alpha under work/) and the Muls'
-    names."""
-    from onnx import helper, numpy_helper
-
+    """The split FP32 graph smoothed in front of each Attention (onnxlift.builder.smooth, the
+    build's own step, statistics from the calibration texts). `alpha`: one for every Attention
+    or one per Attention. Returns the FP32 file (written once per alpha under work/) and the
+    Muls' names."""
     tag = "-".join(f"{a:g}" for a in alpha) if isinstance(alpha, tuple) else f"{alpha:g}"
     smooth = b.work / f"model.fp32.split.smooth{tag}.onnx"
     if smooth.is_file():
         graph = onnx.load(str(smooth), load_external_data=False)
-        return smooth, [n.name for n in graph.graph.node if n.name.endswith("_smooth_inverse")]
-
-    model = onnx.load(str(b.split))
-    attention = [n for n in model.graph.node if n.op_type == "Attention"]
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.output[:]
-    probe.graph.output.extend(helper.make_empty_tensor_value_info(n.input[0]) for n in attention)
-    session = create_session(probe.SerializeToString())
+        return smooth, [n.name for n in graph.graph.node if n.name.endswith(SMOOTH_SUFFIX)]
+    layers = sum(n.op_type == "Attention" for n in onnx.load(str(b.split)).graph.node)
+    per_layer = alpha if isinstance(alpha, tuple) else (alpha,) * layers
     tokenizer = load_tokenizer(str(b.folder / "assets" / "tokenizer.json"), b.spec.max_length)
     calibration = b.spec.folder / (b.spec.quantization.calibration or "calibration.txt")
-    peaks: list[np.ndarray] = [np.zeros(0)] * len(attention)
-    for text in (t for t in calibration.read_text().splitlines() if t.strip()):
-        for i, x in enumerate(session.run(None, _feeds(tokenizer, [text]))):
-            flat = np.abs(x).reshape(-1, x.shape[-1]).max(0)
-            peaks[i] = flat if not peaks[i].size else np.maximum(peaks[i], flat)
-    initializers = {i.name: i for i in model.graph.initializer}
-    muls = []
-    per_layer = alpha if isinstance(alpha, tuple) else (alpha,) * len(attention)
-    for node, peak, a in zip(attention, peaks, per_layer, strict=True):
-        weight = numpy_helper.to_array(initializers[node.input[1]])
-        scale = np.maximum(peak, 1e-5) ** a / np.maximum(np.abs(weight).max(1), 1e-5) ** (1 - a)
-        scale = (scale / np.exp(np.log(scale).mean())).astype(np.float32)
-        initializers[node.input[1]].CopyFrom(
-            numpy_helper.from_array(weight * scale[:, None], node.input[1])
-        )
-        inverse, smoothed = f"{node.name}_smooth_inverse", f"{node.name}_smooth_input"
-        model.graph.initializer.append(numpy_helper.from_array(1 / scale, inverse))
-        muls.append(helper.make_node("Mul", [node.input[0], inverse], [smoothed], name=inverse))
-        node.input[0] = smoothed
-    nodes = list(model.graph.node)
-    for mul, node in zip(muls, attention, strict=True):
-        nodes.insert(nodes.index(node), mul)
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    onnx.save(model, str(smooth))
-    return smooth, [m.name for m in muls]
+    texts = [t for t in calibration.read_text().splitlines() if t.strip()]
+    feeds = [_feeds(tokenizer, [text]) for text in texts]
+    return smooth, smooth_attention(b.split, smooth, feeds, per_layer)
 
 
 def _smoothed(
@@ -214,11 +187,14 @@ SMOOTH_KEEP = (
 )
 
 
-# One alpha per Attention, `--tune-alphas` (coordinate ascent on the gate figure from 0.5
-# everywhere, each layer tried at 0.3 / 0.4 / 0.6 / 0.7, two sweeps): gate 0.9890 -> 0.9905
-# with every Attention quantized. Chosen on the parity texts themselves, so the margin is no
-# evidence of its own.
-SMOOTH_ALPHAS = (0.7, 0.5, 0.5, 0.4, 0.3, 0.5)
+# One alpha per Attention, `--tune-alphas`: coordinate ascent from 0.5 everywhere (each layer
+# tried at 0.3 / 0.4 / 0.6 / 0.7, two sweeps) on min cosine over calibration.txt only, never
+# the parity set: calibration 0.9812 -> 0.9853, then the gate figure 0.9891 (< 0.99).
+SMOOTH_ALPHAS = (0.4, 0.5, 0.5, 0.5, 0.5, 0.7)
+# The same search scored on the gate figure itself (the parity set): 0.9890 -> 0.9905. It
+# passes only because it was chosen on the texts that judge it (0.9838 on calibration.txt,
+# below SMOOTH_ALPHAS): an upper bound of what smoothing can do here, not a scheme to serve.
+PARITY_FIT_ALPHAS = (0.7, 0.5, 0.5, 0.4, 0.3, 0.5)
 
 
 Maker = Callable[[_Build, Path], None]
@@ -273,6 +249,11 @@ SCHEMES: dict[str, tuple[str | None, Maker | None, dict[str, str]]] = {
         lambda b, t: _smoothed(b, t, SMOOTH_ALPHAS),
         INTEGER_KERNEL_CONFIG,
     ),
+    "qattn-smooth-parity-fit": (
+        "model.int8.qattn-smooth-parity-fit.onnx",
+        lambda b, t: _smoothed(b, t, PARITY_FIT_ALPHAS),
+        INTEGER_KERNEL_CONFIG,
+    ),
     "static-qdq": ("model.int8.static-qdq.onnx", _static_qdq, INTEGER_KERNEL_CONFIG),
     "nbits8-b32": (
         "model.nbits8.b32.onnx",
@@ -300,24 +281,29 @@ def _files(b: _Build, labels: list[str]) -> dict[str, tuple[Path, dict[str, str]
     files = {"fp32 fused": (b.work / "model.fp32.fused.onnx", INTEGER_KERNEL_CONFIG)}
     for label in labels:
         name, make, config = SCHEMES[label]
-        path = b.folder / "model.onnx" if name is None else b.work / name
+        # the served graph as quantized: the artifact's copy is the same graph after
+        # onnxruntime's optimizer (same kernels), which the exact reference cannot read
+        path = b.work / (name or "model.int8.onnx")
         if make is not None and not path.is_file():
             make(b, path)
         files[label] = (path, config)
     return files
 
 
-def _gate(b: _Build, path: Path, source: Any) -> float:
+def _gate(
+    b: _Build, path: Path, source: Any, texts: tuple[dict[str, Any], dict[str, Any]] | None = None
+) -> float:
     """The build gate's min cosine: sentence-transformers against the serving pipeline in
-    batches of 16, on the whole parity set."""
+    batches of 16, on the whole parity set (or on `texts`: inputs and their reference)."""
     from onnxlift.bench.serving import stage_artifact
     from onnxlift.builder import parity
     from onnxlift.builder.build import serve_batched
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = stage_artifact(b.folder, path, Path(tmp) / "artifact")
-        served = serve_batched(folder, source.parity_inputs, threads=1, batch=16)
-    return float(parity.measure("min_cosine", served, source.reference, None)["value"])
+        inputs, reference = texts or (source.parity_inputs, source.reference)
+        served = serve_batched(folder, inputs, threads=1, batch=16)
+    return float(parity.measure("min_cosine", served, reference, None)["value"])
 
 
 def _exactness(path: Path, feeds: list[dict[str, np.ndarray]]) -> str:
@@ -452,32 +438,39 @@ def sensitivity(target: float = 0.992, ffn: bool = False, smooth: float = 0.0) -
 
 def tune_alphas(sweeps: int = 2, steps: tuple[float, ...] = (0.3, 0.4, 0.6, 0.7)) -> list[float]:
     """One smoothing alpha per Attention for qattn-smooth (every Attention quantized): from 0.5
-    everywhere, each layer in turn tried at each of `steps`, a change kept when it lifts the
-    build gate's figure; `sweeps` passes. Returns the alphas (SMOOTH_ALPHAS)."""
+    everywhere, each layer in turn tried at each of `steps`, a change kept when it lifts min
+    cosine against sentence-transformers on calibration.txt (the texts the smoothing's
+    statistics come from; the parity set stays unseen); `sweeps` passes. Prints the gate
+    figure of the result and returns the alphas (SMOOTH_ALPHAS)."""
     from onnxlift.builder.build import load_source_module
 
     b = _load_build()
-    source = load_source_module(b.spec).load(b.spec)
+    module = load_source_module(b.spec)
+    source = module.load(b.spec)
+    calibration = b.spec.folder / (b.spec.quantization.calibration or "calibration.txt")
+    texts = [t for t in calibration.read_text().splitlines() if t.strip()]
+    held = {"text": np.array(texts, dtype=object)}, {"embedding": module.reference(texts)}
     layers = len(_sensitivity_candidates(b, ffn=False))
     with tempfile.TemporaryDirectory() as tmp:
 
-        def gate(alphas: list[float]) -> float:
+        def variant(alphas: list[float]) -> Path:
             path = Path(tmp) / "variant.onnx"
             _smoothed(b, path, tuple(alphas))
             _smooth_graph(b, tuple(alphas))[0].unlink()  # 90 MB per trial under work/
-            return _gate(b, path, source)
+            return path
 
         alphas = [0.5] * layers
-        best = gate(alphas)
-        print(f"alphas {alphas}: gate {best:.4f}")
+        best = _gate(b, variant(alphas), source, held)
+        print(f"alphas {alphas}: calibration {best:.4f}")
         for _ in range(sweeps):
             for layer in range(layers):
                 for step in steps:
                     trial = [*alphas[:layer], step, *alphas[layer + 1 :]]
-                    figure = gate(trial)
+                    figure = _gate(b, variant(trial), source, held)
                     if figure > best:
                         alphas, best = trial, figure
-                        print(f"alphas {alphas}: gate {best:.4f}")
+                        print(f"alphas {alphas}: calibration {best:.4f}")
+        print(f"alphas {alphas}: gate figure (parity set) {_gate(b, variant(alphas), source):.4f}")
     return alphas
 
 

@@ -47,9 +47,10 @@ from onnxlift.builder.check import (
 from onnxlift.builder.gate import check_parity_gate
 from onnxlift.builder.integer_audit import audit_integer_kernels
 from onnxlift.builder.optimize import optimize_transformer
-from onnxlift.builder.outliers import SplitReport, split_outlier_channels
+from onnxlift.builder.outliers import split_outlier_channels
 from onnxlift.builder.preoptimize import preoptimize
 from onnxlift.builder.quantize import quantize_dynamic_int8, quantize_static_qdq
+from onnxlift.builder.smooth import smooth_attention
 from onnxlift.errors import BuildError
 from onnxlift.sources import ModelSource
 from onnxlift.spec import ModelSpec
@@ -200,19 +201,9 @@ def _quantize(
             hidden_size=spec.optimizer.hidden_size,
         )
         current = work / "model.fp32.fused.onnx"
-    split: SplitReport | None = None
-    if quant.outlier_ratio and quant.calibration:
-        texts = [t for t in (spec.folder / quant.calibration).read_text().splitlines() if t.strip()]
-        tokenizer = load_tokenizer(str(source.assets["tokenizer.json"]), spec.max_length)
-        feeds = []
-        for text in texts:
-            encoding = tokenizer.encode(text)
-            columns = {
-                "input_ids": encoding.ids,
-                "attention_mask": encoding.attention_mask,
-                "token_type_ids": encoding.type_ids,
-            }
-            feeds.append({n: np.asarray([columns[n]], dtype=np.int64) for n in TEXT_GRAPH_INPUTS})
+    feeds = _calibration_feeds(spec, source)
+    fp32_nodes: list[str] = []
+    if quant.outlier_ratio and feeds:
         split = split_outlier_channels(
             current,
             work / "model.fp32.split.onnx",
@@ -222,15 +213,43 @@ def _quantize(
         )
         report(
             f"{spec.name}: split outlier channels of {len(split.channels)} MatMuls "
-            f"({len(texts)} calibration texts)"
+            f"({len(feeds)} calibration texts)"
         )
         details["outlier_channels"] = split.channels
+        fp32_nodes += split.fp32_nodes
         current = work / "model.fp32.split.onnx"
+    if quant.attention_smoothing:
+        fp32_nodes += smooth_attention(
+            current, work / "model.fp32.smooth.onnx", feeds, quant.attention_smoothing
+        )
+        report(f"{spec.name}: smoothed the Attention inputs ({len(feeds)} calibration texts)")
+        details["attention_smoothing"] = list(quant.attention_smoothing)
+        current = work / "model.fp32.smooth.onnx"
     report(f"{spec.name}: INT8 dynamic quantization (per_channel={quant.per_channel})")
     target = quantize_dynamic_int8(
-        current, work / "model.int8.onnx", quant, extra_fp32_nodes=split.fp32_nodes if split else []
+        current, work / "model.int8.onnx", quant, extra_fp32_nodes=fp32_nodes
     )
     return target, details
+
+
+def _calibration_feeds(spec: ModelSpec, source: ModelSource) -> list[dict[str, np.ndarray]]:
+    """The text graph's feeds for each calibration text, one text a feed (none without a
+    calibration file): the statistics of the outlier split and the Attention smoothing."""
+    quant = spec.quantization
+    if not (quant.calibration and (quant.outlier_ratio or quant.attention_smoothing)):
+        return []
+    texts = [t for t in (spec.folder / quant.calibration).read_text().splitlines() if t.strip()]
+    tokenizer = load_tokenizer(str(source.assets["tokenizer.json"]), spec.max_length)
+    feeds = []
+    for text in texts:
+        encoding = tokenizer.encode(text)
+        columns = {
+            "input_ids": encoding.ids,
+            "attention_mask": encoding.attention_mask,
+            "token_type_ids": encoding.type_ids,
+        }
+        feeds.append({n: np.asarray([columns[n]], dtype=np.int64) for n in TEXT_GRAPH_INPUTS})
+    return feeds
 
 
 def _load_source(spec: ModelSpec, report: Report) -> ModelSource:
