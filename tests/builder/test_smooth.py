@@ -3,7 +3,10 @@ range for QAttention's per-call scale, and the spec's checks."""
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -120,3 +123,27 @@ def test_spec_refuses_smoothing_that_cannot_apply(
     with pytest.raises(SpecError, match=message):
         _spec(tmp_path, **quantization)
     _spec(tmp_path, attention_smoothing=[0.5, 0.0, 1])  # what it accepts
+
+
+@pytest.mark.slow
+def test_a_smoothed_build_serves_qattention(minilm_spec: Any, tmp_path: Path) -> None:
+    """minilm built with every Attention quantized behind the smoothing (the calibration-chosen
+    alphas of onnxlift.bench.schemes), its gate lowered to what that scheme reaches."""
+    from onnxlift.bench.schemes import SMOOTH_ALPHAS
+    from onnxlift.builder.build import build_model
+
+    quantization = dataclasses.replace(
+        minilm_spec.quantization, exclude_op_types=(), attention_smoothing=SMOOTH_ALPHAS
+    )
+    parity = dataclasses.replace(minilm_spec.parity, threshold=0.985)
+    spec = dataclasses.replace(minilm_spec, quantization=quantization, parity=parity)
+    built = build_model(spec, root=tmp_path, report=lambda _: None)
+    manifest = built.manifest
+    assert manifest["quantization"]["attention_smoothing"] == list(SMOOTH_ALPHAS)
+    quantized = onnx.load(str(built.folder / "work" / "model.int8.onnx"), load_external_data=False)
+    ops = collections.Counter(n.op_type for n in quantized.graph.node)
+    assert ops["QAttention"] == len(SMOOTH_ALPHAS) and ops["Attention"] == 0
+    smoothing = [n for n in quantized.graph.node if n.name.endswith(SMOOTH_SUFFIX)]
+    assert [n.op_type for n in smoothing] == ["Mul"] * len(SMOOTH_ALPHAS)  # left FP32
+    assert 0.985 <= manifest["parity"]["value"] < 1.0
+    assert manifest["quantization"]["integer_kernels"]["weights_cannot_saturate"] is True
