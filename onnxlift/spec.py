@@ -246,7 +246,10 @@ def parse_spec(raw: dict[str, Any], folder: Path, *, where: str | None = None) -
     quant = dict(raw.get("quantization", {}))
     quant.setdefault("mode", DEFAULT_QUANT[framework])
     for key in ("exclude_nodes", "exclude_op_types", "attention_smoothing"):
-        quant[key] = tuple(quant.get(key, ()))
+        value = quant.get(key, ())
+        if not isinstance(value, list | tuple):
+            raise SpecError(f"{where}: quantization.{key} must be a list")
+        quant[key] = tuple(value)
     quantization = _build(QuantizationSpec, quant, f"{where} [quantization]")
     if quantization.mode not in QUANT_MODES:
         raise SpecError(f"{where}: quantization.mode '{quantization.mode}' not in {QUANT_MODES}")

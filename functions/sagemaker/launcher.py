@@ -122,6 +122,17 @@ def worker_memory_mb(env: Mapping[str, str], plan: Plan, memory: int) -> str:
     return str(max(1, share - min(extra_requests * REQUEST_MEMORY_MB, share // 2)))
 
 
+def uncharged_request_mb(env: Mapping[str, str], plan: Plan, memory: int) -> int:
+    """What the extra request threads may hold past the half share they are charged at most
+    (worker_memory_mb): 0 when their whole charge fits; more, and a full queue of large
+    requests can take a worker past its memory (OOM-killed rather than a 503)."""
+    if env.get(Env.MEMORY_LIMIT_MB):
+        return 0
+    share = memory // plan.workers // 1024**2
+    wanted = max(0, plan.threads - DEFAULT_THREADS) * REQUEST_MEMORY_MB
+    return max(0, wanted - share // 2)
+
+
 def request_threads(env: Mapping[str, str]) -> int:
     """gthread threads per worker: SAGEMAKER_THREADS, else enough for dynamic batching's queue
     bound to be reached (BatchingConfig.request_threads), else DEFAULT_THREADS."""
@@ -287,6 +298,15 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> No
             plan.threads,
             batching.queue_limit,
             batch,
+        )
+    uncharged = uncharged_request_mb(env, plan, memory)
+    if uncharged:
+        logging.getLogger("onnxlift.sagemaker").warning(
+            "%d request threads a worker may hold %d MiB of requests more than its memory "
+            "limit leaves for them: lower [serving.batching] max_queue_size / max_batch_size "
+            "or take an instance with more memory a worker",
+            plan.threads,
+            uncharged,
         )
     logging.getLogger("onnxlift.sagemaker").info(
         "serving on %s: %d worker(s) x %d threads, %d onnxruntime threads each (%s); "

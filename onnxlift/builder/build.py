@@ -381,27 +381,40 @@ def _preoptimized(
     report: Report,
 ) -> Path:
     """The served graph saved after onnxruntime's CPU optimizer (preoptimize.py), kept only
-    if it answers the parity set bit for bit as the graph optimized at session creation."""
-    entry = preoptimize(served_path, work / "model.optimized.onnx")
+    if it answers the parity set bit for bit as the graph optimized at session creation and
+    its weights still fit the function's memory."""
+    saved = work / "model.optimized.onnx"
+    audit = manifest["quantization"].get("integer_kernels") or {}
+    try:
+        entry = preoptimize(
+            served_path, saved, weights_cannot_saturate=bool(audit.get("weights_cannot_saturate"))
+        )
+    except Exception as exc:  # onnxruntime could not save it: the graph as quantized serves
+        report(f"{spec.name}: graph not saved optimized ({type(exc).__name__}: {exc})")
+        return served_path
     if entry is None:
+        return served_path
+    try:  # constant folding may grow the weights the function's arena is sized for
+        _check_function_memory(spec, saved.stat().st_size)
+    except BuildError:
         return served_path
     batch = min(16, spec.serving.max_batch)
     answers = []
     for label, path, extra in (
         ("online", served_path, {}),
-        ("saved", work / "model.optimized.onnx", {PREOPTIMIZED_KEY: entry}),
+        ("saved", saved, {PREOPTIMIZED_KEY: entry}),
     ):
         draft = work / f"draft-{label}"
         _write_artifact(draft, path, source.assets, dict(manifest, version="", **extra))
         answers.append(serve_batched(draft, source.parity_inputs, threads=threads, batch=batch))
         shutil.rmtree(draft, ignore_errors=True)
-    online, saved = answers
-    if not all(np.array_equal(online[name], saved[name]) for name in online):
+    online, offline = answers
+    if not all(np.array_equal(online[name], offline[name]) for name in online):
         report(f"{spec.name}: the pre-optimized graph answers differently; serving it as built")
         return served_path
     manifest[PREOPTIMIZED_KEY] = entry
     report(f"{spec.name}: graph saved optimized (identical answers on the parity set)")
-    return work / "model.optimized.onnx"
+    return saved
 
 
 def _check_function_memory(spec: ModelSpec, weights: int) -> None:

@@ -67,7 +67,12 @@ def smooth_attention(
     peaks = _input_peaks(model, attention, feeds)
     initializers = {i.name: i for i in model.graph.initializer}
     muls = []
-    for node, peak, alpha in zip(attention, peaks, alphas, strict=True):
+    for index, (node, peak, alpha) in enumerate(zip(attention, peaks, alphas, strict=True)):
+        if node.input[1] not in initializers:
+            raise BuildError(
+                f"Attention '{node.name}': its Q/K/V weight is computed, not stored; the "
+                "smoothing can only rescale a weight the graph holds"
+            )
         weight = numpy_helper.to_array(initializers[node.input[1]])
         scale = np.maximum(peak, _FLOOR) ** alpha / np.maximum(np.abs(weight).max(1), _FLOOR) ** (
             1 - alpha
@@ -76,7 +81,8 @@ def smooth_attention(
         initializers[node.input[1]].CopyFrom(
             numpy_helper.from_array(weight * scale[:, None], node.input[1])
         )
-        inverse, smoothed = f"{node.name}{SMOOTH_SUFFIX}", f"{node.name}_smooth_input"
+        base = node.name or f"Attention_{index}_unnamed"
+        inverse, smoothed = f"{base}{SMOOTH_SUFFIX}", f"{base}_smooth_input"
         model.graph.initializer.append(numpy_helper.from_array(1 / scale, inverse))
         muls.append(helper.make_node("Mul", [node.input[0], inverse], [smoothed], name=inverse))
         node.input[0] = smoothed

@@ -147,3 +147,9 @@ def test_a_smoothed_build_serves_qattention(minilm_spec: Any, tmp_path: Path) ->
     assert [n.op_type for n in smoothing] == ["Mul"] * len(SMOOTH_ALPHAS)  # left FP32
     assert 0.985 <= manifest["parity"]["value"] < 1.0
     assert manifest["quantization"]["integer_kernels"]["weights_cannot_saturate"] is True
+
+
+def test_lists_must_be_lists(tmp_path: Path) -> None:
+    for key in ("attention_smoothing", "exclude_nodes"):
+        with pytest.raises(SpecError, match=f"quantization.{key} must be a list"):
+            _spec(tmp_path, **{key: 0.5})

@@ -179,3 +179,17 @@ def test_auto_sent_to_lambda_warns_that_batching_is_ignored() -> None:
     assert model.batching_ignored
     (plain,) = models_from_specs([spec(target="auto")], {})
     assert not plain.batching_ignored
+
+
+def test_the_launcher_says_how_much_a_full_queue_may_hold_past_the_charge() -> None:
+    memory = 4 * 1024**3
+    env = {Env.BATCH_MAX_SIZE: "16"}
+    plan = launcher.plan_workers(env, cores=2, gpus=0, cuda=False, memory=memory, model_bytes=1)
+    # 45 extra threads x 64 MiB = 2,880 MiB wanted, 2,048 charged (half the share)
+    assert launcher.uncharged_request_mb(env, plan, memory) == 45 * 64 - 2048
+    short = env | {Env.BATCH_MAX_QUEUE_SIZE: "8"}
+    fits = launcher.plan_workers(short, cores=2, gpus=0, cuda=False, memory=memory, model_bytes=1)
+    assert launcher.uncharged_request_mb(short, fits, memory) == 0
+    # an explicit limit is the operator's: nothing to say
+    explicit = env | {Env.MEMORY_LIMIT_MB: "3000"}
+    assert launcher.uncharged_request_mb(explicit, plan, memory) == 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import platform
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -151,7 +152,8 @@ def choose_providers(preferred: list[str] | None = None) -> list[str]:
 
 
 # The manifest entry of a graph the build saved as onnxruntime's CPU optimizer leaves it
-# (onnxlift/builder/preoptimize.py): {"level": "extended", "onnxruntime": <its version>}.
+# (onnxlift/builder/preoptimize.py): {"level": "extended", "onnxruntime": <its version>,
+# "machine": <the build's CPU architecture, platform.machine()>}.
 PREOPTIMIZED_KEY: Final = "graph_optimization"
 
 
@@ -159,13 +161,15 @@ def optimization_for(
     manifest: Mapping[str, object], providers: list[str]
 ) -> ort.GraphOptimizationLevel:
     """No optimization at session creation for a graph the build already optimized with this
-    onnxruntime for the CPU provider alone (a third of minilm's session creation). Anywhere
-    else (another onnxruntime, a GPU provider) the optimizer runs as for any graph: on a fused
-    graph it finds nothing left to fuse, and a provider's own fusions still apply."""
+    onnxruntime, on this CPU architecture, for the CPU provider alone (a third of minilm's
+    session creation). Anywhere else (another onnxruntime or architecture, a GPU provider) the
+    optimizer runs as for any graph: on a fused graph it finds nothing left to fuse (fused CPU
+    ops a GPU provider lacks run on the CPU)."""
     done = manifest.get(PREOPTIMIZED_KEY)
     if (
         isinstance(done, Mapping)
         and done.get("onnxruntime") == ort.__version__
+        and done.get("machine") == platform.machine()
         and choose_providers(providers) == ["CPUExecutionProvider"]
     ):
         return ort.GraphOptimizationLevel.ORT_DISABLE_ALL
