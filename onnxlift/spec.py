@@ -212,6 +212,23 @@ def _serving(table: dict[str, Any], where: str) -> ServingSpec:
     return replace(serving, batching=_batching(batching, serving, where))
 
 
+def _quantization(
+    raw: dict[str, Any], framework: str, folder: Path, where: str
+) -> QuantizationSpec:
+    quant = dict(raw.get("quantization", {}))
+    quant.setdefault("mode", DEFAULT_QUANT[framework])
+    for key in ("exclude_nodes", "exclude_op_types", "attention_smoothing"):
+        value = quant.get(key, ())
+        if not isinstance(value, list | tuple):
+            raise SpecError(f"{where}: quantization.{key} must be a list")
+        quant[key] = tuple(value)
+    quantization = _build(QuantizationSpec, quant, f"{where} [quantization]")
+    if quantization.mode not in QUANT_MODES:
+        raise SpecError(f"{where}: quantization.mode '{quantization.mode}' not in {QUANT_MODES}")
+    _check_smoothing(quantization, folder, where)
+    return quantization
+
+
 def _check_smoothing(quantization: QuantizationSpec, folder: Path, where: str) -> None:
     alphas = quantization.attention_smoothing
     if not alphas:
@@ -243,17 +260,7 @@ def parse_spec(raw: dict[str, Any], folder: Path, *, where: str | None = None) -
     framework = str(source.get("framework", "pytorch"))
     if framework not in DEFAULT_QUANT:
         raise SpecError(f"{where}: source.framework '{framework}' not in {tuple(DEFAULT_QUANT)}")
-    quant = dict(raw.get("quantization", {}))
-    quant.setdefault("mode", DEFAULT_QUANT[framework])
-    for key in ("exclude_nodes", "exclude_op_types", "attention_smoothing"):
-        value = quant.get(key, ())
-        if not isinstance(value, list | tuple):
-            raise SpecError(f"{where}: quantization.{key} must be a list")
-        quant[key] = tuple(value)
-    quantization = _build(QuantizationSpec, quant, f"{where} [quantization]")
-    if quantization.mode not in QUANT_MODES:
-        raise SpecError(f"{where}: quantization.mode '{quantization.mode}' not in {QUANT_MODES}")
-    _check_smoothing(quantization, folder, where)
+    quantization = _quantization(raw, framework, folder, where)
 
     export = raw.get("export", {})
     optimizer = _build(OptimizerSpec, export.get("optimizer", {}), f"{where} [export.optimizer]")
