@@ -72,8 +72,9 @@ METHOD = [
     "time at batch 1 with one thread. The client threads run on the same cores.",
     "SageMaker dynamic batching: for each SageMaker-target text model, a fresh `serve` "
     "(gunicorn, one worker, CPU provider, 2 onnxruntime threads) on 127.0.0.1 per mode: off "
-    "as shipped (4 request threads), off with 32 threads, on (16 rows, delay 0), on (16 rows, "
-    "delay 5 ms); 32 clients, one distinct text a request, to /invocations; every mode once a "
+    "as shipped (4 request threads), off with as many request threads as batching gets (the "
+    "launcher's rule, 16 + 32 + 1), on (16 rows, delay 0), on (16 rows, delay 5 ms); 32 "
+    "clients, one distinct text a request, to /invocations; every mode once a "
     "round, 2 rounds; the clients share the cores with the container.",
     "Only loopback traffic; nothing is fetched from a model hub. pip reaches PyPI for the size "
     "section in full mode only, cached under ~/.cache/onnxlift-bench.",
