@@ -65,7 +65,7 @@ from onnxlift_serving.pipelines import load_tokenizer
 from onnxlift_serving.session import INTEGER_KERNEL_CONFIG, create_session
 
 from onnxlift import paths
-from onnxlift.builder.build import latest_build
+from onnxlift.builder.build import calibration_feeds, latest_build
 from onnxlift.builder.integer_audit import audit_integer_kernels
 from onnxlift.builder.quantize import quantize_dynamic_int8
 from onnxlift.builder.smooth import SMOOTH_SUFFIX, smooth_attention
@@ -144,10 +144,7 @@ def _smooth_graph(b: _Build, alpha: float | tuple[float, ...]) -> tuple[Path, li
         return smooth, [n.name for n in graph.graph.node if n.name.endswith(SMOOTH_SUFFIX)]
     layers = sum(n.op_type == "Attention" for n in onnx.load(str(b.split)).graph.node)
     per_layer = alpha if isinstance(alpha, tuple) else (alpha,) * layers
-    tokenizer = load_tokenizer(str(b.folder / "assets" / "tokenizer.json"), b.spec.max_length)
-    calibration = b.spec.folder / (b.spec.quantization.calibration or "calibration.txt")
-    texts = [t for t in calibration.read_text().splitlines() if t.strip()]
-    feeds = [_feeds(tokenizer, [text]) for text in texts]
+    feeds = calibration_feeds(b.spec, b.folder / "assets" / "tokenizer.json")  # as the build
     return smooth, smooth_attention(b.split, smooth, feeds, per_layer)
 
 

@@ -201,7 +201,8 @@ def _quantize(
             hidden_size=spec.optimizer.hidden_size,
         )
         current = work / "model.fp32.fused.onnx"
-    feeds = _calibration_feeds(spec, source)
+    needed = quant.outlier_ratio or quant.attention_smoothing
+    feeds = calibration_feeds(spec, source.assets["tokenizer.json"]) if needed else []
     fp32_nodes: list[str] = []
     if quant.outlier_ratio and feeds:
         split = split_outlier_channels(
@@ -232,14 +233,14 @@ def _quantize(
     return target, details
 
 
-def _calibration_feeds(spec: ModelSpec, source: ModelSource) -> list[dict[str, np.ndarray]]:
+def calibration_feeds(spec: ModelSpec, tokenizer_file: Path) -> list[dict[str, np.ndarray]]:
     """The text graph's feeds for each calibration text, one text a feed (none without a
     calibration file): the statistics of the outlier split and the Attention smoothing."""
     quant = spec.quantization
-    if not (quant.calibration and (quant.outlier_ratio or quant.attention_smoothing)):
+    if not quant.calibration:
         return []
     texts = [t for t in (spec.folder / quant.calibration).read_text().splitlines() if t.strip()]
-    tokenizer = load_tokenizer(str(source.assets["tokenizer.json"]), spec.max_length)
+    tokenizer = load_tokenizer(str(tokenizer_file), spec.max_length)
     feeds = []
     for text in texts:
         encoding = tokenizer.encode(text)
