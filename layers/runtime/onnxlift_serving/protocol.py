@@ -150,10 +150,10 @@ def _flatten(name: str, data: Any) -> list[Any]:
 def _to_array(name: str, datatype: str, data: list[Any], spec: TensorSpec) -> np.ndarray:
     """`data` as an array of `datatype`, every element checked (422 for what does not fit)."""
     allowed, what = _SCALARS[datatype]
-    if not all(type(item) in allowed for item in data):
-        bad = next(item for item in data if type(item) not in allowed)
-        kind = "null" if bad is None else f"a {_JSON_NAMES.get(type(bad), 'value')}"
-        raise Unprocessable(f"input '{name}': {datatype} data must be {what}, got {kind}")
+    for item in data:  # a loop, not all(genexpr): no generator frame on the request path
+        if type(item) not in allowed:
+            kind = "null" if item is None else f"a {_JSON_NAMES.get(type(item), 'value')}"
+            raise Unprocessable(f"input '{name}': {datatype} data must be {what}, got {kind}")
     if datatype == "BYTES":
         return np.array(data, dtype=object)
     try:
@@ -170,11 +170,13 @@ def _to_array(name: str, datatype: str, data: list[Any], spec: TensorSpec) -> np
 
 
 def _check_shape(name: str, shape: Any) -> tuple[int, ...]:
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
-        raise BadRequest(f"input '{name}': 'shape' must be a list of non-negative integers")
-    return tuple(shape)
+    if isinstance(shape, list):
+        for d in shape:  # exactly int (not bool): loops, not genexprs, on the request path
+            if type(d) is not int or d < 0:
+                break
+        else:
+            return tuple(shape)
+    raise BadRequest(f"input '{name}': 'shape' must be a list of non-negative integers")
 
 
 def _fits(shape: tuple[int, ...], expected: tuple[int, ...]) -> bool:
