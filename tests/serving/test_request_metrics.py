@@ -1,0 +1,99 @@
+"""The handler's EMF provider writes what stock powertools writes, with its checks kept."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from aws_lambda_powertools.metrics import (
+    MetricResolution,
+    MetricResolutionError,
+    Metrics,
+    MetricUnit,
+    MetricUnitError,
+    MetricValueError,
+)
+from onnxlift_serving.request_metrics import RequestMetricsProvider, request_metrics
+
+
+@pytest.fixture(autouse=True)
+def _metrics_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "onnxlift-test")
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "svc")
+    for name in ("POWERTOOLS_METRICS_DISABLED", "POWERTOOLS_DEV"):
+        monkeypatch.delenv(name, raising=False)
+    yield
+    Metrics().clear_metrics()  # powertools keeps metric sets at class level
+    Metrics().clear_default_dimensions()
+
+
+def _lines(out: str) -> list[dict[str, Any]]:
+    docs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    for doc in docs:
+        doc["_aws"].pop("Timestamp")  # taken at serialization, a millisecond apart
+    return docs
+
+
+def _emitted(make: Callable[[], Metrics], adds: list[tuple], capsys: Any) -> list[dict]:
+    metrics = make()
+    metrics.set_default_dimensions(model="minilm")
+    capsys.readouterr()
+    for name, unit, value, resolution in adds:
+        metrics.add_metric(name=name, unit=unit, value=value, resolution=resolution)
+    metrics.flush_metrics()
+    return _lines(capsys.readouterr().out)
+
+
+ADDS = [
+    ("InferLatency", MetricUnit.Milliseconds, 3.25, 60),
+    ("InferLatency", MetricUnit.Milliseconds, 4.5, 60),
+    ("Rows", "Count", 2, 60),  # an int, and a unit as a string
+    ("Rows", "Count", 3.0, 60),
+    ("Fast", MetricUnit.Seconds, 0.001, MetricResolution.High),
+]
+
+
+def test_lines_parse_to_what_stock_powertools_writes(capsys: Any) -> None:
+    ours = _emitted(request_metrics, ADDS, capsys)
+    stock = _emitted(Metrics, ADDS, capsys)
+    assert ours == stock and len(ours) == 1
+    (doc,) = ours
+    assert doc["InferLatency"] == [3.25, 4.5] and doc["Rows"] == [2.0, 3.0]
+    assert doc["model"] == "minilm" and doc["service"] == "svc"
+
+
+def test_the_100_value_limit_flushes_where_powertools_does(capsys: Any) -> None:
+    adds = [("InferLatency", "Milliseconds", float(i), 60) for i in range(150)]
+    ours = _emitted(request_metrics, adds, capsys)
+    stock = _emitted(Metrics, adds, capsys)
+    assert ours == stock
+    assert [len(doc["InferLatency"]) for doc in ours] == [100, 50]
+
+
+def test_checks_still_refuse_bad_metrics_after_a_good_one() -> None:
+    metrics = request_metrics()
+    metrics.add_metric(name="InferLatency", unit="Milliseconds", value=1.0)
+    with pytest.raises(MetricUnitError):
+        metrics.add_metric(name="InferLatency", unit="Fortnights", value=1.0)
+    with pytest.raises(MetricValueError):
+        metrics.add_metric(name="InferLatency", unit="Milliseconds", value="1")  # type: ignore[arg-type]
+    with pytest.raises(MetricResolutionError):
+        metrics.add_metric(name="InferLatency", unit="Milliseconds", value=1.0, resolution=5)
+    assert metrics.metric_set["InferLatency"]["Value"] == [1.0]
+
+
+def test_disabled_metrics_write_nothing(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+    metrics = request_metrics()
+    assert isinstance(metrics.provider, RequestMetricsProvider)
+    metrics.add_metric(name="InferLatency", unit="Milliseconds", value=1.0)
+    metrics.flush_metrics()
+    assert "_aws" not in capsys.readouterr().out
+
+
+def test_an_empty_flush_warns_as_powertools_does(capsys: Any) -> None:
+    with pytest.warns(UserWarning, match="No application metrics"):
+        request_metrics().flush_metrics()
+    assert capsys.readouterr().out == ""
