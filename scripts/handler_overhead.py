@@ -3,10 +3,11 @@
     .venv/bin/python scripts/handler_overhead.py [--baseline /tmp/old/handler.py] [--rounds N]
     .venv/bin/python scripts/handler_overhead.py --parts [--rounds N]
 
-Each round times the pipeline's `run` (tokenizer + session.run), then the real handler on an
+Each round times the pipeline's `run` (tokenizer + session.run) and the real handler on an
 API Gateway event (and a baseline handler, a file named handler.py in a folder of its own,
-e.g. `git show REV:functions/inference/handler.py > /tmp/old/handler.py`), so machine noise
-hits every variant alike; medians are printed.
+e.g. `git show REV:functions/inference/handler.py > /tmp/old/handler.py`), each taking each
+place in the round in turn, so machine noise and cache state hit every variant alike; medians
+are printed.
 
 --parts: where the overhead goes. A second copy of the handler answers from a fixed output
 instead of running the model, and each of its parts is timed right after a real run of the
@@ -59,8 +60,12 @@ def _interleaved(calls: dict[str, Callable[[], object]], rounds: int) -> dict[st
         for call in calls.values():
             for _ in range(50):
                 call()
-        for _ in range(rounds):
-            for key, call in calls.items():
+        order = list(calls.items())
+        for round_ in range(rounds):
+            # each variant takes each place in the round in turn: the one right after
+            # prep_run finds the handler's code colder than one after another handler
+            shift = round_ % len(order)
+            for key, call in order[shift:] + order[:shift]:
                 started = time.perf_counter()
                 call()
                 samples[key].append(time.perf_counter() - started)
