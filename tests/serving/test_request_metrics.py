@@ -38,6 +38,8 @@ def _lines(out: str) -> list[dict[str, Any]]:
 
 def _emitted(make: Callable[[], Metrics], adds: list[tuple], capsys: Any) -> list[dict]:
     metrics = make()
+    metrics.clear_default_dimensions()  # shared with the previous Metrics (class level)
+    metrics.clear_metrics()
     metrics.set_default_dimensions(model="minilm")
     capsys.readouterr()
     for name, unit, value, resolution in adds:
