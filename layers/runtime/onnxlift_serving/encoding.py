@@ -101,6 +101,8 @@ def decode_content(body: bytes, content_encoding: str | None, *, max_bytes: int)
     A body that starts with `{` is taken as decoded already: API Gateway documents that it
     decompresses gzip and deflate request bodies itself before the integration, and neither
     format can start with that byte (a gzip member starts 0x1f, a zlib stream 0x?8)."""
+    if content_encoding is None:  # the usual request: no header, nothing to parse
+        return body
     steps = codings(content_encoding)
     if not steps or body[:1] == b"{":
         return body

@@ -20,7 +20,6 @@ Which version answers:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -334,9 +333,11 @@ class ModelService:
     def _version(self, version: str) -> LoadedVersion:
         loaded = self._loaded.get(version)
         if loaded is not None:
-            # evicted meanwhile by another thread: the object is still good for this request
-            with contextlib.suppress(KeyError):
+            # try, not contextlib.suppress: no context manager object on every request
+            try:  # noqa: SIM105
                 self._loaded.move_to_end(version)
+            except KeyError:  # evicted meanwhile by another thread: still good for this one
+                pass
             return loaded
         self._check_version(version)
         with self._lock:
