@@ -135,7 +135,12 @@ def main() -> None:
     parser.add_argument("--parts", action="store_true", help="where the overhead goes")
     parser.add_argument("--rounds", type=int, default=1500)
     args = parser.parse_args()
-    (build,) = [p.parent for p in (ROOT / f".onnxlift/build/{MODEL}").glob("*/manifest.json")]
+    from onnxlift.builder.build import latest_build
+    from onnxlift.spec import load_spec
+
+    build = latest_build(load_spec(ROOT / "models" / MODEL), ROOT)
+    if build is None:
+        raise SystemExit(f"no current build of {MODEL}: run `onnxlift build {MODEL}` first")
     with tempfile.TemporaryDirectory(prefix="onnxlift-overhead-") as scratch:
         artifact = serving.stage_artifact(build, build / "model.onnx", Path(scratch) / "art")
         pipeline = serving.load_pipeline(artifact, threads=1)
