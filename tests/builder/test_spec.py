@@ -97,3 +97,21 @@ def test_toolkit_code_is_in_the_fingerprint(tmp_path: Path) -> None:
     renamed = build.code_digest([package, single])
     (package / "notes.txt").write_text("still not code")
     assert build.code_digest([package, single]) == renamed
+
+
+def test_a_new_build_prunes_superseded_ones_but_not_unfinished(tmp_path: Path) -> None:
+    import os
+
+    from onnxlift.builder.build import BUILD_MANIFEST, prune_superseded_builds
+
+    model = tmp_path / "build" / "minilm"
+    for age, name in enumerate(["current", "previous", "older", "oldest"]):
+        (model / name).mkdir(parents=True)
+        marker = model / name / BUILD_MANIFEST
+        marker.write_text("{}")
+        os.utime(marker, (1_000_000 - age * 100, 1_000_000 - age * 100))
+    (model / "running").mkdir()  # no build.json yet: a build beside this one
+    removed = prune_superseded_builds(model / "current", keep=1)
+    assert sorted(path.name for path in removed) == ["older", "oldest"]
+    assert sorted(path.name for path in model.iterdir()) == ["current", "previous", "running"]
+    assert prune_superseded_builds(model / "current", keep=1) == []
