@@ -195,14 +195,15 @@ def _warm(m: _Model, config: BenchConfig, s: Settings, info: dict[str, Any]) -> 
 
 def _cold(m: _Model, config: BenchConfig, s: Settings) -> None:
     """Cold start and size, after the stack is down, so nothing else competes for the cores."""
-    with m.section("cold start"):
-        handler, text = config.root / HANDLER, m.sentences[0]
+    with m.section("cold start"), tempfile.TemporaryDirectory(prefix="onnxlift-task-") as task:
+        # the serving code as the Lambda image holds it: copied, its bytecode compiled
+        runtime, handler = coldstart.stage_task_root(
+            config.root / HANDLER, config.root / RUNTIME, Path(task)
+        )
         targets = coldstart.cold_targets(
-            m.name, m.staged, handler, m.weights, text, s.cold_fp32_plain
+            m.name, m.staged, handler, m.weights, m.sentences[0], s.cold_fp32_plain
         )
-        m.out["coldstart"] = coldstart.run_coldstart(
-            targets, config.root / RUNTIME, s.cold_runs, m.report
-        )
+        m.out["coldstart"] = coldstart.run_coldstart(targets, runtime, s.cold_runs, m.report)
     with m.section("size", "deployable size"):
         # the staged INT8 folder: model.onnx, manifest, assets, not the build's work/
         m.out["size"] = size.run_size(

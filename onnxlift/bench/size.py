@@ -8,7 +8,8 @@ files stand in for both sides, and the method says so.
   onnxruntime 1.32 ships only manylinux_2_28 wheels, which the Lambda Python 3.12 image
   (Amazon Linux 2023, glibc 2.34) takes.
 - onnxlift: the function's hashed lock, pruned as its Dockerfile prunes it
-  (functions/inference/prune.py), + the artifact folder + handler and serving sources.
+  (functions/inference/prune.py), + the artifact folder + handler and serving code, with the
+  bytecode the image compiles.
 - PyTorch: sentence-transformers' closure at the versions that produced the parity reference,
   pinned, --no-deps, except torch: PyPI's Linux torch is a CUDA build pulling GBs of nvidia-*
   wheels and the CPU build lives on the PyTorch index, which the bench does not reach; it
@@ -29,6 +30,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from onnxlift.bench.coldstart import stage_task_root
 from onnxlift.lockfile import canonical, read_pins
 
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux2014_x86_64")
@@ -46,6 +48,7 @@ TARGET_ENV = {  # markers as on the Lambda platform
 SEPARATE = "torch"  # counted from the CPU build, never downloaded from PyPI
 NEVER = re.compile(r"^(nvidia-.*|triton)$")
 FUNCTION = Path("functions/inference")
+RUNTIME = Path("layers/runtime")
 Report = Callable[[str], None]
 
 
@@ -182,8 +185,11 @@ def run_size(
         torch = local_estimate(n for n in closure if n != SEPARATE)
     else:
         results["method"] = "pip install --target for the Lambda platform"
-    sources = (root / "layers" / "runtime" / "onnxlift_serving").glob("*.py")
-    code, model = dir_bytes(root / FUNCTION / "handler.py") + _bytes(sources), dir_bytes(artifact)
+    with tempfile.TemporaryDirectory(prefix="onnxlift-task-") as task:
+        # handler and serving package with their bytecode, as the image's task root holds them
+        staged, _ = stage_task_root(root / FUNCTION / "handler.py", root / RUNTIME, Path(task))
+        code = dir_bytes(staged)
+    model = dir_bytes(artifact)
     results["onnxlift"] = {
         "dependencies_bytes": serving["bytes"],
         "model_bytes": model,
