@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.client
+import itertools
 import json
 import os
 import shutil
@@ -129,11 +130,14 @@ def api_event(name: str, texts: list[str]) -> dict[str, Any]:
 
 
 def handler_call(module: Any, name: str, texts: list[str]) -> Callable[[], dict[str, Any]]:
-    """One invocation of the loaded handler on the event for these texts."""
+    """One invocation of the loaded handler on the event for these texts. Its context comes
+    from a ring made beforehand (each its own request id): Lambda's runtime builds the context
+    before it calls the handler, so that is not the handler's time."""
     from onnxlift.local.lambda_runtime import LocalContext
 
     event, function = api_event(name, texts), contract.function_name(name)
-    return lambda: module.lambda_handler(event, LocalContext(function, MEMORY_MB, TIMEOUT_S))
+    contexts = itertools.cycle([LocalContext(function, MEMORY_MB, TIMEOUT_S) for _ in range(64)])
+    return lambda: module.lambda_handler(event, next(contexts))
 
 
 class GatewayClient:
