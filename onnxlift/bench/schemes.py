@@ -145,7 +145,11 @@ def _smooth_graph(b: _Build, alpha: float | tuple[float, ...]) -> tuple[Path, li
     layers = sum(n.op_type == "Attention" for n in onnx.load(str(b.split)).graph.node)
     per_layer = alpha if isinstance(alpha, tuple) else (alpha,) * layers
     feeds = calibration_feeds(b.spec, b.folder / "assets" / "tokenizer.json")  # as the build
-    return smooth, smooth_attention(b.split, smooth, feeds, per_layer)
+    # written beside, then renamed: an interrupted run leaves no half file the cache would trust
+    partial = smooth.with_name(f".{smooth.name}.partial")
+    muls = smooth_attention(b.split, partial, feeds, per_layer)
+    partial.replace(smooth)
+    return smooth, muls
 
 
 def _smoothed(
