@@ -88,6 +88,25 @@ def test_a_trailing_slash_takes_the_route_as_api_gateway_does() -> None:
 @pytest.mark.parametrize(("method", "path"), NEAR_MISSES)
 def test_near_misses_match_nothing(method: str, path: str) -> None:
     assert match_route(method, path) is None
+    assert match_route(method, path) is None  # remembered, still nothing
+
+
+def test_remembered_matches_are_bounded_and_answer_as_the_table_does() -> None:
+    from onnxlift_serving import contract
+
+    contract._MATCHED.clear()
+    path = concrete("/v2/models/{name}/infer")
+    first = match_route("POST", path)
+    assert first is not None and match_route("POST", path) is first  # shared, immutable
+    with pytest.raises(TypeError):
+        first.params["name"] = "other"  # type: ignore[index]
+    for index in range(contract._MATCHED_MAX + 10):  # made-up paths cannot grow it
+        match_route("GET", f"/v2/models/m{index}")
+    assert len(contract._MATCHED) <= contract._MATCHED_MAX
+    long = "/v2/models/" + "x" * contract._MATCHED_PATH_MAX
+    found = match_route("GET", long)
+    assert found is not None and found.name == "x" * contract._MATCHED_PATH_MAX
+    assert ("GET", long) not in contract._MATCHED
 
 
 def test_the_sagemaker_proxy_follows_the_same_table(proxy: Any) -> None:

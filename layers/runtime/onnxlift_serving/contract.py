@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Final
 
 __all__ = [
@@ -501,11 +502,33 @@ def route_path(path: str) -> str:
     return path.rstrip("/") or "/"
 
 
+# match_route's answers by (method, path): a function sees the same few paths on every
+# request. Bounded (a full table starts over) and only for short paths, so clients sending
+# made-up paths cannot grow it; a RouteMatch is immutable, so requests can share one.
+_MATCHED: dict[tuple[str, str], RouteMatch | None] = {}
+_MATCHED_MAX: Final = 256
+_MATCHED_PATH_MAX: Final = 256
+
+
 def match_route(method: str, path: str) -> RouteMatch | None:
     """The route `method path` takes, or None (a path known under another method is None too:
     the caller answers 404 with what it was asked, as API Gateway does)."""
+    key = (method, path)
+    try:
+        return _MATCHED[key]
+    except KeyError:  # first time for this method and path
+        pass
+    found = _match_route(method, path)
+    if len(path) <= _MATCHED_PATH_MAX:
+        if len(_MATCHED) >= _MATCHED_MAX:
+            _MATCHED.clear()
+        _MATCHED[key] = found
+    return found
+
+
+def _match_route(method: str, path: str) -> RouteMatch | None:
     path = route_path(path)
     for route, pattern in _COMPILED:
         if route.method == method and (found := pattern.match(path)):
-            return RouteMatch(route, found.groupdict())
+            return RouteMatch(route, MappingProxyType(found.groupdict()))
     return None
