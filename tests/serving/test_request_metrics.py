@@ -74,6 +74,47 @@ def test_the_100_value_limit_flushes_where_powertools_does(capsys: Any) -> None:
     assert [len(doc["InferLatency"]) for doc in ours] == [100, 50]
 
 
+def _rounds(make: Callable[[], Metrics], capsys: Any) -> list[dict]:
+    """Flush after flush, the shape changing between some: each change must be written as
+    powertools writes it, and the steady rounds around them too."""
+    metrics = make()
+    metrics.clear_default_dimensions()
+    metrics.clear_metrics()
+    metrics.set_default_dimensions(model="minilm")
+    capsys.readouterr()
+    changes: list[Callable[[], None]] = [
+        lambda: None,
+        lambda: None,
+        lambda: metrics.add_metadata(key="request", value="r-1"),  # metadata: one round
+        lambda: None,
+        lambda: metrics.add_dimension(name="route", value="infer"),  # one round
+        lambda: metrics.add_metric(name="Rows", unit="Count", value=2.0),  # another metric
+        lambda: None,
+        lambda: metrics.set_default_dimensions(model="minilm", stage="prod"),  # new defaults
+        lambda: None,
+        lambda: setattr(metrics, "namespace", "elsewhere"),
+        lambda: None,
+        lambda: metrics.add_dimensions(region="eu", zone="a"),  # a second dimension set
+        lambda: None,
+    ]
+    for index, change in enumerate(changes):
+        change()
+        metrics.add_metric(name="InferLatency", unit=MetricUnit.Milliseconds, value=index + 0.5)
+        metrics.flush_metrics()
+    return _lines(capsys.readouterr().out)
+
+
+def test_flush_after_flush_matches_powertools_across_changes(capsys: Any) -> None:
+    ours = _rounds(request_metrics, capsys)
+    stock = _rounds(Metrics, capsys)
+    assert len(ours) == 13 and ours == stock
+    assert ours[2]["request"] == "r-1" and "request" not in ours[3]
+    assert ours[4]["route"] == "infer" and "route" not in ours[5]
+    assert ours[8]["stage"] == "prod" and ours[10]["_aws"]["CloudWatchMetrics"][0]["Namespace"] == (
+        "elsewhere"
+    )
+
+
 def test_checks_still_refuse_bad_metrics_after_a_good_one() -> None:
     metrics = request_metrics()
     metrics.add_metric(name="InferLatency", unit="Milliseconds", value=1.0)
@@ -99,3 +140,22 @@ def test_an_empty_flush_warns_as_powertools_does(capsys: Any) -> None:
     with pytest.warns(UserWarning, match="No application metrics"):
         request_metrics().flush_metrics()
     assert capsys.readouterr().out == ""
+
+
+def test_steady_flushes_skip_powertools_serialization(
+    monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    metrics = request_metrics()
+    calls: list[int] = []
+    real = RequestMetricsProvider.serialize_metric_set
+    monkeypatch.setattr(
+        RequestMetricsProvider,
+        "serialize_metric_set",
+        lambda self, *a, **k: calls.append(1) or real(self, *a, **k),
+    )
+    for value in (1.0, 2.0, 3.0, 4.0):
+        metrics.add_metric(name="InferLatency", unit="Milliseconds", value=value)
+        metrics.flush_metrics()
+    assert len(calls) == 1  # the first flush learns the shape; the other three reuse it
+    values = [doc["InferLatency"] for doc in _lines(capsys.readouterr().out)]
+    assert values == [[1.0], [2.0], [3.0], [4.0]]
