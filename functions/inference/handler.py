@@ -78,12 +78,16 @@ def _result(
     status: int, body: str | bytes, content_type: str, headers: Mapping[str, str] | None = None
 ) -> ProxyResult:
     """An API Gateway proxy result; a bytes body goes base64 encoded, as the proxy wants."""
+    multi_value = {"Content-Type": [content_type]}
+    if headers:
+        for key, value in headers.items():
+            multi_value[key] = [value]
+    encoded = isinstance(body, bytes)
     return {
         "statusCode": status,
-        "multiValueHeaders": {"Content-Type": [content_type]}
-        | {key: [value] for key, value in (headers or {}).items()},
-        "body": base64.b64encode(body).decode() if isinstance(body, bytes) else body,
-        "isBase64Encoded": isinstance(body, bytes),
+        "multiValueHeaders": multi_value,
+        "body": base64.b64encode(body).decode() if encoded else body,  # type: ignore[arg-type]
+        "isBase64Encoded": encoded,
     }
 
 
