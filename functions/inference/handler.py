@@ -18,6 +18,7 @@ _INIT_STARTED = time.perf_counter()  # the init phase's imports are timed from h
 
 import base64
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -46,6 +47,8 @@ from onnxlift_serving.service import ModelService, ServiceConfig
 _IMPORTS_S = time.perf_counter() - _INIT_STARTED
 logger = Logger()
 metrics = request_metrics()  # powertools' Metrics, its per-request work done once
+# Health, metadata and ready routes add no metric: powertools would warn of it on each.
+warnings.filterwarnings("ignore", "No application metrics to publish", UserWarning)
 # powertools' Tracer only where it records (Lambda with tracing on): built anyway, it imports
 # the X-Ray SDK and patches botocore even when disabled, a fifth of a second of cold start.
 _traced_at = time.perf_counter()
