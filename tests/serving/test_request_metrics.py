@@ -159,3 +159,31 @@ def test_steady_flushes_skip_powertools_serialization(
     assert len(calls) == 1  # the first flush learns the shape; the other three reuse it
     values = [doc["InferLatency"] for doc in _lines(capsys.readouterr().out)]
     assert values == [[1.0], [2.0], [3.0], [4.0]]
+
+
+def _metadata_and_many_metrics(make: Callable[[], Metrics], capsys: Any) -> list[dict]:
+    metrics = make()
+    capsys.readouterr()
+    metrics.add_metadata(key="extra", value={"nested": [1, 2], "ratio": 0.25})
+    for index in range(120):  # the 100th distinct metric makes powertools flush on its own
+        metrics.add_metric(name=f"M{index}", unit="Count", value=1.0)
+    metrics.flush_metrics()
+    return _lines(capsys.readouterr().out)
+
+
+def test_metadata_and_the_100_metric_limit_are_written_as_powertools_writes(capsys: Any) -> None:
+    ours = _metadata_and_many_metrics(request_metrics, capsys)
+    stock = _metadata_and_many_metrics(Metrics, capsys)
+    assert ours == stock
+    assert [len(doc["_aws"]["CloudWatchMetrics"][0]["Metrics"]) for doc in ours] == [100, 20]
+    assert ours[0]["extra"] == {"nested": [1, 2], "ratio": 0.25}
+
+
+def test_an_unhashable_unit_goes_through_powertools_as_in_stock() -> None:
+    stored = []
+    for make in (request_metrics, Metrics):
+        metrics = make()
+        metrics.clear_metrics()
+        metrics.add_metric(name="X", unit=["Count"], value=1.0)  # type: ignore[arg-type]
+        stored.append(dict(metrics.metric_set["X"]))
+    assert stored[0] == stored[1]

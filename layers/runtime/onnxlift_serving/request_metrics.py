@@ -11,9 +11,10 @@ request once onnxruntime's run has evicted the interpreter's caches
 - serializes a flush through powertools' own `serialize_metric_set` and `clear_metrics`, and
   remembers the outcome; the next flush of the same shape (metrics, units, dimensions,
   namespace, service, defaults; no metadata, extra dimension sets or fixed timestamp) writes
-  that document with its own timestamp and values;
+  that document with its own timestamp and values, with orjson (a flush powertools
+  serializes is written with json, as powertools writes it);
 - reads POWERTOOLS_METRICS_DISABLED / POWERTOOLS_DEV once, at init (Lambda's environment is
-  fixed for a sandbox's life), and writes with orjson.
+  fixed for a sandbox's life; stock powertools reads them at every flush).
 Its lines parse to what stock powertools writes, flush after flush and across changes of
 shape: tests/serving/test_request_metrics.py.
 
@@ -22,6 +23,7 @@ Only the Lambda handler imports this module (the SageMaker image has no powertoo
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections import defaultdict
@@ -38,6 +40,8 @@ from aws_lambda_powertools.metrics.provider.cloudwatch_emf.constants import MAX_
 
 __all__ = ["RequestMetricsProvider", "request_metrics"]
 
+CHECKED_MAX = 256  # (name, unit, resolution)s remembered as checked; more go through powertools
+
 
 class RequestMetricsProvider(AmazonCloudWatchEMFProvider):
     def __init__(self, **kwargs: Any) -> None:
@@ -50,8 +54,11 @@ class RequestMetricsProvider(AmazonCloudWatchEMFProvider):
     def add_metric(
         self, name: str, unit: MetricUnit | str, value: float, resolution: Any = 60
     ) -> None:
-        key = (name, unit, resolution)
-        checked = self._checked.get(key)
+        key: tuple[str, Any, Any] | None = (name, unit, resolution)
+        try:
+            checked = self._checked.get(key)
+        except TypeError:  # an unhashable unit or resolution: powertools' path, uncached
+            key, checked = None, None
         metric = self.metric_set.get(name)
         # powertools' own path the first time, for a non-float, and for the add that fills
         # a metric to its EMF limit (powertools flushes there)
@@ -63,7 +70,7 @@ class RequestMetricsProvider(AmazonCloudWatchEMFProvider):
         ):
             super().add_metric(name=name, unit=unit, value=value, resolution=resolution)
             stored = self.metric_set.get(name)
-            if stored is not None:
+            if stored is not None and key is not None and len(self._checked) < CHECKED_MAX:
                 self._checked[key] = (stored["Unit"], stored["StorageResolution"])
             return
         if metric is None:
@@ -88,7 +95,9 @@ class RequestMetricsProvider(AmazonCloudWatchEMFProvider):
         }
         for name, metric in self.metric_set.items():
             document[name] = metric["Value"]
-        _write(document)
+        # orjson here: the document holds only what powertools wrote last time (str names,
+        # units and dimension values) and this flush's float values
+        sys.stdout.write(orjson.dumps(document).decode() + "\n")
         self.metric_set.clear()
         self.dimension_set.clear()
         self.dimension_set.update(steady.cleared)
@@ -105,7 +114,9 @@ class RequestMetricsProvider(AmazonCloudWatchEMFProvider):
     def _flush_learning(self, key: tuple[Any, ...] | None) -> None:
         """powertools' own serialization and clear; remembered for the next flush of this shape."""
         document = self.serialize_metric_set()
-        _write(document)
+        # json, as powertools writes: this document may carry metadata orjson would refuse
+        # (non-str keys, numpy scalars) or write otherwise (NaN)
+        sys.stdout.write(json.dumps(document, separators=(",", ":")) + "\n")
         self.clear_metrics()
         if key is None:
             self._steady = None
@@ -130,12 +141,6 @@ class _Steady:
     dimensions: dict[str, str]  # the dimension values the document carried
     cleared: dict[str, str]  # the dimension set clear_metrics left (the defaults)
     defaults: dict[str, Any]  # default_dimensions then
-
-
-def _write(document: dict[str, Any]) -> None:
-    """One EMF line to stdout in one write, as print() would send it; orjson, not a fresh
-    json.JSONEncoder per flush."""
-    sys.stdout.write(orjson.dumps(document).decode() + "\n")
 
 
 def request_metrics(**kwargs: Any) -> Metrics:
