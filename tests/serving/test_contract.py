@@ -107,6 +107,11 @@ def test_remembered_matches_are_bounded_and_answer_as_the_table_does() -> None:
     found = match_route("GET", long)
     assert found is not None and found.name == "x" * contract._MATCHED_PATH_MAX
     assert ("GET", long) not in contract._MATCHED
+    assert match_route("G" * 4000, "/v2") is None and ("G" * 4000, "/v2") not in contract._MATCHED
+    for route in ROUTES:  # after the table started over, answers as the routes do
+        for path in (concrete(route.template), concrete(route.template) + "/"):
+            assert match_route(route.method, path) == contract._match_route(route.method, path)
+            assert match_route(route.method, path) == contract._match_route(route.method, path)
 
 
 def test_the_sagemaker_proxy_follows_the_same_table(proxy: Any) -> None:

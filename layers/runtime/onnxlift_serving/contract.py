@@ -508,6 +508,7 @@ def route_path(path: str) -> str:
 _MATCHED: dict[tuple[str, str], RouteMatch | None] = {}
 _MATCHED_MAX: Final = 256
 _MATCHED_PATH_MAX: Final = 256
+_ROUTE_METHODS: Final = frozenset(route.method for route in ROUTES)  # others are not cached
 
 
 def match_route(method: str, path: str) -> RouteMatch | None:
@@ -519,7 +520,7 @@ def match_route(method: str, path: str) -> RouteMatch | None:
     except KeyError:  # first time for this method and path
         pass
     found = _match_route(method, path)
-    if len(path) <= _MATCHED_PATH_MAX:
+    if method in _ROUTE_METHODS and len(path) <= _MATCHED_PATH_MAX:
         if len(_MATCHED) >= _MATCHED_MAX:
             _MATCHED.clear()
         _MATCHED[key] = found
