@@ -45,10 +45,10 @@ def stage_task_root(handler: Path, runtime: Path, task_root: Path) -> tuple[Path
     ignore = shutil.ignore_patterns("__pycache__")
     shutil.copytree(runtime / "onnxlift_serving", package, ignore=ignore, dirs_exist_ok=True)
     staged = Path(shutil.copy2(handler, task_root / handler.name))
-    unchecked = py_compile.PycInvalidationMode.UNCHECKED_HASH
-    if not compileall.compile_dir(package, quiet=1, invalidation_mode=unchecked):
+    checked = py_compile.PycInvalidationMode.CHECKED_HASH  # as the Dockerfile compiles
+    if not compileall.compile_dir(package, quiet=1, invalidation_mode=checked):
         raise RuntimeError(f"the serving package in {package} does not compile")
-    if not compileall.compile_file(staged, quiet=1, invalidation_mode=unchecked):
+    if not compileall.compile_file(staged, quiet=1, invalidation_mode=checked):
         raise RuntimeError(f"{staged} does not compile")
     return task_root, staged
 

@@ -61,7 +61,9 @@ METHOD = [
     "handler_int8_untraced as with -c onnxlift.tracing=false, and each answers one API Gateway "
     "event, its init timed by phase by the handler itself; torch loads SentenceTransformer "
     "from the safetensors "
-    "folder. Files are in the page cache; a Lambda cold start also pulls its image.",
+    "folder. The serving code runs from a task root laid out and bytecode-compiled as the "
+    "Lambda image's (checked-hash). Files are in the page cache; a Lambda cold start also "
+    "pulls its image.",
     "Op profile: onnxruntime's profiler (SessionOptions.enable_profiling through "
     "create_session), one thread, the served INT8 file and the fused FP32, their calls "
     "interleaved, on the batch-1 and "

@@ -184,7 +184,10 @@ def run_size(
         serving = local_estimate(r.split("==", 1)[0] for r in requirements)
         torch = local_estimate(n for n in closure if n != SEPARATE)
     else:
-        results["method"] = "pip install --target for the Lambda platform"
+        results["method"] = (
+            "pip install --target for the Lambda platform; code: the handler and serving "
+            "package with the bytecode the image compiles"
+        )
     with tempfile.TemporaryDirectory(prefix="onnxlift-task-") as task:
         # handler and serving package with their bytecode, as the image's task root holds them
         staged, _ = stage_task_root(root / FUNCTION / "handler.py", root / RUNTIME, Path(task))

@@ -23,8 +23,8 @@ def test_staged_task_root_is_compiled_and_imported_from_its_bytecode(tmp_path: P
     tag = sys.implementation.cache_tag
     for source in [handler, *(runtime / "onnxlift_serving").glob("*.py")]:
         pyc = source.parent / "__pycache__" / f"{source.stem}.{tag}.pyc"
-        # PEP 552 flags: 0b01 = hash-based, source not checked (the image never changes)
-        assert int.from_bytes(pyc.read_bytes()[4:8], "little") == 0b01, pyc
+        # PEP 552 flags: 0b11 = hash-based, source checked (as the Dockerfile compiles)
+        assert int.from_bytes(pyc.read_bytes()[4:8], "little") == 0b11, pyc
     verbose = subprocess.run(
         [sys.executable, "-v", "-c", "import onnxlift_serving.protocol"],
         env={"PYTHONPATH": str(runtime), "PYTHONDONTWRITEBYTECODE": "1"},
