@@ -4,7 +4,7 @@ Everything heavy happens at module scope, once per sandbox: the model is verifie
 onnxruntime session created during the init phase, never on the request path.
 
 The request path is short on purpose (a Lambda user pays for every millisecond): the route is
-the contract's (`match_route`, one pass over the compiled table), the proxy result is built
+the contract's (`match_route`, remembered per method and path), the proxy result is built
 directly, and powertools does what users expect of it: Logger (Lambda context, correlation
 id), Metrics (EMF, cold start) and Tracer, whose subsegments are recorded only where tracing
 is on (on Lambda with active tracing, not in a local sandbox or the bench).
@@ -47,7 +47,7 @@ from onnxlift_serving.service import ModelService, ServiceConfig
 _IMPORTS_S = time.perf_counter() - _INIT_STARTED
 logger = Logger()
 metrics = request_metrics()  # powertools' Metrics, its per-request work done once
-# Health, metadata and ready routes add no metric: powertools would warn of it on each.
+# Health, metadata and ready routes add no metric: nothing to warn of (powertools would).
 warnings.filterwarnings("ignore", "No application metrics to publish", UserWarning)
 # powertools' Tracer only where it records (Lambda with tracing on): built anyway, it imports
 # the X-Ray SDK and patches botocore even when disabled, a fifth of a second of cold start.

@@ -132,7 +132,8 @@ def api_event(name: str, texts: list[str]) -> dict[str, Any]:
 def handler_call(module: Any, name: str, texts: list[str]) -> Callable[[], dict[str, Any]]:
     """One invocation of the loaded handler on the event for these texts. Its context comes
     from a ring made beforehand (each its own request id): Lambda's runtime builds the context
-    before it calls the handler, so that is not the handler's time."""
+    before it calls the handler, so that is not the handler's time. (Their remaining time
+    counts from when the ring was made: the inference handler never reads it.)"""
     from onnxlift.local.lambda_runtime import LocalContext
 
     event, function = api_event(name, texts), contract.function_name(name)
