@@ -20,7 +20,8 @@ _X86 = {"x86_64", "amd64", "i386", "i686"}
 
 def _cpuinfo() -> tuple[str, set[str]]:
     try:
-        text = open("/proc/cpuinfo", encoding="utf-8", errors="replace").read()  # noqa: SIM115
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            text = cpuinfo.read()
     except OSError:
         return platform.processor() or "unknown", set()
     model, flags = "unknown", set()
