@@ -44,6 +44,12 @@ class QuantizationSpec:
     # Outlier-channel split of feed-forward MatMuls (see onnxlift/builder/outliers.py); 0 = off.
     outlier_ratio: float = 0.0
     outlier_max_channels: int = 4
+    # The same split for the merged Q/K/V projections ([export.optimizer] attention =
+    # "multihead"; onnxlift/builder/projections.py); 0 = off.
+    projection_outlier_ratio: float = 0.0
+    # Zero padded rows before each weight MatMul (onnxlift/builder/padding.py): pads then set
+    # no dynamic activation scale. Needs an `attention_mask` graph input.
+    mask_padding: bool = False
     calibration: str | None = None  # texts for the split's statistics, disjoint from parity
     # One SmoothQuant alpha per fused Attention (onnxlift/builder/smooth.py), in graph order;
     # empty = no smoothing. Lets the Attention be quantized (QAttention) within the gate.
@@ -57,6 +63,13 @@ class OptimizerSpec:
     model_type: str | None = None
     num_heads: int = 0
     hidden_size: int = 0
+    # "fused": one Attention op that holds the Q/K/V weights (kept FP32 or a QAttention);
+    # "multihead": MultiHeadAttention after plain Q/K/V MatMuls, merged into one and quantized
+    # like the feed-forward MatMuls (onnxlift/builder/projections.py).
+    attention: str = "fused"
+
+
+ATTENTION_FUSIONS = ("fused", "multihead")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -246,6 +259,29 @@ def _check_smoothing(quantization: QuantizationSpec, folder: Path, where: str) -
         raise SpecError(f"{where} needs a calibration file (its channel peaks)")
 
 
+def _check_attention(optimizer: OptimizerSpec, quantization: QuantizationSpec, where: str) -> None:
+    if optimizer.attention not in ATTENTION_FUSIONS:
+        raise SpecError(
+            f"{where}: export.optimizer.attention '{optimizer.attention}' "
+            f"not in {ATTENTION_FUSIONS}"
+        )
+    multihead = optimizer.attention == "multihead"
+    if multihead and not optimizer.model_type:
+        raise SpecError(f"{where}: export.optimizer.attention = 'multihead' needs a model_type")
+    if multihead and quantization.attention_smoothing:
+        raise SpecError(
+            f"{where}: quantization.attention_smoothing smooths fused Attention inputs; with "
+            "attention = 'multihead' the Q/K/V MatMuls take projection_outlier_ratio instead"
+        )
+    if quantization.projection_outlier_ratio and not multihead:
+        raise SpecError(
+            f"{where}: quantization.projection_outlier_ratio needs export.optimizer.attention = "
+            "'multihead' (a fused Attention keeps its projections inside)"
+        )
+    if quantization.mask_padding and quantization.mode != "dynamic":
+        raise SpecError(f"{where}: quantization.mask_padding is for dynamic quantization")
+
+
 def parse_spec(raw: dict[str, Any], folder: Path, *, where: str | None = None) -> ModelSpec:
     """Validate a spec given as a dict (the parsed model.toml, or built in code)."""
     where = where or str(folder)
@@ -264,6 +300,7 @@ def parse_spec(raw: dict[str, Any], folder: Path, *, where: str | None = None) -
 
     export = raw.get("export", {})
     optimizer = _build(OptimizerSpec, export.get("optimizer", {}), f"{where} [export.optimizer]")
+    _check_attention(optimizer, quantization, where)
     serving = _serving(dict(raw.get("serving", {})), where)
     if serving.target not in TARGETS:
         raise SpecError(f"{where}: serving.target '{serving.target}' not in {TARGETS}")
@@ -311,7 +348,8 @@ def parse_spec(raw: dict[str, Any], folder: Path, *, where: str | None = None) -
         serving=serving,
         raw=raw,
     )
-    if quantization.outlier_ratio and not (
+    split = quantization.outlier_ratio or quantization.projection_outlier_ratio
+    if split and not (
         quantization.calibration and (spec.folder / quantization.calibration).is_file()
     ):
         raise SpecError(f"{where}: quantization.outlier_ratio needs a calibration file")

@@ -1,4 +1,4 @@
-"""Outlier-channel split for feed-forward MatMuls (in the manner of LLM.int8()).
+"""Outlier-channel split for feed-forward and merged Q/K/V MatMuls (in the manner of LLM.int8()).
 
 BERT-style encoders carry a few hidden channels whose activations are tens of times larger
 than the rest (on all-MiniLM-L6-v2, hidden dim 99 reaches ~28 on [CLS] against a median of
@@ -6,7 +6,8 @@ than the rest (on all-MiniLM-L6-v2, hidden dim 99 reaches ~28 on [CLS] against a
 other channel to a handful of levels. The split zeroes them in the quantized MatMul and adds
 them back through a tiny FP32 MatMul on the gathered channels: exact in FP32, and the
 quantized path sees a tame range. The channels are chosen from calibration texts that are
-disjoint from the parity set.
+disjoint from the parity set. The merged Q/K/V projections (projections.py) take their own,
+usually lower, ratio: their input's peaks are milder, but attention scores amplify what is lost.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxlift.builder.projections import QKV_MATMUL_SUFFIX
 from onnxlift.errors import BuildError
 
 Feeds = dict[str, np.ndarray]
@@ -29,18 +31,24 @@ class SplitReport:
     channels: dict[str, list[int]]  # MatMul name -> split input channels
 
 
-def _feed_forward_matmuls(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+def _split_candidates(
+    model: onnx.ModelProto, ratio: float, projection_ratio: float
+) -> dict[str, tuple[onnx.NodeProto, float]]:
+    """MatMul name -> (node, its ratio): the feed-forward MatMuls at `ratio`, the merged Q/K/V
+    projections at `projection_ratio` (0 = left whole)."""
     weights = {i.name for i in model.graph.initializer}
-    return [
-        n
-        for n in model.graph.node
-        if n.op_type == "MatMul"
-        and n.input[1] in weights
-        and (
-            "/intermediate/" in n.name
-            or ("/output/dense" in n.name and "/attention/" not in n.name)
+    chosen: dict[str, tuple[onnx.NodeProto, float]] = {}
+    for n in model.graph.node:
+        if n.op_type != "MatMul" or n.input[1] not in weights:
+            continue
+        feed_forward = "/intermediate/" in n.name or (
+            "/output/dense" in n.name and "/attention/" not in n.name
         )
-    ]
+        if feed_forward:
+            chosen[n.name] = (n, ratio)
+        elif n.name.endswith(QKV_MATMUL_SUFFIX) and projection_ratio:
+            chosen[n.name] = (n, projection_ratio)
+    return chosen
 
 
 def _channel_absmax(
@@ -68,23 +76,31 @@ def _channel_absmax(
 
 
 def split_outlier_channels(
-    source: Path, target: Path, calibration: list[Feeds], *, ratio: float, max_channels: int
+    source: Path,
+    target: Path,
+    calibration: list[Feeds],
+    *,
+    ratio: float,
+    max_channels: int,
+    projection_ratio: float = 0.0,
 ) -> SplitReport:
-    """Rewrite `source` into `target`; calibration feeds are batch-1 (no padding) graph inputs."""
+    """Rewrite `source` into `target`; calibration feeds are batch-1 (no padding) graph inputs.
+    A channel is split off where its peak exceeds the MatMul's ratio times the median peak."""
     model = onnx.load(str(source))
     initializers = {i.name: i for i in model.graph.initializer}
-    selected = _feed_forward_matmuls(model)
-    if not selected:
+    candidates = _split_candidates(model, ratio, projection_ratio)
+    if not candidates:
         raise BuildError(f"{source}: no feed-forward MatMuls to split")
-    absmax = _channel_absmax(model, sorted({n.input[0] for n in selected}), calibration)
+    inputs = sorted({n.input[0] for n, _ in candidates.values()})
+    absmax = _channel_absmax(model, inputs, calibration)
 
     before: dict[str, list[onnx.NodeProto]] = {}
     after: dict[str, list[onnx.NodeProto]] = {}
     report = SplitReport(fp32_nodes=[], channels={})
-    for node in selected:
+    for node, node_ratio in candidates.values():
         x, amax = node.input[0], absmax[node.input[0]]
-        candidates = np.argsort(amax)[::-1][:max_channels]
-        index = np.sort(candidates[amax[candidates] > ratio * np.median(amax)]).astype(np.int64)
+        peaks = np.argsort(amax)[::-1][:max_channels]
+        index = np.sort(peaks[amax[peaks] > node_ratio * np.median(amax)]).astype(np.int64)
         if index.size == 0:
             continue
         tag = node.name.strip("/").replace("/", "_")

@@ -133,10 +133,17 @@ def test_a_smoothed_build_serves_qattention(minilm_spec: Any, tmp_path: Path) ->
     from onnxlift.builder.build import build_model
 
     quantization = dataclasses.replace(
-        minilm_spec.quantization, exclude_op_types=(), attention_smoothing=SMOOTH_ALPHAS
+        minilm_spec.quantization,
+        exclude_op_types=(),
+        attention_smoothing=SMOOTH_ALPHAS,
+        projection_outlier_ratio=0.0,  # the served scheme's, for MultiHeadAttention's Q/K/V
+        mask_padding=False,
     )
+    optimizer = dataclasses.replace(minilm_spec.optimizer, attention="fused")
     parity = dataclasses.replace(minilm_spec.parity, threshold=0.985)
-    spec = dataclasses.replace(minilm_spec, quantization=quantization, parity=parity)
+    spec = dataclasses.replace(
+        minilm_spec, quantization=quantization, optimizer=optimizer, parity=parity
+    )
     built = build_model(spec, root=tmp_path, report=lambda _: None)
     manifest = built.manifest
     assert manifest["quantization"]["attention_smoothing"] == list(SMOOTH_ALPHAS)
