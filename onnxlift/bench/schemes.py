@@ -6,10 +6,15 @@ whether the answers can depend on the CPU.
     python -m onnxlift.bench.schemes --tune-alphas
     (after `onnxlift build minilm`; the variants are written next to the build's work files)
 
-Schemes, all from the same split FP32 graph of the minilm build (outlier channels split off):
-  7bit          reduce_range weights, Attention FP32 (served): no u8 x s8 pair can reach 16 bits
+The served file (minilm's spec: MultiHeadAttention after one merged Q/K/V MatMul, padded rows
+masked, outlier channels split off the FFN and Q/K/V MatMuls, all quantized 7-bit):
+  7bit          reduce_range weights: no u8 x s8 pair can reach 16 bits
   7bit+setting  the same file with onnxlift's session setting (what every session gets)
-  8bit+setting  full-range s8 weights on onnxruntime's exact U8U8 path (slower on AVX2)
+The rest come from the Attention-fused FP32 graph with the FFN outlier split alone (written
+under work/ as model.fp32.fused.split.onnx), the graph minilm served before:
+  attention-fp32
+                7bit with the fused Attention FP32 (minilm's scheme before the multihead one)
+  8bit+setting  attention-fp32 with full-range s8 weights on onnxruntime's exact U8U8 path
   qattn         7bit with the fused Attention quantized too (QAttention, its Q/K/V weights 7-bit
                 through the same reduce_range)
   qattn-keep3   qattn with Attention_3 left FP32 (the first greedy step below)
@@ -83,7 +88,8 @@ class _Build:
 
     @property
     def split(self) -> Path:
-        return self.work / "model.fp32.split.onnx"
+        """The Attention-fused graph with the FFN outlier split (see _attention_fused_split)."""
+        return self.work / "model.fp32.fused.split.onnx"
 
 
 def _dynamic(b: _Build, target: Path, **changes: Any) -> None:
@@ -213,9 +219,16 @@ def _smooth_keeping(n: int) -> Maker:
 SCHEMES: dict[str, tuple[str | None, Maker | None, dict[str, str]]] = {
     "7bit": (None, None, {}),
     "7bit+setting": (None, None, INTEGER_KERNEL_CONFIG),
+    "attention-fp32": (
+        "model.int8.attention-fp32.onnx",
+        lambda b, t: _dynamic(b, t, quant={"exclude_op_types": ("Attention",)}, keep=[]),
+        INTEGER_KERNEL_CONFIG,
+    ),
     "8bit+setting": (
         "model.int8.8bit.onnx",
-        lambda b, t: _dynamic(b, t, quant={"reduce_range": False}, keep=[]),
+        lambda b, t: _dynamic(
+            b, t, quant={"reduce_range": False, "exclude_op_types": ("Attention",)}, keep=[]
+        ),
         INTEGER_KERNEL_CONFIG,
     ),
     "qattn": (
@@ -371,11 +384,30 @@ def _load_build() -> _Build:
     if folder is None:
         raise SystemExit("build minilm first: onnxlift build minilm")
     work = folder / "work"
-    split = onnx.load(str(work / "model.fp32.split.onnx"), load_external_data=False)
+    split = onnx.load(str(_attention_fused_split(spec, folder)), load_external_data=False)
     helpers = [
         n.name for n in split.graph.node if n.name.endswith(("_outlier_gather", "_outlier_matmul"))
     ]
     return _Build(spec, folder, work, helpers)
+
+
+def _attention_fused_split(spec: ModelSpec, folder: Path) -> Path:
+    """The build's Attention-fused FP32 graph with the FFN outlier split (the spec's ratio):
+    what the QAttention, static and MatMulNBits schemes start from. Written once per build."""
+    from onnxlift.builder.outliers import split_outlier_channels
+
+    target = folder / "work" / "model.fp32.fused.split.onnx"
+    if not target.is_file():
+        partial = target.with_name(f".{target.name}.partial")
+        split_outlier_channels(
+            folder / "work" / "model.fp32.fused.onnx",
+            partial,
+            calibration_feeds(spec, folder / "assets" / "tokenizer.json"),
+            ratio=spec.quantization.outlier_ratio,
+            max_channels=spec.quantization.outlier_max_channels,
+        )
+        partial.replace(target)
+    return target
 
 
 def run(rounds: int = 5, labels: list[str] | None = None) -> list[dict[str, Any]]:
