@@ -47,8 +47,8 @@ class QuantizationSpec:
     # The same split for the merged Q/K/V projections ([export.optimizer] attention =
     # "multihead"; onnxlift/builder/projections.py); 0 = off.
     projection_outlier_ratio: float = 0.0
-    # Zero padded rows before each weight MatMul (onnxlift/builder/padding.py): pads then set
-    # no dynamic activation scale. Needs an `attention_mask` graph input.
+    # Zero padded rows before each layer-norm-fed MatMul (onnxlift/builder/padding.py): pads
+    # then set no dynamic activation scale there. Needs an `attention_mask` graph input.
     mask_padding: bool = False
     calibration: str | None = None  # texts for the split's statistics, disjoint from parity
     # One SmoothQuant alpha per fused Attention (onnxlift/builder/smooth.py), in graph order;
@@ -280,6 +280,13 @@ def _check_attention(optimizer: OptimizerSpec, quantization: QuantizationSpec, w
         )
     if quantization.mask_padding and quantization.mode != "dynamic":
         raise SpecError(f"{where}: quantization.mask_padding is for dynamic quantization")
+    if multihead and quantization.mode != "dynamic":
+        raise SpecError(f"{where}: export.optimizer.attention = 'multihead' is for dynamic INT8")
+    ratio = quantization.projection_outlier_ratio
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or 0 < ratio < 1 or ratio < 0:
+        raise SpecError(f"{where}: quantization.projection_outlier_ratio must be 0 (off) or >= 1")
+    if not isinstance(quantization.mask_padding, bool):
+        raise SpecError(f"{where}: quantization.mask_padding must be true or false")
 
 
 def parse_spec(raw: dict[str, Any], folder: Path, *, where: str | None = None) -> ModelSpec:
@@ -352,7 +359,10 @@ def parse_spec(raw: dict[str, Any], folder: Path, *, where: str | None = None) -
     if split and not (
         quantization.calibration and (spec.folder / quantization.calibration).is_file()
     ):
-        raise SpecError(f"{where}: quantization.outlier_ratio needs a calibration file")
+        raise SpecError(f"{where}: the outlier split (outlier ratios) needs a calibration file")
+    rewrites = optimizer.attention == "multihead" or quantization.mask_padding
+    if rewrites and spec.opset < 13:  # their Split and Unsqueeze take sizes and axes as inputs
+        raise SpecError(f"{where}: multihead attention and mask_padding need export.opset >= 13")
     if parity.inputs is not None and not (spec.folder / parity.inputs).is_file():
         raise SpecError(f"{where}: parity inputs {parity.inputs} not found")
     if task == "text-embedding" and parity.inputs is None:

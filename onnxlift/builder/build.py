@@ -251,8 +251,15 @@ def _fuse(
     if optimizer.attention != "multihead":
         return work / "model.fp32.fused.onnx", fused
     multihead = work / "model.fp32.multihead.onnx"
+    layers = fused["Attention"]
     fused = optimize_transformer(current, multihead, multihead=True, **shape)
     merged = merge_qkv_projections(multihead, multihead)
+    if fused.get("MultiHeadAttention") != layers or len(merged) != layers or fused.get("Attention"):
+        # a layer left as Attention would be quantized as a QAttention, which minilm's gate fails
+        raise BuildError(
+            f"{spec.name}: {layers} attention layers, but MultiHeadAttention fused "
+            f"{fused.get('MultiHeadAttention', 0)} ({fused})"
+        )
     report(f"{spec.name}: MultiHeadAttention, Q/K/V projections merged in {len(merged)} layers")
     return multihead, fused
 
@@ -280,7 +287,7 @@ def _quantize(
     fp32_nodes: list[str] = []
     if quant.mask_padding:
         fp32_nodes += mask_padded_rows(current, work / "model.fp32.masked.onnx")
-        report(f"{spec.name}: padded rows zeroed in front of every weight MatMul")
+        report(f"{spec.name}: padded rows zeroed in front of the layer-norm-fed MatMuls")
         current = work / "model.fp32.masked.onnx"
     needed = quant.outlier_ratio or quant.projection_outlier_ratio or quant.attention_smoothing
     feeds = calibration_feeds(spec, source.assets["tokenizer.json"]) if needed else []

@@ -1,6 +1,7 @@
 """onnxruntime's transformer optimizer: fuse attention, embedding and layer norms before quantizing.
 
-Fused graphs are faster on CPU and give the quantizer whole Attention nodes to keep in FP32.
+Fused graphs are faster on CPU. A fused Attention holds its Q/K/V weights (kept FP32 or a
+QAttention); the multihead form leaves them as MatMuls to quantize (projections.py).
 It needs the legacy (TorchScript) export: on the dynamo export its shape inference fails and
 it fuses no attention.
 """

@@ -35,7 +35,7 @@ def _split_candidates(
     model: onnx.ModelProto, ratio: float, projection_ratio: float
 ) -> dict[str, tuple[onnx.NodeProto, float]]:
     """MatMul name -> (node, its ratio): the feed-forward MatMuls at `ratio`, the merged Q/K/V
-    projections at `projection_ratio` (0 = left whole)."""
+    projections at `projection_ratio` (either 0 = those left whole)."""
     weights = {i.name for i in model.graph.initializer}
     chosen: dict[str, tuple[onnx.NodeProto, float]] = {}
     for n in model.graph.node:
@@ -44,7 +44,7 @@ def _split_candidates(
         feed_forward = "/intermediate/" in n.name or (
             "/output/dense" in n.name and "/attention/" not in n.name
         )
-        if feed_forward:
+        if feed_forward and ratio:
             chosen[n.name] = (n, ratio)
         elif n.name.endswith(QKV_MATMUL_SUFFIX) and projection_ratio:
             chosen[n.name] = (n, projection_ratio)
@@ -90,7 +90,7 @@ def split_outlier_channels(
     initializers = {i.name: i for i in model.graph.initializer}
     candidates = _split_candidates(model, ratio, projection_ratio)
     if not candidates:
-        raise BuildError(f"{source}: no feed-forward MatMuls to split")
+        raise BuildError(f"{source}: no feed-forward or Q/K/V MatMuls to split")
     inputs = sorted({n.input[0] for n, _ in candidates.values()})
     absmax = _channel_absmax(model, inputs, calibration)
 

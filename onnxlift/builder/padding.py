@@ -1,4 +1,4 @@
-"""Zero the padded rows in front of every weight MatMul, so padding cannot set a scale.
+"""Zero the padded rows in front of layer-norm-fed MatMuls, so padding sets no scale there.
 
 Dynamic INT8 quantizes each MatMul's input with one scale per call, taken over the whole
 tensor: in a padded batch the pad positions' hidden states count too, and on minilm they
@@ -24,6 +24,7 @@ PAD_MASK_SUFFIX = "_pad_rows"  # every node this step adds ends so
 # Only MatMuls fed by a layer norm are masked: it scales pad rows up to the real rows' range.
 # Past a masked projection a pad row holds the bias alone (the feed-forward's second MatMul
 # sees GELU of it), and attention gives pad queries a mix of real values: no new peaks.
+MASK_SLOT = {"Attention": 3, "MultiHeadAttention": 4}  # their key padding mask input
 RENORMALIZING = frozenset(
     {"LayerNormalization", "SkipLayerNormalization", "EmbedLayerNormalization"}
 )
@@ -35,6 +36,14 @@ def mask_padded_rows(source: Path, target: Path, mask_input: str = "attention_ma
     graph = model.graph
     if mask_input not in {i.name for i in graph.input}:
         raise BuildError(f"{source}: no graph input '{mask_input}' to mask padded rows with")
+    unmasked = [
+        n.name
+        for n in graph.node
+        if n.op_type in MASK_SLOT
+        and not (len(n.input) > MASK_SLOT[n.op_type] and n.input[MASK_SLOT[n.op_type]])
+    ]
+    if unmasked:  # real tokens would attend to pads, whose values the masking changes
+        raise BuildError(f"{source}: attention without a padding mask: {unmasked}")
     weights = {i.name for i in graph.initializer}
     producers = {out: n.op_type for n in graph.node for out in n.output}
     matmuls = [

@@ -25,6 +25,9 @@ QKV_MATMUL_SUFFIX = "/qkv/MatMul"  # the merged MatMul's name ends so (the outli
 def _projections(
     node: onnx.NodeProto, producers: dict[str, onnx.NodeProto], weights: set[str]
 ) -> list[onnx.NodeProto]:
+    if len(node.input) < 5 or not node.input[4]:
+        # pads must stay out of every real token's attention for padding.py's masking
+        raise BuildError(f"{node.name}: a MultiHeadAttention without a key padding mask")
     found = [producers.get(name) for name in node.input[:3]]
     projections = [
         n for n in found if n is not None and n.op_type == "MatMul" and n.input[1] in weights
@@ -40,8 +43,10 @@ def merge_qkv_projections(source: Path, target: Path) -> list[str]:
     graph = model.graph
     initializers = {i.name: i for i in graph.initializer}
     producers = {out: n for n in graph.node for out in n.output}
+    # keyed by first output (unique in a graph; node names need not be)
     replaced: dict[str, list[onnx.NodeProto]] = {}  # first projection -> its replacement
     dropped: set[str] = set()
+    old_weights: set[str] = set()
     for node in graph.node:
         if node.op_type != "MultiHeadAttention":
             continue
@@ -69,18 +74,20 @@ def merge_qkv_projections(source: Path, target: Path) -> list[str]:
             name=f"/{tag}/qkv/Split",
             axis=-1,
         )
-        replaced[projections[0].name] = [matmul, split]
-        dropped.update(p.name for p in projections)
+        replaced[projections[0].output[0]] = [matmul, split]
+        dropped.update(p.output[0] for p in projections)
+        old_weights.update(p.input[1] for p in projections)
     if not replaced:
         raise BuildError(f"{source}: no MultiHeadAttention to merge projections for")
 
     ordered: list[onnx.NodeProto] = []
     for node in graph.node:
-        ordered += replaced.get(node.name, []) if node.name in dropped else [node]
+        first = node.output[0] if node.output else ""
+        ordered += replaced.get(first, []) if first in dropped else [node]
     del graph.node[:]
     graph.node.extend(ordered)
-    used = {name for n in graph.node for name in n.input}
-    kept = [i for i in graph.initializer if i.name in used]
+    used = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
+    kept = [i for i in graph.initializer if i.name in used or i.name not in old_weights]
     del graph.initializer[:]
     graph.initializer.extend(kept)
     onnx.checker.check_model(model)

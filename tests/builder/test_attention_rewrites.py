@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxlift_serving.pipelines import load_tokenizer
 from onnxlift_serving.session import create_session
 
+from onnxlift.builder.outliers import split_outlier_channels
 from onnxlift.builder.padding import PAD_MASK_SUFFIX, mask_padded_rows
 from onnxlift.builder.projections import QKV_MATMUL_SUFFIX, merge_qkv_projections
 from onnxlift.errors import BuildError, SpecError
@@ -27,7 +28,7 @@ def _weight(name: str, rng: np.random.Generator, shape: tuple[int, ...]) -> onnx
     return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
 
 
-def _attention_graph(path: Path, *, same_input: bool = True) -> None:
+def _attention_graph(path: Path, *, same_input: bool = True, mask: bool = True) -> None:
     """x -> LayerNorm -> Q/K/V MatMuls -> MultiHeadAttention -> MatMul; a mask input."""
     rng = np.random.default_rng(7)
     nodes = [
@@ -53,13 +54,14 @@ def _attention_graph(path: Path, *, same_input: bool = True) -> None:
         ),
         helper.make_node(
             "MultiHeadAttention",
-            ["q", "k", "v", "bias", "mask_index"],
+            ["q", "k", "v", "bias", "mask_index" if mask else ""],
             ["attn"],
             name="Attention_0",
             domain="com.microsoft",
             num_heads=HEADS,
         ),
-        helper.make_node("MatMul", ["attn", "w_out"], ["y"], name="/out/MatMul"),
+        # named as a BERT feed-forward output, so the outlier split counts it as one
+        helper.make_node("MatMul", ["attn", "w_out"], ["y"], name="/layer.0/output/dense/MatMul"),
     ]
     graph = helper.make_graph(
         nodes,
@@ -133,13 +135,44 @@ def test_padded_rows_are_zeroed_and_real_rows_answer_as_before(tmp_path: Path) -
     assert not np.allclose(after[~real], before[~real])  # the pads did change: a real rewrite
 
 
+def test_attention_without_a_padding_mask_is_refused(tmp_path: Path) -> None:
+    _attention_graph(tmp_path / "a.onnx", mask=False)
+    with pytest.raises(BuildError, match="without a key padding mask"):
+        merge_qkv_projections(tmp_path / "a.onnx", tmp_path / "b.onnx")
+    with pytest.raises(BuildError, match="attention without a padding mask"):
+        mask_padded_rows(tmp_path / "a.onnx", tmp_path / "b.onnx")
+
+
+@pytest.mark.parametrize(
+    ("ratio", "projection_ratio", "split"),
+    [
+        (0.0, 1.0, f"/Attention_0{QKV_MATMUL_SUFFIX}"),
+        (1.0, 0.0, "/layer.0/output/dense/MatMul"),
+    ],
+)
+def test_each_outlier_ratio_splits_its_own_matmuls_only(
+    tmp_path: Path, ratio: float, projection_ratio: float, split: str
+) -> None:
+    _attention_graph(tmp_path / "a.onnx")
+    merge_qkv_projections(tmp_path / "a.onnx", tmp_path / "b.onnx")
+    report = split_outlier_channels(
+        tmp_path / "b.onnx",
+        tmp_path / "c.onnx",
+        [_feeds()],
+        ratio=ratio,
+        max_channels=2,
+        projection_ratio=projection_ratio,
+    )
+    assert list(report.channels) == [split]  # 0 leaves the other kind whole
+    assert len(report.channels[split]) == 2  # ratio 1: the two largest peaks
+
+
 def test_masking_needs_the_mask_input(tmp_path: Path) -> None:
     _attention_graph(tmp_path / "a.onnx")
     with pytest.raises(BuildError, match="no graph input 'input_mask'"):
         mask_padded_rows(tmp_path / "a.onnx", tmp_path / "b.onnx", mask_input="input_mask")
 
 
-@pytest.mark.usefixtures("minilm_build")
 def test_minilm_rewritten_fp32_graph_keeps_every_real_token(minilm_build: Any) -> None:
     """The build's FP32 chain (MultiHeadAttention, Q/K/V merged, pads masked, outliers split)
     answers padded batches as the plain export does: the rewrites are exact up to float
@@ -158,8 +191,12 @@ def test_minilm_rewritten_fp32_graph_keeps_every_real_token(minilm_build: Any) -
     assert feeds["attention_mask"].sum(axis=1).min() < feeds["attention_mask"].shape[1] // 4
     plain = create_session(work / "model.fp32.onnx").run(None, feeds)[0]
     split = create_session(work / "model.fp32.split.onnx").run(None, feeds)[0]
-    ops = {n.op_type for n in onnx.load(str(work / "model.fp32.split.onnx")).graph.node}
-    assert "MultiHeadAttention" in ops and "Attention" not in ops
+    nodes = onnx.load(str(work / "model.fp32.split.onnx")).graph.node
+    assert {"MultiHeadAttention"} <= {n.op_type for n in nodes} and "Attention" not in {
+        n.op_type for n in nodes
+    }
+    assert sum(n.name.endswith(QKV_MATMUL_SUFFIX) for n in nodes) == 6  # one a layer
+    assert sum(n.op_type == "Mul" and n.name.endswith(PAD_MASK_SUFFIX) for n in nodes) == 12
     np.testing.assert_allclose(split, plain, atol=2e-5)
 
 
@@ -187,6 +224,9 @@ BERT = {"model_type": "bert", "num_heads": 12, "hidden_size": 384}
         ({**BERT, "attention": "multihead"}, {"attention_smoothing": [0.5]}, "projection_outlier"),
         (BERT, {"projection_outlier_ratio": 3.0}, "needs export.optimizer.attention"),
         (BERT, {"mask_padding": True, "mode": "static"}, "mask_padding is for dynamic"),
+        (BERT, {"mask_padding": "false"}, "must be true or false"),
+        ({**BERT, "attention": "multihead"}, {"mode": "static"}, "is for dynamic INT8"),
+        ({**BERT, "attention": "multihead"}, {"projection_outlier_ratio": 0.5}, "or >= 1"),
         (
             {**BERT, "attention": "multihead"},
             {"projection_outlier_ratio": 3.0, "calibration": None},

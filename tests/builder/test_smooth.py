@@ -136,7 +136,7 @@ def test_a_smoothed_build_serves_qattention(minilm_spec: Any, tmp_path: Path) ->
         minilm_spec.quantization,
         exclude_op_types=(),
         attention_smoothing=SMOOTH_ALPHAS,
-        projection_outlier_ratio=0.0,  # the served scheme's, for MultiHeadAttention's Q/K/V
+        projection_outlier_ratio=0.0,  # off: it applies to attention = 'multihead' only
         mask_padding=False,
     )
     optimizer = dataclasses.replace(minilm_spec.optimizer, attention="fused")
