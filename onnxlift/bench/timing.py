@@ -32,20 +32,37 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return None if numerator is None or not denominator else numerator / denominator
 
 
+def balanced_orders(n: int) -> list[list[int]]:
+    """Orders of n calls in which each call comes right after every other call equally often
+    (a Williams design: n orders for even n, 2n for odd). A fixed cycle would give each call
+    the same neighbour before it every round, and with it that neighbour's cache footprint."""
+    if n < 3:
+        return [list(range(n))[shift:] + list(range(n))[:shift] for shift in range(max(n, 1))]
+    base, low, high = [0], 1, n - 1
+    while len(base) < n:
+        base.append(low)
+        low += 1
+        if len(base) < n:
+            base.append(high)
+            high -= 1
+    orders = [[(b + i) % n for b in base] for i in range(n)]
+    return orders if n % 2 == 0 else orders + [order[::-1] for order in orders]
+
+
 def time_interleaved(
     calls: Calls, *, warmup: int, repeat: int, budget_s: float | None = None, min_repeat: int = 5
 ) -> dict[str, list[float]]:
-    """Milliseconds of each call, round-robin: one call each per round, each round starting one
-    call later, so drift on the machine (and the cache a neighbour evicts) hits all alike. The
-    budget stops the rounds once `min_repeat` are in."""
+    """Milliseconds of each call, round-robin: one call each per round, the rounds' orders
+    balanced (balanced_orders), so drift on the machine and the cache a neighbour evicts hit all
+    alike. The budget stops the rounds once `min_repeat` are in."""
     for _ in range(warmup):
         for fn in calls.values():
             fn()
     samples: dict[str, list[float]] = {key: [] for key in calls}
     items, started = list(calls.items()), time.perf_counter()
+    orders = balanced_orders(len(items))
     for done in range(1, repeat + 1):
-        shift = (done - 1) % len(items)
-        for key, fn in items[shift:] + items[:shift]:
+        for key, fn in (items[i] for i in orders[(done - 1) % len(orders)]):
             t0 = time.perf_counter()
             fn()
             samples[key].append((time.perf_counter() - t0) * 1000)

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import collections
+import itertools
+
 import numpy as np
 import pytest
 
 from onnxlift.bench.corpus import batch, bench_sentences, v2_body
-from onnxlift.bench.timing import percentile, ratio, summarize, time_calls, time_interleaved
+from onnxlift.bench.timing import (
+    balanced_orders,
+    percentile,
+    ratio,
+    summarize,
+    time_calls,
+    time_interleaved,
+)
 
 
 @pytest.mark.parametrize("q", [0, 5, 50, 95, 99, 100])
@@ -67,3 +77,20 @@ def test_corpus_is_shared_and_bounded(tmp_path) -> None:
     with pytest.raises(ValueError):
         batch(sentences, 6)
     assert '"shape": [2]' in v2_body(sentences[:2])
+
+
+@pytest.mark.parametrize("n", [3, 4, 5, 6])
+def test_balanced_orders_give_every_call_every_neighbour_alike(n: int) -> None:
+    orders = balanced_orders(n)
+    assert all(sorted(order) == list(range(n)) for order in orders)
+    pairs = collections.Counter((a, b) for order in orders for a, b in itertools.pairwise(order))
+    assert len(pairs) == n * (n - 1) and len(set(pairs.values())) == 1
+
+
+def test_interleaved_calls_do_not_always_follow_the_same_neighbour() -> None:
+    """With a fixed cycle, 'a' always ran right after 'e' (whatever 'e' left in the cache)."""
+    trace: list[str] = []
+    calls = {k: (lambda k=k: trace.append(k)) for k in "abcde"}
+    time_interleaved(calls, warmup=0, repeat=10)
+    before_a = collections.Counter(trace[i - 1] for i in range(1, len(trace)) if trace[i] == "a")
+    assert set(before_a) == set("bcde") and max(before_a.values()) <= 4
