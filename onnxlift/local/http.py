@@ -396,12 +396,15 @@ class LoopbackHandler(BaseHTTPRequestHandler):
 
     def send_reply(self, status: int, headers: dict[str, str], body: bytes) -> None:
         """Status, Server, Date, `headers` (less own_headers), Content-Length, then the body
-        unless HEAD. A reply to a request whose body is still unread closes the connection.
+        unless HEAD. A reply to a request whose body is still unread closes the connection, as
+        does a `Connection: close` in `headers` (written once, by this server).
 
         Written here rather than by send_response/send_header/end_headers, which cost a
         write for the head and another for the body: one write for a reply up to 64 KiB."""
         if self._body_pending:
             self.close_connection = self._linger = True
+        if any(k.lower() == "connection" and "close" in v.lower() for k, v in headers.items()):
+            self.close_connection = True
         self._replied = True
         lines = [
             f"{self.protocol_version} {status} {self.responses.get(status, ('',))[0]}\r\n"

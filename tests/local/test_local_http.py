@@ -45,6 +45,11 @@ class Echo(LoopbackHandler):
             self.close_connection = True  # answer, then hang up without saying so
         elif self.path == "/slow":
             time.sleep(0.6)
+        elif self.path == "/bye":  # a caller's own Connection: close
+            self.send_reply(
+                *json_reply(200, {"peer": self.client_address[1]}, {"connection": "Close"})
+            )
+            return
         self.send_reply(*json_reply(200, {"peer": self.client_address[1]}))
 
     do_HEAD = do_GET
@@ -93,6 +98,16 @@ def test_a_connection_the_server_closed_is_reopened_once(server: LoopbackServer)
     reopened = client.request(host, port, "GET", "/")
     assert closed.status == reopened.status == 200
     assert peer(closed) != peer(reopened)
+
+
+def test_a_reply_with_connection_close_closes_the_connection(server: LoopbackServer) -> None:
+    client = KeepAliveClient(timeout_s=2)
+    host, port = server.host, server.port
+    bye = client.request(host, port, "GET", "/bye")
+    after = client.request(host, port, "GET", "/")
+    assert bye.status == after.status == 200
+    assert bye.headers["Connection"] == "close"  # written once, by the server
+    assert peer(bye) != peer(after)  # the server hung up as it said
 
 
 def test_a_body_over_the_limit_is_left_unread_and_the_connection_closed(
