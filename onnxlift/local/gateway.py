@@ -7,7 +7,8 @@ wrong one, before anything about the routes is told); resolves the route from th
 route table (404 for an unknown path or model, 405 with Allow for a known path and another
 method); then reads the body, turns the request into a v1 proxy event with requestContext,
 headers and path parameters, invokes the model's function and returns its status, headers
-and body. Requests are served concurrently, one thread per connection, with keep-alive.
+(its Connection, Content-Length, Date and Server renamed x-amzn-Remapped-*, as API Gateway
+does) and body. Requests are served concurrently, one thread per connection, with keep-alive.
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ UNKNOWN_MODEL = re.compile(rf"^{re.escape(MODELS_PREFIX)}(?P<name>[^/]+)(?:/.*)?
 UNKNOWN_MODEL_RESOURCE = f"{MODELS_PREFIX}{{name}}/{{proxy+}}"  # the deployed API's mock
 _TEMPLATES = {route.template: route.pattern for route in ROUTES}  # each path once, in order
 TEXT_TYPES = ("application/json", "text/")
+# Headers of a function's result that API Gateway (REST) renames to x-amzn-Remapped-<name>
+# rather than sending: it writes its own, and a function's Connection does not hang up a client.
+REMAPPED_HEADERS = frozenset({"connection", "content-length", "date", "server"})
 # (function, resource, path parameters); function "" is a model the API does not serve
 ResolvedRoute = tuple[str, str, dict[str, str]]
 
@@ -237,6 +241,10 @@ def proxy_reply(raw: bytes) -> Reply:
         headers = {str(k): str(v) for k, v in (result.get("headers") or {}).items()}
         for key, values in (result.get("multiValueHeaders") or {}).items():
             headers[str(key)] = ", ".join(map(str, values))
+        headers = {
+            f"x-amzn-Remapped-{k}" if k.lower() in REMAPPED_HEADERS else k: v
+            for k, v in headers.items()
+        }
         body = result.get("body") or ""
         data = (
             base64.b64decode(body, validate=True)

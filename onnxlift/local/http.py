@@ -403,8 +403,10 @@ class LoopbackHandler(BaseHTTPRequestHandler):
         write for the head and another for the body: one write for a reply up to 64 KiB."""
         if self._body_pending:
             self.close_connection = self._linger = True
-        if any(k.lower() == "connection" and "close" in v.lower() for k, v in headers.items()):
-            self.close_connection = True
+        for key, value in headers.items():
+            tokens = {token.strip().lower() for token in value.split(",")}
+            if key.lower() == "connection" and "close" in tokens:
+                self.close_connection = True
         self._replied = True
         lines = [
             f"{self.protocol_version} {status} {self.responses.get(status, ('',))[0]}\r\n"

@@ -220,6 +220,19 @@ def test_function_failures_are_api_gateway_errors(api: str) -> None:
     assert call(api, "/v2/models/minilm/infer").status_code == 201  # and it recovers
 
 
+def test_a_function_s_own_connection_and_date_headers_are_remapped() -> None:
+    from onnxlift.local.gateway import proxy_reply
+
+    raw = b'{"statusCode": 200, "headers": {"Connection": "close", "Date": "x", "X-A": "1"}}'
+    status, headers, _ = proxy_reply(raw)
+    assert status == 200
+    assert headers == {
+        "x-amzn-Remapped-Connection": "close",
+        "x-amzn-Remapped-Date": "x",
+        "X-A": "1",
+    }
+
+
 @pytest.mark.parametrize(
     "raw",
     [
