@@ -41,9 +41,10 @@ METHOD = [
     "first b of them, the same texts for every tier and every variant.",
     "Latency: time.perf_counter around each call after warm-up calls; p50/p95/p99 of the "
     "samples. Variants and tiers compared with each other are timed round-robin (one call each "
-    "per round), the rounds' orders balanced so that each call runs right after every other "
-    "equally often (a Williams design): drift on the machine and what the previous call left "
-    "in the cache spread evenly. The runs are bounded by count and by a time budget per batch "
+    "per round), the rounds' orders balanced so that within a round each call runs right after "
+    "every other equally often over a cycle of orders (a Williams design), and a time budget "
+    "stops only at the end of a cycle: drift on the machine and what the previous call left in "
+    "the cache spread evenly. The runs are bounded by count and by a time budget per batch "
     "size.",
     "Threads: every figure except the threads section uses intra_op_num_threads=1 (one vCPU, "
     "as a Lambda function gets below 1,769 MB); PyTorch gets torch.set_num_threads(1).",

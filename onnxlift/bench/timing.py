@@ -32,12 +32,19 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return None if numerator is None or not denominator else numerator / denominator
 
 
+# Three calls: a Williams design whose rounds also join without a call following itself.
+_THREE = [[0, 1, 2], [1, 2, 0], [2, 0, 1], [0, 2, 1], [2, 1, 0], [1, 0, 2]]
+
+
 def balanced_orders(n: int) -> list[list[int]]:
-    """Orders of n calls in which each call comes right after every other call equally often
-    (a Williams design: n orders for even n, 2n for odd). A fixed cycle would give each call
-    the same neighbour before it every round, and with it that neighbour's cache footprint."""
-    if n < 3:
-        return [list(range(n))[shift:] + list(range(n))[:shift] for shift in range(max(n, 1))]
+    """Orders of n calls in which, within a round, each call comes right after every other call
+    equally often over one cycle of orders (a Williams design: n orders for even n, 2n for odd),
+    and no call follows itself where one order joins the next. A fixed cycle would give each
+    call the same neighbour before it every round, and with it that neighbour's cache."""
+    if n == 3:
+        return [list(order) for order in _THREE]
+    if n < 3:  # two calls alternate: each always follows the other, never itself
+        return [list(range(n))]
     base, low, high = [0], 1, n - 1
     while len(base) < n:
         base.append(low)
@@ -54,7 +61,8 @@ def time_interleaved(
 ) -> dict[str, list[float]]:
     """Milliseconds of each call, round-robin: one call each per round, the rounds' orders
     balanced (balanced_orders), so drift on the machine and the cache a neighbour evicts hit all
-    alike. The budget stops the rounds once `min_repeat` are in."""
+    alike. The budget stops the rounds once `min_repeat` are in and a cycle of orders is done
+    (or `repeat` is reached)."""
     for _ in range(warmup):
         for fn in calls.values():
             fn()
@@ -66,7 +74,9 @@ def time_interleaved(
             t0 = time.perf_counter()
             fn()
             samples[key].append((time.perf_counter() - t0) * 1000)
-        if budget_s is not None and done >= min_repeat and time.perf_counter() - started > budget_s:
+        cycle_done = done % len(orders) == 0
+        over = budget_s is not None and time.perf_counter() - started > budget_s
+        if over and done >= min_repeat and cycle_done:
             break
     return samples
 
