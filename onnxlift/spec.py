@@ -283,7 +283,7 @@ def _check_attention(optimizer: OptimizerSpec, quantization: QuantizationSpec, w
     if multihead and quantization.mode != "dynamic":
         raise SpecError(f"{where}: export.optimizer.attention = 'multihead' is for dynamic INT8")
     ratio = quantization.projection_outlier_ratio
-    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or 0 < ratio < 1 or ratio < 0:
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or (ratio < 1 and ratio != 0):
         raise SpecError(f"{where}: quantization.projection_outlier_ratio must be 0 (off) or >= 1")
     if not isinstance(quantization.mask_padding, bool):
         raise SpecError(f"{where}: quantization.mask_padding must be true or false")

@@ -151,11 +151,17 @@ def _smooth_graph(b: _Build, alpha: float | tuple[float, ...]) -> tuple[Path, li
     layers = sum(n.op_type == "Attention" for n in onnx.load(str(b.split)).graph.node)
     per_layer = alpha if isinstance(alpha, tuple) else (alpha,) * layers
     feeds = calibration_feeds(b.spec, b.folder / "assets" / "tokenizer.json")  # as the build
-    # written beside, then renamed: an interrupted run leaves no half file the cache would trust
-    partial = smooth.with_name(f".{smooth.name}.partial")
-    muls = smooth_attention(b.split, partial, feeds, per_layer)
-    partial.replace(smooth)
+    muls = _written_whole(smooth, lambda to: smooth_attention(b.split, to, feeds, per_layer))
     return smooth, muls
+
+
+def _written_whole(target: Path, write: Callable[[Path], Any]) -> Any:
+    """write(a file beside `target`), then renamed to it: an interrupted run leaves no half file
+    that the caches here (which trust any file at `target`) would read. Returns write's result."""
+    partial = target.with_name(f".{target.name}.partial")
+    result = write(partial)
+    partial.replace(target)
+    return result
 
 
 def _smoothed(
@@ -398,15 +404,18 @@ def _attention_fused_split(spec: ModelSpec, folder: Path) -> Path:
 
     target = folder / "work" / "model.fp32.fused.split.onnx"
     if not target.is_file():
-        partial = target.with_name(f".{target.name}.partial")
-        split_outlier_channels(
-            folder / "work" / "model.fp32.fused.onnx",
-            partial,
-            calibration_feeds(spec, folder / "assets" / "tokenizer.json"),
-            ratio=spec.quantization.outlier_ratio,
-            max_channels=spec.quantization.outlier_max_channels,
+        feeds = calibration_feeds(spec, folder / "assets" / "tokenizer.json")
+        quant = spec.quantization
+        _written_whole(
+            target,
+            lambda to: split_outlier_channels(
+                folder / "work" / "model.fp32.fused.onnx",
+                to,
+                feeds,
+                ratio=quant.outlier_ratio,
+                max_channels=quant.outlier_max_channels,
+            ),
         )
-        partial.replace(target)
     return target
 
 
